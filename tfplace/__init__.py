@@ -1,0 +1,56 @@
+"""tfplace: make TensorFlow / Keras use whatever hardware is there.
+
+Importing tfplace is cheap and never imports TensorFlow; each function imports it when
+first needed.
+
+Example:
+    >>> import tfplace
+    >>> tfplace.configure_gpus(memory_growth=True)  # doctest: +SKIP
+    >>> strategy = tfplace.pick_strategy()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from tfplace.cluster import ClusterSpec, parse_slurm, parse_tf_config
+from tfplace.config import CPUConfig, GPUConfig, configure_cpus, configure_gpus
+from tfplace.errors import (
+    AlreadyInitializedError,
+    ClusterConfigError,
+    DeviceFallbackWarning,
+    DeviceNotFoundError,
+    TfplaceError,
+    TfplaceWarning,
+)
+from tfplace.inventory import Inventory, inventory
+from tfplace.placement import on_cpu, on_device, on_gpu
+from tfplace.plan import KINDS, PRIORITY, Plan, plan
+from tfplace.strategy import pick_strategy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KINDS",
+    "PRIORITY",
+    "AlreadyInitializedError",
+    "CPUConfig",
+    "ClusterConfigError",
+    "ClusterSpec",
+    "DeviceFallbackWarning",
+    "DeviceNotFoundError",
+    "GPUConfig",
+    "Inventory",
+    "Plan",
+    "TfplaceError",
+    "TfplaceWarning",
+    "__version__",
+    "configure_cpus",
+    "configure_gpus",
+    "inventory",
+    "on_cpu",
+    "on_device",
+    "on_gpu",
+    "parse_slurm",
+    "parse_tf_config",
+    "pick_strategy",
+    "plan",
+]

@@ -1,0 +1,326 @@
+"""Cluster descriptions: TF_CONFIG and SLURM parsing and validation (pure functions).
+
+Every malformed input raises :class:`~tfplace.errors.ClusterConfigError` naming the source
+(``TF_CONFIG``, ``SLURM``, ``cluster argument``) and the field at fault; no input raises
+anything else.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tfplace.errors import ClusterConfigError, TfplaceWarning
+
+__all__ = ["ClusterSpec", "parse_slurm", "parse_tf_config"]
+
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0"})
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9\-_.]*[A-Za-z0-9])?$")
+_TASK_TYPES = ("chief", "worker", "ps", "evaluator")
+_WORKER_TYPES = ("chief", "worker")
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A validated cluster and this process's place in it.
+
+    Attributes:
+        jobs: ``(task type, addresses)`` pairs, in a stable order (chief, worker, ps, evaluator,
+            then any other type sorted by name).
+        task_type: this process's task type, e.g. ``"worker"``.
+        task_index: this process's index within its task type.
+        source: where the description came from (``"TF_CONFIG"``, ``"SLURM"``, ...).
+        gpus_per_worker: local GPUs per worker when the source says (SLURM), else None.
+    """
+
+    jobs: tuple[tuple[str, tuple[str, ...]], ...]
+    task_type: str
+    task_index: int
+    source: str = "TF_CONFIG"
+    gpus_per_worker: int | None = field(default=None)
+
+    def addresses(self, task_type: str) -> tuple[str, ...]:
+        """The addresses of one task type (empty when the cluster has none)."""
+        for name, addrs in self.jobs:
+            if name == task_type:
+                return addrs
+        return ()
+
+    @property
+    def num_workers(self) -> int:
+        """Tasks that train (chief plus workers)."""
+        return sum(len(self.addresses(t)) for t in _WORKER_TYPES)
+
+    @property
+    def has_ps(self) -> bool:
+        """Whether the cluster has parameter-server tasks."""
+        return bool(self.addresses("ps"))
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this task is the chief: the ``chief`` task, or worker 0 when there is none."""
+        if self.addresses("chief"):
+            return self.task_type == "chief"
+        return self.task_type == "worker" and self.task_index == 0
+
+    @property
+    def address(self) -> str:
+        """This task's own address."""
+        return self.addresses(self.task_type)[self.task_index]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TF_CONFIG dictionary describing this cluster and task."""
+        return {
+            "cluster": {name: list(addrs) for name, addrs in self.jobs},
+            "task": {"type": self.task_type, "index": self.task_index},
+        }
+
+    def to_tf_config(self) -> str:
+        """The TF_CONFIG JSON text for this task."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+def _fail(source: str, fieldname: str, message: str) -> ClusterConfigError:
+    return ClusterConfigError(f"{source}: {fieldname}: {message}")
+
+
+def _check_address(source: str, fieldname: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise _fail(source, fieldname, f'expected a "host:port" string, found {value!r}')
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise _fail(
+            source, fieldname, f'expected "host:port", found {value!r} (the port is missing)'
+        )
+    if not port.isdigit() or not port.isascii() or not 0 < int(port) < 65536:
+        raise _fail(source, fieldname, f"expected a port from 1 to 65535, found {port!r}")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        if not host.isascii() or not _HOST_RE.match(host):
+            raise _fail(source, fieldname, f"{host!r} is not a valid host name") from None
+    return value
+
+
+def _host(address: str) -> str:
+    host = address.rpartition(":")[0]
+    return host[1:-1] if host.startswith("[") else host
+
+
+def _job_order(name: str) -> tuple[int, str]:
+    return (_TASK_TYPES.index(name) if name in _TASK_TYPES else len(_TASK_TYPES), name)
+
+
+def from_mapping(config: object, source: str = "TF_CONFIG") -> ClusterSpec:
+    """Validate a TF_CONFIG-shaped mapping (``{"cluster": ..., "task": ...}``).
+
+    Raises:
+        ClusterConfigError: anything is malformed; the message names ``source`` and the field.
+    """
+    if not isinstance(config, Mapping):
+        raise _fail(source, "top level", f"expected a JSON object, found {type(config).__name__}")
+    if "cluster" not in config:
+        raise _fail(source, "cluster", 'missing; expected {"cluster": {"worker": [...]}, ...}')
+    if "task" not in config:
+        raise _fail(source, "task", 'missing; expected "task": {"type": "worker", "index": 0}')
+    cluster = config["cluster"]
+    if not isinstance(cluster, Mapping) or not cluster:
+        raise _fail(
+            source, "cluster", f"expected a non-empty object of task lists, found {cluster!r}"
+        )
+    jobs: dict[str, tuple[str, ...]] = {}
+    seen: dict[str, str] = {}
+    for name, addrs in cluster.items():
+        if not isinstance(name, str) or not name:
+            raise _fail(source, "cluster", f"task type names must be strings, found {name!r}")
+        if isinstance(addrs, Mapping):  # sparse form {"0": "host:port"} is not supported
+            raise _fail(source, f"cluster.{name}", "expected a list of addresses, found an object")
+        if not isinstance(addrs, list | tuple) or not addrs:
+            raise _fail(
+                source, f"cluster.{name}", f"expected a non-empty list of addresses, found {addrs!r}"
+            )
+        checked = []
+        for i, addr in enumerate(addrs):
+            where = f"cluster.{name}[{i}]"
+            checked.append(_check_address(source, where, addr))
+            if addr in seen:
+                raise _fail(source, where, f"duplicate address {addr!r} (also {seen[addr]})")
+            seen[addr] = where
+        jobs[name] = tuple(checked)
+    if len(jobs.get("chief", ())) > 1:
+        raise _fail(source, "cluster.chief", "a cluster has at most one chief")
+    if not any(t in jobs for t in _WORKER_TYPES):
+        raise _fail(source, "cluster", 'needs a "worker" or "chief" list')
+    task = config["task"]
+    if not isinstance(task, Mapping):
+        raise _fail(source, "task", f"expected an object, found {task!r}")
+    task_type = task.get("type")
+    if not isinstance(task_type, str):
+        raise _fail(source, "task.type", f"expected a string, found {task_type!r}")
+    if task_type not in jobs:
+        raise _fail(
+            source,
+            "task.type",
+            f"{task_type!r} is not in the cluster; expected one of {sorted(jobs)}",
+        )
+    index = task.get("index", 0)
+    if isinstance(index, str) and index.isdigit() and index.isascii():
+        index = int(index)
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise _fail(source, "task.index", f"expected an integer, found {index!r}")
+    if not 0 <= index < len(jobs[task_type]):
+        raise _fail(
+            source,
+            "task.index",
+            f"{index} is out of range: cluster.{task_type} has {len(jobs[task_type])} "
+            f"address(es), so the index must be 0..{len(jobs[task_type]) - 1}",
+        )
+    hosts = {_host(a) for addrs in jobs.values() for a in addrs}
+    local = hosts & _LOCAL_HOSTS
+    if local and len(hosts) > 1:
+        warnings.warn(
+            f"{source}: the cluster spans several hosts but also names {sorted(local)}; "
+            "each machine would reach itself there. Use every machine's real host name or IP.",
+            TfplaceWarning,
+            stacklevel=3,
+        )
+    ordered = tuple(sorted(jobs.items(), key=lambda kv: _job_order(kv[0])))
+    return ClusterSpec(jobs=ordered, task_type=task_type, task_index=index, source=source)
+
+
+def parse_tf_config(value: str | None = None) -> ClusterSpec | None:
+    """Parse and validate a TF_CONFIG value.
+
+    Args:
+        value: the JSON text; when None, the ``TF_CONFIG`` environment variable is read.
+
+    Returns:
+        The cluster, or None when the value is None or empty (no cluster configured).
+
+    Raises:
+        ClusterConfigError: invalid JSON, wrong shapes, unknown task type, index out of range,
+            an address without a valid host:port, duplicate addresses.
+
+    Example:
+        >>> parse_tf_config('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"index": 1, '
+        ...                 '"type": "worker"}}').num_workers
+        2
+    """
+    if value is None:
+        import os
+
+        value = os.environ.get("TF_CONFIG")
+    if value is None or not value.strip():
+        return None
+    try:
+        config = json.loads(value)
+    except (ValueError, RecursionError) as err:
+        raise _fail("TF_CONFIG", "JSON", f"not valid JSON ({err})") from None
+    return from_mapping(config, "TF_CONFIG")
+
+
+def _expand_nodelist(nodelist: str) -> list[str]:
+    """Expand SLURM's compressed host list, e.g. ``node[01-03,7],gpu5``."""
+    hosts: list[str] = []
+    parts = re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,]*", nodelist)
+    for part in parts:
+        m = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", part)
+        if not m:
+            hosts.append(part)
+            continue
+        prefix, ranges, suffix = m.groups()
+        for rng in ranges.split(","):
+            lo, _, hi = rng.partition("-")
+            if not lo.isdigit() or (hi and not hi.isdigit()):
+                raise _fail("SLURM", "SLURM_JOB_NODELIST", f"cannot read the range {rng!r}")
+            if hi and int(hi) - int(lo) > 100_000:
+                raise _fail("SLURM", "SLURM_JOB_NODELIST", f"the range {rng!r} is too large")
+            for n in range(int(lo), int(hi or lo) + 1):
+                hosts.append(f"{prefix}{str(n).zfill(len(lo))}{suffix}")
+    return hosts
+
+
+def _int_var(env: Mapping[str, str], name: str, default: int | None = None) -> int:
+    raw = env.get(name)
+    if raw is None:
+        if default is None:
+            raise _fail("SLURM", name, "is not set")
+        return default
+    digits = raw.split("(")[0].split(",")[0]  # "2(x3),1" -> "2"
+    if not digits.isdigit() or not digits.isascii():
+        raise _fail("SLURM", name, f"expected an integer, found {raw!r}")
+    return int(digits)
+
+
+def parse_slurm(env: Mapping[str, str], *, port: int = 8888) -> ClusterSpec | None:
+    """Describe a SLURM allocation as a cluster of workers, one task per node or per GPU.
+
+    Works on CPU-only nodes too (TensorFlow's ``SlurmClusterResolver`` fails there with
+    ``range() arg 3 must not be zero``).
+
+    Args:
+        env: the environment to read (``os.environ``, or a synthetic mapping in tests).
+        port: the first port; tasks sharing a node get consecutive ports.
+
+    Returns:
+        The cluster, or None when the environment is not a multi-task SLURM step.
+
+    Raises:
+        ClusterConfigError: the SLURM variables are inconsistent.
+    """
+    if "SLURM_PROCID" not in env or "SLURM_STEP_NODELIST" not in env and (
+        "SLURM_JOB_NODELIST" not in env
+    ):
+        return None
+    ntasks = _int_var(env, "SLURM_STEP_NUM_TASKS", _int_var(env, "SLURM_NTASKS", 1))
+    if ntasks < 2:
+        return None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be 1..65535, found {port}")
+    procid = _int_var(env, "SLURM_PROCID")
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "")
+    hosts = _expand_nodelist(nodelist)
+    if not hosts:
+        raise _fail("SLURM", "SLURM_JOB_NODELIST", f"no hosts in {nodelist!r}")
+    tasks_per_node_raw = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+    counts: list[int] = []
+    if tasks_per_node_raw:
+        for item in tasks_per_node_raw.split(","):
+            m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", item.strip())
+            if not m:
+                raise _fail(
+                    "SLURM", "SLURM_TASKS_PER_NODE", f"cannot read {tasks_per_node_raw!r}"
+                )
+            counts += [int(m.group(1))] * int(m.group(2) or 1)
+    else:
+        per, extra = divmod(ntasks, len(hosts))
+        counts = [per + (1 if i < extra else 0) for i in range(len(hosts))]
+    if len(counts) != len(hosts) or sum(counts) != ntasks:
+        raise _fail(
+            "SLURM",
+            "SLURM_TASKS_PER_NODE",
+            f"{counts} tasks on {len(hosts)} host(s) do not add up to {ntasks} tasks",
+        )
+    if not 0 <= procid < ntasks:
+        raise _fail("SLURM", "SLURM_PROCID", f"{procid} is out of range 0..{ntasks - 1}")
+    addresses = [f"{h}:{port + k}" for h, n in zip(hosts, counts, strict=True) for k in range(n)]
+    gpus_raw = env.get("SLURM_GPUS_ON_NODE") or env.get("SLURM_GPUS_PER_NODE")
+    gpus: int | None = None
+    if gpus_raw:
+        digits = gpus_raw.rpartition(":")[2]
+        gpus = int(digits) if digits.isdigit() and digits.isascii() else None
+    max_per_node = max(counts)
+    per_task = gpus // max_per_node if gpus else 0
+    return ClusterSpec(
+        jobs=(("worker", tuple(addresses)),),
+        task_type="worker",
+        task_index=procid,
+        source="SLURM",
+        gpus_per_worker=per_task,
+    )

@@ -1,0 +1,62 @@
+"""Exceptions and warnings raised by tfplace.
+
+The hierarchy::
+
+    Exception
+    └── TfplaceError                     every error tfplace raises on purpose
+        ├── AlreadyInitializedError      (also RuntimeError)
+        ├── DeviceNotFoundError          (also LookupError)
+        └── ClusterConfigError           (also ValueError)
+
+    Warning
+    └── TfplaceWarning                   something the user should change in their code
+        └── DeviceFallbackWarning        a device scope fell back to another device
+
+Bad arguments to a public function are plain :class:`ValueError` or :class:`TypeError`,
+raised before anything touches TensorFlow. Errors that come from TensorFlow are chained
+(``raise ... from err``) so the original traceback is never lost.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyInitializedError",
+    "ClusterConfigError",
+    "DeviceFallbackWarning",
+    "DeviceNotFoundError",
+    "TfplaceError",
+    "TfplaceWarning",
+]
+
+
+class TfplaceError(Exception):
+    """Base class of every error tfplace raises on purpose."""
+
+
+class AlreadyInitializedError(TfplaceError, RuntimeError):
+    """Raised when a setting can only change before TensorFlow's runtime starts.
+
+    TensorFlow fixes devices, memory growth, virtual devices, thread pools and collective
+    ops when its runtime starts (at the first tensor, model, ``list_logical_devices`` or
+    distribution strategy). Asking for *different* settings afterwards raises this; asking
+    for the settings already in force is a no-op.
+    """
+
+
+class DeviceNotFoundError(TfplaceError, LookupError):
+    """Raised when a strict device request names a device that is not visible."""
+
+
+class ClusterConfigError(TfplaceError, ValueError):
+    """Raised when a cluster description (TF_CONFIG, SLURM, an explicit cluster) is invalid.
+
+    The message names the source (for example ``TF_CONFIG``) and the field at fault.
+    """
+
+
+class TfplaceWarning(UserWarning):
+    """Base class of tfplace warnings: something the user should change in their code."""
+
+
+class DeviceFallbackWarning(TfplaceWarning):
+    """Emitted when ``on_gpu(strict=False)`` falls back to the CPU because the GPU is absent."""

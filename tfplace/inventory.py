@@ -1,0 +1,420 @@
+"""Facts about this machine and process, as frozen dataclasses.
+
+:func:`inventory` is the one place that reads environment variables and asks TensorFlow
+what is here. It only uses calls that do NOT start TensorFlow's runtime
+(``list_physical_devices``, ``get_device_details``, ``get_build_info``, the ``get_*``
+configuration getters); it never calls ``list_logical_devices`` before the runtime has
+started for another reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tfplace import _tf
+
+__all__ = [
+    "ENV_VARS",
+    "CPUInfo",
+    "ClusterEnv",
+    "GPUInfo",
+    "Inventory",
+    "KerasInfo",
+    "TFInfo",
+    "TPUInfo",
+    "cpu_quota",
+    "inventory",
+    "use_inventory",
+]
+
+#: Environment variables that change how TensorFlow uses the hardware.
+ENV_VARS: tuple[str, ...] = (
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "TF_FORCE_GPU_ALLOW_GROWTH",
+    "TF_GPU_ALLOCATOR",
+    "TF_CONFIG",
+    "TF_USE_LEGACY_KERAS",
+    "KERAS_BACKEND",
+    "TF_ENABLE_ONEDNN_OPTS",
+    "TF_CPP_MIN_LOG_LEVEL",
+    "TF_CPP_MAX_VLOG_LEVEL",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+    "OMP_NUM_THREADS",
+    "TF_XLA_FLAGS",
+    "XLA_FLAGS",
+    "TF_DETERMINISTIC_OPS",
+    "LD_LIBRARY_PATH",
+    "TPU_NAME",
+    "COLAB_TPU_ADDR",
+    "TPU_ACCELERATOR_TYPE",
+    "SLURM_JOB_ID",
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+    "SLURM_STEP_NUM_TASKS",
+    "SLURM_JOB_NODELIST",
+    "SLURM_STEP_NODELIST",
+    "SLURM_TASKS_PER_NODE",
+    "SLURM_STEP_TASKS_PER_NODE",
+    "SLURM_GPUS_ON_NODE",
+    "SLURM_GPUS_PER_NODE",
+)
+
+_TPU_ENV = ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE")
+_PACKAGE_PREFIXES = ("tensorflow", "tf-", "tf_", "keras", "nvidia-", "libtpu", "tensorrt")
+
+
+@dataclass(frozen=True)
+class GPUInfo:
+    """One physical GPU.
+
+    Attributes:
+        index: TensorFlow's physical index (``/physical_device:GPU:<index>``).
+        name: the device model, e.g. ``"NVIDIA A100-SXM4-40GB"``, when TensorFlow reports it.
+        compute_capability: ``(major, minor)`` when TensorFlow reports it.
+        memory_mb: total memory when known.
+        visible: False when hidden by ``configure_gpus(visible=...)``.
+    """
+
+    index: int
+    name: str = ""
+    compute_capability: tuple[int, int] | None = None
+    memory_mb: int | None = None
+    visible: bool = True
+
+
+@dataclass(frozen=True)
+class CPUInfo:
+    """CPU capacity of this process.
+
+    Attributes:
+        host_cores: logical cores of the host (``os.cpu_count()``).
+        affinity_cores: cores this process may run on (``sched_getaffinity``).
+        quota_cores: the cgroup CPU quota in cores (``cpu.max`` or CFS quota), None if unlimited.
+        logical_devices: CPU devices TensorFlow has or will have (virtual devices split it).
+        intra_op_threads: configured intra-op threads (0 = TensorFlow's default).
+        inter_op_threads: configured inter-op threads (0 = TensorFlow's default).
+    """
+
+    host_cores: int
+    affinity_cores: int
+    quota_cores: float | None = None
+    logical_devices: int = 1
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+
+    @property
+    def usable_cores(self) -> int:
+        """Cores this process can keep busy: affinity, capped by the quota (rounded down)."""
+        cores = self.affinity_cores
+        if self.quota_cores is not None:
+            cores = min(cores, max(1, math.floor(self.quota_cores)))
+        return max(1, cores)
+
+
+@dataclass(frozen=True)
+class TPUInfo:
+    """Hints that a TPU is attached (environment variables, ``/dev/accel*``)."""
+
+    hints: tuple[str, ...] = ()
+    name: str | None = None
+
+    @property
+    def present(self) -> bool:
+        """Whether any hint says a TPU is there."""
+        return bool(self.hints)
+
+
+@dataclass(frozen=True)
+class ClusterEnv:
+    """The raw cluster environment: TF_CONFIG text and SLURM variables (not yet validated)."""
+
+    tf_config: str | None = None
+    slurm: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class TFInfo:
+    """The installed TensorFlow and what it was built with."""
+
+    version: str
+    is_cuda_build: bool = False
+    is_rocm_build: bool = False
+    cuda_version: str | None = None
+    cudnn_version: str | None = None
+    compute_capabilities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KerasInfo:
+    """Which Keras ``tf.keras`` resolves to: Keras 3 (``"keras3"``) or ``"tf_keras"``."""
+
+    flavour: Literal["keras3", "tf_keras", "missing"]
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Everything tfplace's decisions read. Build synthetic ones with :mod:`tfplace.testing`."""
+
+    python: str
+    platform: str
+    machine: str
+    tensorflow: TFInfo | None
+    keras: KerasInfo
+    gpus: tuple[GPUInfo, ...]
+    cpu: CPUInfo
+    tpu: TPUInfo = field(default_factory=TPUInfo)
+    cluster: ClusterEnv = field(default_factory=ClusterEnv)
+    env: tuple[tuple[str, str], ...] = ()
+    packages: tuple[tuple[str, str], ...] = ()
+    runtime_started: bool = False
+    soft_placement: bool | None = None
+    functions_run_eagerly: bool | None = None
+
+    @property
+    def visible_gpus(self) -> tuple[GPUInfo, ...]:
+        """GPUs TensorFlow will use, in logical order (``/GPU:0`` is the first of these)."""
+        return tuple(g for g in self.gpus if g.visible)
+
+    def env_value(self, name: str) -> str | None:
+        """The value of a recorded environment variable, or None when unset."""
+        for key, value in self.env:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def has_nccl(self) -> bool:
+        """Whether TensorFlow's NCCL all-reduce exists here (Linux CUDA builds only)."""
+        return self.platform.startswith("linux") and (
+            self.tensorflow is not None and self.tensorflow.is_cuda_build
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary of every fact."""
+        data = asdict(self)
+        data["env"] = dict(self.env)
+        data["packages"] = dict(self.packages)
+        data["cluster"]["slurm"] = dict(self.cluster.slurm)
+        data["cpu"]["usable_cores"] = self.cpu.usable_cores
+        return data
+
+
+# --------------------------------------------------------------------------- CPU facts
+
+
+def cpu_quota(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path | None = None) -> float | None:
+    """The cgroup CPU quota of this process in cores, or None when unlimited or unknown.
+
+    Reads cgroup v2 ``cpu.max`` (``"400000 100000"`` is 4 cores) along this process's cgroup
+    path and its parents, then cgroup v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``.
+    The smallest limit on the path wins, as the kernel enforces.
+    """
+    limits: list[float] = []
+    rel = ""
+    proc_cgroup = proc_cgroup or Path("/proc/self/cgroup")
+    with contextlib.suppress(OSError):
+        for line in proc_cgroup.read_text().splitlines():
+            parts = line.split(":", 2)
+            if len(parts) == 3 and parts[0] == "0" and parts[1] == "":
+                rel = parts[2].strip().lstrip("/")
+    candidates = [root / rel] if rel else []
+    if rel:
+        candidates += [root / p for p in _parents(rel)]
+    candidates.append(root)
+    for directory in candidates:
+        with contextlib.suppress(OSError, ValueError):
+            quota, _, period = (directory / "cpu.max").read_text().strip().partition(" ")
+            if quota != "max" and float(period or 100000) > 0:
+                limits.append(float(quota) / float(period or 100000))
+    for v1 in (root / "cpu", root / "cpu,cpuacct"):
+        with contextlib.suppress(OSError, ValueError):
+            quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+            period_us = int((v1 / "cpu.cfs_period_us").read_text())
+            if quota_us > 0 and period_us > 0:
+                limits.append(quota_us / period_us)
+    return min(limits) if limits else None
+
+
+def _parents(rel: str) -> Iterator[str]:
+    parts = rel.split("/")
+    for i in range(len(parts) - 1, 0, -1):
+        yield "/".join(parts[:i])
+
+
+def _affinity() -> int:
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    if getaffinity is not None:
+        with contextlib.suppress(OSError):
+            return len(getaffinity(0))
+    return os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------- other facts
+
+
+def _packages() -> tuple[tuple[str, str], ...]:
+    from importlib import metadata
+
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name.startswith(_PACKAGE_PREFIXES):
+            found[name] = dist.version
+    return tuple(sorted(found.items()))
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _keras_info(env: Mapping[str, str]) -> KerasInfo:
+    # TensorFlow's own test: tf.keras is tf_keras when TF_USE_LEGACY_KERAS is one of these.
+    if env.get("TF_USE_LEGACY_KERAS") in ("true", "True", "1"):
+        version = _version("tf-keras") or _version("tf_keras")
+        return KerasInfo("tf_keras" if version else "missing", version)
+    version = _version("keras")
+    major = version.split(".")[0] if version else ""
+    if not major.isdigit() or int(major) < 3:
+        return KerasInfo("missing", version)
+    return KerasInfo("keras3", version)
+
+
+def _tpu_info(env: Mapping[str, str]) -> TPUInfo:
+    hints = [f"{k}={env[k]}" for k in _TPU_ENV if env.get(k)]
+    with contextlib.suppress(OSError):
+        hints += sorted(str(p) for p in Path("/dev").glob("accel[0-9]*"))
+    return TPUInfo(hints=tuple(hints), name=env.get("TPU_NAME") or env.get("COLAB_TPU_ADDR"))
+
+
+def _tf_facts(env: Mapping[str, str]) -> tuple[TFInfo | None, tuple[GPUInfo, ...], dict[str, Any]]:
+    try:
+        tf = _tf.load()
+    except ImportError:
+        return None, (), {}
+    build: Mapping[str, Any] = {}
+    with contextlib.suppress(Exception):
+        build = tf.sysconfig.get_build_info()
+    info = TFInfo(
+        version=str(tf.__version__),
+        is_cuda_build=bool(build.get("is_cuda_build", False)),
+        is_rocm_build=bool(build.get("is_rocm_build", False)),
+        cuda_version=build.get("cuda_version"),
+        cudnn_version=build.get("cudnn_version"),
+        compute_capabilities=tuple(build.get("cuda_compute_capabilities", ()) or ()),
+    )
+    cfg = tf.config
+    physical = cfg.list_physical_devices("GPU")
+    visible = {d.name for d in cfg.get_visible_devices("GPU")}
+    gpus = []
+    for i, dev in enumerate(physical):
+        details: Mapping[str, Any] = {}
+        with contextlib.suppress(Exception):
+            details = cfg.experimental.get_device_details(dev)
+        cc = details.get("compute_capability")
+        index = int(dev.name.rsplit(":", 1)[-1]) if dev.name[-1:].isdigit() else i
+        gpus.append(
+            GPUInfo(
+                index=index,
+                name=str(details.get("device_name", "")),
+                compute_capability=(int(cc[0]), int(cc[1])) if cc else None,
+                memory_mb=None,
+                visible=dev.name in visible,
+            )
+        )
+    started = _tf.runtime_started()
+    cpus = cfg.list_physical_devices("CPU")
+    if started:
+        logical_cpus = len(cfg.list_logical_devices("CPU"))
+    else:
+        split = cfg.get_logical_device_configuration(cpus[0]) if cpus else None
+        logical_cpus = len(split) if split else 1
+    extra = {
+        "logical_cpus": logical_cpus,
+        "intra": int(cfg.threading.get_intra_op_parallelism_threads()),
+        "inter": int(cfg.threading.get_inter_op_parallelism_threads()),
+        "soft_placement": bool(cfg.get_soft_device_placement()),
+        "eager": bool(cfg.functions_run_eagerly()),
+        "started": started,
+    }
+    return info, tuple(gpus), extra
+
+
+_override_lock = threading.Lock()
+_override: Inventory | None = None
+
+
+def inventory() -> Inventory:
+    """Collect the facts about this machine and process without starting TensorFlow's runtime.
+
+    Returns the substituted inventory while :func:`use_inventory` is active (tests).
+
+    Example:
+        >>> inv = tfplace.inventory()
+        >>> len(inv.visible_gpus), inv.cpu.usable_cores  # doctest: +SKIP
+        (0, 2)
+    """
+    if _override is not None:
+        return _override
+    env = os.environ
+    tf_info, gpus, extra = _tf_facts(env)
+    cpu = CPUInfo(
+        host_cores=os.cpu_count() or 1,
+        affinity_cores=_affinity(),
+        quota_cores=cpu_quota(),
+        logical_devices=int(extra.get("logical_cpus", 1)),
+        intra_op_threads=int(extra.get("intra", 0)),
+        inter_op_threads=int(extra.get("inter", 0)),
+    )
+    slurm = tuple((k, env[k]) for k in sorted(env) if k.startswith("SLURM_"))
+    return Inventory(
+        python=platform.python_version(),
+        platform=sys.platform,
+        machine=platform.machine(),
+        tensorflow=tf_info,
+        keras=_keras_info(env),
+        gpus=gpus,
+        cpu=cpu,
+        tpu=_tpu_info(env),
+        cluster=ClusterEnv(tf_config=env.get("TF_CONFIG"), slurm=slurm),
+        env=tuple((k, env[k]) for k in ENV_VARS if k in env),
+        packages=_packages(),
+        runtime_started=bool(extra.get("started", False)),
+        soft_placement=extra.get("soft_placement"),
+        functions_run_eagerly=extra.get("eager"),
+    )
+
+
+@contextlib.contextmanager
+def use_inventory(inv: Inventory) -> Iterator[Inventory]:
+    """Make :func:`inventory` return ``inv`` inside the block (for tests of device logic).
+
+    Decisions (``plan``, ``pick_strategy``'s choice, doctor findings) then see ``inv``;
+    TensorFlow itself still runs on the real machine.
+    """
+    global _override
+    if not isinstance(inv, Inventory):
+        raise TypeError(f"use_inventory expects an Inventory, found {type(inv).__name__}")
+    with _override_lock:
+        previous, _override = _override, inv
+    try:
+        yield inv
+    finally:
+        with _override_lock:
+            _override = previous

@@ -1,0 +1,132 @@
+"""``pick_strategy``: build the ``tf.distribute.Strategy`` that :func:`~tfplace.plan` decides."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from tfplace import _tf
+from tfplace.cluster import ClusterSpec
+from tfplace.inventory import Inventory
+from tfplace.plan import Plan, plan
+from tfplace.multiworker import MULTI_WORKER_FIX
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+__all__ = ["DEFAULT_COMMUNICATION_TIMEOUT", "build_strategy", "pick_strategy"]
+
+log = logging.getLogger("tfplace")
+
+#: Seconds a collective may wait for its peers before failing (multi-worker), so a dead
+#: worker makes the others fail instead of hanging forever.
+DEFAULT_COMMUNICATION_TIMEOUT = 300.0
+
+
+
+def pick_strategy(
+    kind: str = "auto",
+    *,
+    devices: Sequence[str] | None = None,
+    cross_device_ops: str | None = None,
+    cluster: ClusterSpec | None = None,
+    communication_timeout: float | None = DEFAULT_COMMUNICATION_TIMEOUT,
+    inventory: Inventory | None = None,
+) -> tf.distribute.Strategy:
+    """Return the best ``tf.distribute.Strategy`` for this machine (or the one asked for).
+
+    Automatic choice, best first (:data:`tfplace.plan.PRIORITY`): a TPU -> ``TPUStrategy``;
+    a TF_CONFIG/SLURM cluster -> ``MultiWorkerMirroredStrategy``; two or more GPUs ->
+    ``MirroredStrategy`` (NCCL where it exists, HierarchicalCopyAllReduce elsewhere); one
+    GPU -> ``OneDeviceStrategy`` on it; otherwise TensorFlow's default strategy on the CPU.
+    Logs one line saying what it chose and why.
+
+    Args:
+        kind: ``"auto"``, ``"default"``, ``"one_device"``, ``"mirrored"``,
+            ``"multi_worker"`` or ``"tpu"``.
+        devices: explicit local devices for ``one_device`` / ``mirrored``.
+        cross_device_ops: override the reduction (see :func:`tfplace.plan`).
+        cluster: an explicit cluster instead of TF_CONFIG / SLURM.
+        communication_timeout: seconds a multi-worker collective waits for its peers
+            (None: forever).
+        inventory: decide on these facts instead of the real ones (tests).
+
+    Returns:
+        A ``tf.distribute.Strategy``; use ``with strategy.scope():`` to build models.
+
+    Raises:
+        ValueError / TypeError: bad arguments, e.g. an unknown kind.
+        DeviceNotFoundError: a requested device or TPU is not there.
+        ClusterConfigError: the cluster description is malformed.
+        AlreadyInitializedError: a multi-worker strategy after the runtime started.
+
+    Example:
+        >>> strategy = tfplace.pick_strategy()  # doctest: +SKIP
+        >>> with strategy.scope():  # doctest: +SKIP
+        ...     model = build_model()
+    """
+    if communication_timeout is not None and (
+        isinstance(communication_timeout, bool)
+        or not isinstance(communication_timeout, int | float)
+        or communication_timeout <= 0
+    ):
+        raise ValueError(
+            f"communication_timeout must be a positive number of seconds or None, "
+            f"found {communication_timeout!r}"
+        )
+    decision = plan(
+        kind,
+        devices=devices,
+        cross_device_ops=cross_device_ops,
+        cluster=cluster,
+        inventory=inventory,
+    )
+    strategy = build_strategy(decision, communication_timeout=communication_timeout)
+    log.info("tfplace: %s", decision.summary())
+    return strategy
+
+
+def _mirrored_ops(tf: Any, name: str | None) -> Any:
+    if name == "nccl":
+        return tf.distribute.NcclAllReduce()
+    if name == "hierarchical_copy":
+        return tf.distribute.HierarchicalCopyAllReduce()
+    if name == "reduce_to_one":
+        return tf.distribute.ReductionToOneDevice()
+    return None
+
+
+def build_strategy(
+    decision: Plan, *, communication_timeout: float | None = DEFAULT_COMMUNICATION_TIMEOUT
+) -> tf.distribute.Strategy:
+    """Build the strategy a :class:`~tfplace.plan.Plan` describes (the thin TensorFlow part)."""
+    tf = _tf.load()
+    kind = decision.kind
+    if kind == "default":
+        return tf.distribute.get_strategy()
+    if kind == "one_device":
+        return tf.distribute.OneDeviceStrategy(decision.devices[0])
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy(
+            devices=list(decision.devices),
+            cross_device_ops=_mirrored_ops(tf, decision.cross_device_ops),
+        )
+    if kind == "multi_worker":
+        from tfplace.multiworker import make_multi_worker
+
+        try:
+            return make_multi_worker(decision, communication_timeout)
+        except (RuntimeError, ValueError) as err:
+            _tf.reraise_if_initialized(err, "pick_strategy('multi_worker')", MULTI_WORKER_FIX)
+            raise
+    if kind == "tpu":  # pragma: no cover - needs a TPU
+        name = decision.devices[0].partition(":")[2]
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+            tpu="" if name == "local" else name
+        )
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise AssertionError(f"unhandled kind {kind!r}")  # pragma: no cover
+

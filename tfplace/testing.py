@@ -1,0 +1,119 @@
+"""Synthetic inventories for testing device-dependent decisions on any machine.
+
+Example:
+    >>> from tfplace.testing import fake_inventory
+    >>> tfplace.plan(inventory=fake_inventory(gpus=2)).kind
+    'mirrored'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tfplace.inventory import (
+    ClusterEnv,
+    CPUInfo,
+    GPUInfo,
+    Inventory,
+    KerasInfo,
+    TFInfo,
+    TPUInfo,
+    use_inventory,
+)
+
+__all__ = ["fake_inventory", "use_inventory"]
+
+
+def fake_inventory(
+    gpus: int | Sequence[GPUInfo] = 0,
+    *,
+    compute_capability: tuple[int, int] | None = (8, 0),
+    gpu_name: str = "Fake GPU",
+    cores: int = 8,
+    quota_cores: float | None = None,
+    virtual_cpus: int = 1,
+    platform: str = "linux",
+    cuda_build: bool | None = None,
+    tf_version: str | None = "2.21.0",
+    keras: str = "keras3",
+    tpu: bool = False,
+    tf_config: str | Mapping[str, Any] | None = None,
+    slurm: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+    runtime_started: bool = False,
+    packages: Mapping[str, str] | None = None,
+) -> Inventory:
+    """Build an :class:`~tfplace.inventory.Inventory` describing a machine that is not here.
+
+    Args:
+        gpus: how many GPUs (all alike), or explicit :class:`GPUInfo` records.
+        compute_capability: of each generated GPU.
+        gpu_name: of each generated GPU.
+        cores: host cores (and affinity).
+        quota_cores: a cgroup CPU quota in cores.
+        virtual_cpus: logical CPU devices.
+        platform: ``sys.platform`` value, e.g. ``"win32"``.
+        cuda_build: whether TensorFlow is a CUDA build (default: when there are GPUs).
+        tf_version: TensorFlow's version, None for "not installed".
+        keras: ``"keras3"`` or ``"tf_keras"``.
+        tpu: pretend a TPU is attached (``TPU_NAME=fake-tpu``).
+        tf_config: a TF_CONFIG value (JSON text or a dict).
+        slurm: SLURM variables.
+        env: other environment variables.
+        runtime_started: whether TensorFlow's runtime has started.
+        packages: installed distributions ``{name: version}``.
+    """
+    if isinstance(gpus, int):
+        gpu_list = tuple(
+            GPUInfo(index=i, name=gpu_name, compute_capability=compute_capability)
+            for i in range(gpus)
+        )
+    else:
+        gpu_list = tuple(gpus)
+    cuda = bool(gpu_list) if cuda_build is None else cuda_build
+    environ = dict(env or {})
+    if tf_config is not None:
+        environ["TF_CONFIG"] = tf_config if isinstance(tf_config, str) else json.dumps(tf_config)
+    if slurm:
+        environ.update(slurm)
+    if keras == "tf_keras":
+        environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    tf_info = (
+        TFInfo(
+            version=tf_version,
+            is_cuda_build=cuda,
+            cuda_version="12.5.1" if cuda else None,
+            cudnn_version="9" if cuda else None,
+            compute_capabilities=("sm_60", "sm_70", "sm_80", "sm_89", "compute_90") if cuda else (),
+        )
+        if tf_version
+        else None
+    )
+    if packages is None:
+        packages = {"tensorflow" if cuda else "tensorflow-cpu": tf_version or ""} if tf_version else {}
+    return Inventory(
+        python="3.11.7",
+        platform=platform,
+        machine="x86_64",
+        tensorflow=tf_info,
+        keras=KerasInfo(keras if keras in ("keras3", "tf_keras") else "missing", "3.15.1"),  # type: ignore[arg-type]
+        gpus=gpu_list,
+        cpu=CPUInfo(
+            host_cores=cores,
+            affinity_cores=cores,
+            quota_cores=quota_cores,
+            logical_devices=virtual_cpus,
+        ),
+        tpu=TPUInfo(hints=("TPU_NAME=fake-tpu",), name="fake-tpu") if tpu else TPUInfo(),
+        cluster=ClusterEnv(
+            tf_config=environ.get("TF_CONFIG"),
+            slurm=tuple(sorted((k, v) for k, v in environ.items() if k.startswith("SLURM_"))),
+        ),
+        env=tuple(sorted(environ.items())),
+        packages=tuple(sorted(packages.items())),
+        runtime_started=runtime_started,
+        soft_placement=True,
+        functions_run_eagerly=False,
+    )
