@@ -18,7 +18,7 @@ from tfplace.errors import AlreadyInitializedError
 __all__ = [
     "INSTALL_HINT",
     "already_initialized",
-    "device_context_factory",
+    "device_scope_ops",
     "is_placement_error",
     "is_resource_exhausted",
     "load",
@@ -75,11 +75,13 @@ def load_keras() -> ModuleType:
     if name.startswith("tf_keras"):
         import tf_keras
 
-        return tf_keras
+        legacy: ModuleType = tf_keras
+        return legacy
     import keras as k3
 
     if getattr(keras, "Model", None) is getattr(k3, "Model", None):
-        return k3
+        modern: ModuleType = k3
+        return modern
     return keras
 
 
@@ -132,32 +134,71 @@ def is_resource_exhausted(err: BaseException) -> bool:
     return "OOM when allocating" in text or "CUDA_ERROR_OUT_OF_MEMORY" in text
 
 
-def device_context_factory() -> Callable[[str], Any]:
-    """Return a function ``name -> context manager`` equivalent to ``tf.device(name)``.
+def device_scope_ops() -> tuple[Callable[[str], Any], Callable[..., None]]:
+    """Return ``(enter, exit)`` functions equivalent to entering and exiting ``tf.device(name)``.
 
-    In eager mode it goes straight to the eager context's device scope, skipping the
-    dispatch layers of ``tf.device`` (which is what keeps ``on_cpu``/``on_gpu`` as cheap
-    as a raw ``tf.device``); inside a ``tf.function`` it uses the graph's device scope,
-    exactly as ``tf.device`` does.
+    ``enter(name)`` returns a token that ``exit(token, exc_type, exc, tb)`` consumes. In eager
+    mode, when TensorFlow has already parsed the ``(current device, name)`` pair (its own
+    ``_device_parsing_cache``), the device is switched directly on the eager context, with the
+    same two assignments ``tf.device`` makes; otherwise (first use of a pair, inside a
+    ``tf.function``, graph mode) TensorFlow's own device scope is entered. The fast path is
+    feature-detected once; if TensorFlow's internals differ, plain ``tf.device`` is used.
     """
     tf = load()
+    tf_device = tf.device
     try:
         from tensorflow.python.eager import context
         from tensorflow.python.framework import ops
-    except ImportError:  # pragma: no cover - TensorFlow layout changed
-        device: Callable[[str], Any] = tf.device
-        return device
 
-    executing_eagerly = context.executing_eagerly
+        cache = context._device_parsing_cache
+        probe = context.context()
+        fast = (
+            isinstance(cache, dict)
+            and callable(getattr(probe, "_set_device", None))
+            and hasattr(type(probe), "device_name")
+            and hasattr(type(probe), "device_spec")
+        )
+    except (ImportError, AttributeError):  # pragma: no cover - TensorFlow layout changed
+        fast = False
+    if not fast:  # pragma: no cover - TensorFlow layout changed
+
+        def slow_enter(name: str) -> Any:
+            scope = tf_device(name)
+            scope.__enter__()
+            return (None, scope, None)
+
+        def slow_exit(token: Any, *exc: Any) -> None:
+            token[1].__exit__(*exc)
+
+        return slow_enter, slow_exit
+
     eager_context = context.context
     get_default_graph = ops.get_default_graph
-    tf_device = tf.device
+    inside_function = ops.inside_function
+    lookup = cache.get
 
-    def factory(name: str) -> Any:
-        if executing_eagerly():
-            return eager_context().device(name)
-        if ops.inside_function():
-            return get_default_graph().device(name)
-        return tf_device(name)
+    def enter(name: str) -> Any:
+        ctx = eager_context()
+        if ctx.executing_eagerly():
+            old_name = ctx.device_name
+            hit = lookup((old_name, name))
+            if hit is not None:
+                old_spec = ctx.device_spec
+                ctx._set_device(hit[0], hit[1])
+                return (ctx, old_name, old_spec)
+            scope = ctx.device(name)
+        elif inside_function():
+            scope = get_default_graph().device(name)
+        else:
+            scope = tf_device(name)
+        scope.__enter__()
+        return (None, scope, None)
 
-    return factory
+    def exit_(token: Any, exc_type: Any, exc: Any, tb: Any) -> None:
+        ctx, first, second = token
+        if ctx is not None:
+            ctx._set_device(first, second)
+        else:
+            first.__exit__(exc_type, exc, tb)
+
+    return enter, exit_

@@ -143,7 +143,9 @@ def from_mapping(config: object, source: str = "TF_CONFIG") -> ClusterSpec:
             raise _fail(source, f"cluster.{name}", "expected a list of addresses, found an object")
         if not isinstance(addrs, list | tuple) or not addrs:
             raise _fail(
-                source, f"cluster.{name}", f"expected a non-empty list of addresses, found {addrs!r}"
+                source,
+                f"cluster.{name}",
+                f"expected a non-empty list of addresses, found {addrs!r}",
             )
         checked = []
         for i, addr in enumerate(addrs):
@@ -274,8 +276,8 @@ def parse_slurm(env: Mapping[str, str], *, port: int = 8888) -> ClusterSpec | No
     Raises:
         ClusterConfigError: the SLURM variables are inconsistent.
     """
-    if "SLURM_PROCID" not in env or "SLURM_STEP_NODELIST" not in env and (
-        "SLURM_JOB_NODELIST" not in env
+    if "SLURM_PROCID" not in env or (
+        "SLURM_STEP_NODELIST" not in env and ("SLURM_JOB_NODELIST" not in env)
     ):
         return None
     ntasks = _int_var(env, "SLURM_STEP_NUM_TASKS", _int_var(env, "SLURM_NTASKS", 1))
@@ -294,9 +296,7 @@ def parse_slurm(env: Mapping[str, str], *, port: int = 8888) -> ClusterSpec | No
         for item in tasks_per_node_raw.split(","):
             m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", item.strip())
             if not m:
-                raise _fail(
-                    "SLURM", "SLURM_TASKS_PER_NODE", f"cannot read {tasks_per_node_raw!r}"
-                )
+                raise _fail("SLURM", "SLURM_TASKS_PER_NODE", f"cannot read {tasks_per_node_raw!r}")
             counts += [int(m.group(1))] * int(m.group(2) or 1)
     else:
         per, extra = divmod(ntasks, len(hosts))

@@ -276,8 +276,11 @@ def configure_gpus(
         growth: bool | None = (
             memory_growth
             if memory_growth is not None
-            else (growth_now[0] if growth_now and len(set(growth_now)) == 1 and any(growth_now)
-                  else None)
+            else (
+                growth_now[0]
+                if growth_now and len(set(growth_now)) == 1 and any(growth_now)
+                else None
+            )
         )
         split_now = [be.get_split(d) for d in devs]
         limits_now = (
@@ -348,7 +351,7 @@ def configure_cpus(
         if inter is None and not env_inter:
             inter = auto_inter
     else:
-        intra = threads  # type: ignore[assignment]
+        intra = threads
 
     with _lock:
         be = backend or TFConfigBackend()

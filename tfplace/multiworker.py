@@ -30,7 +30,9 @@ def make_multi_worker(decision: Plan, timeout: float | None) -> tf.distribute.St
     impl = {
         "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
         "ring": tf.distribute.experimental.CommunicationImplementation.RING,
-    }.get(decision.cross_device_ops or "", tf.distribute.experimental.CommunicationImplementation.AUTO)
+    }.get(
+        decision.cross_device_ops or "", tf.distribute.experimental.CommunicationImplementation.AUTO
+    )
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=impl, timeout_seconds=timeout
     )

@@ -32,16 +32,16 @@ log = logging.getLogger("tfplace")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _tls = threading.local()
-_factory: Callable[[str], Any] | None = None
+_ops: tuple[Callable[[str], Any], Callable[..., None]] | None = None
 _devices: dict[str, int] = {}  # logical device counts, fixed once the runtime has started
 _devices_lock = threading.Lock()
 
 
-def _device_factory() -> Callable[[str], Any]:
-    global _factory
-    if _factory is None:
-        _factory = _tf.device_context_factory()
-    return _factory
+def _scope_ops() -> tuple[Callable[[str], Any], Callable[..., None]]:
+    global _ops
+    if _ops is None:
+        _ops = _tf.device_scope_ops()
+    return _ops
 
 
 def _count(kind: str) -> int:
@@ -62,7 +62,13 @@ def _visible() -> str:
     return ", ".join(names)
 
 
+_CPU_NAMES = tuple(f"/CPU:{i}" for i in range(16))
+_GPU_NAMES = tuple(f"/GPU:{i}" for i in range(16))
+
+
 def _check_index(fn: str, index: object) -> int:
+    if type(index) is int and index >= 0:  # the common case, checked cheaply
+        return index
     if isinstance(index, bool) or not isinstance(index, int):
         raise TypeError(f"{fn}(index) takes an int, found {index!r}")
     if index < 0:
@@ -80,13 +86,12 @@ class _Scope:
 
     def __enter__(self) -> str:
         name = self._resolve()
-        ctx = _device_factory()(name)
-        ctx.__enter__()
+        token = (_ops or _scope_ops())[0](name)
         try:
             stack = _tls.stack
         except AttributeError:
             stack = _tls.stack = []
-        stack.append(ctx)
+        stack.append(token)
         return name
 
     def __exit__(
@@ -95,8 +100,7 @@ class _Scope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        ctx = _tls.stack.pop()
-        ctx.__exit__(exc_type, exc, tb)
+        (_ops or _scope_ops())[1](_tls.stack.pop(), exc_type, exc, tb)
         if exc is not None and _tf.is_placement_error(exc):
             raise DeviceNotFoundError(
                 f"an op inside {self!r} has no kernel for that device ({exc}). Wrap that op "
@@ -171,7 +175,7 @@ class on_cpu(_Scope):
 
     def __init__(self, index: int = 0) -> None:
         self._index = _check_index("on_cpu", index)
-        self._name = f"/CPU:{index}"
+        self._name = _CPU_NAMES[index] if index < 16 else f"/CPU:{index}"
 
     def _resolve(self) -> str:
         if self._index and self._index >= _count("CPU"):
@@ -216,23 +220,17 @@ class on_gpu(_Scope):
         if not isinstance(strict, bool):
             raise TypeError(f"on_gpu(strict=...) takes True or False, found {strict!r}")
         self._strict = strict
-        self._name = f"/GPU:{index}"
+        self._name = _GPU_NAMES[index] if index < 16 else f"/GPU:{index}"
 
     def _resolve(self) -> str:
         gpus = _count("GPU")
         if self._index < gpus:
             return self._name
-        have = (
-            f"only GPU:0..GPU:{gpus - 1} are visible" if gpus else "no GPU is visible"
-        )
+        have = f"only GPU:0..GPU:{gpus - 1} are visible" if gpus else "no GPU is visible"
         if self._strict:
             raise DeviceNotFoundError(
                 f"on_gpu({self._index}, strict=True): {have} (visible devices: {_visible()}). "
-                + (
-                    f"Use an index below {gpus}, "
-                    if gpus
-                    else "Run `tfplace doctor` to see why, "
-                )
+                + (f"Use an index below {gpus}, " if gpus else "Run `tfplace doctor` to see why, ")
                 + f"or on_gpu({self._index}, strict=False) to fall back to the CPU."
             )
         warnings.warn(

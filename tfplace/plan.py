@@ -107,8 +107,12 @@ PRIORITY: tuple[PriorityRule, ...] = (
         "TF_CONFIG or SLURM describes two or more workers",
         lambda _inv, c: c is not None and c.num_workers >= 2,
     ),
-    PriorityRule("mirrored", "two or more GPUs are visible", lambda inv, _c: len(inv.visible_gpus) >= 2),
-    PriorityRule("one_device", "exactly one GPU is visible", lambda inv, _c: len(inv.visible_gpus) == 1),
+    PriorityRule(
+        "mirrored", "two or more GPUs are visible", lambda inv, _c: len(inv.visible_gpus) >= 2
+    ),
+    PriorityRule(
+        "one_device", "exactly one GPU is visible", lambda inv, _c: len(inv.visible_gpus) == 1
+    ),
     PriorityRule("default", "otherwise: the CPU", lambda _inv, _c: True),
 )
 
@@ -207,7 +211,8 @@ def decide(
         raise ValueError(f"unknown strategy kind {kind!r}; expected one of {', '.join(KINDS)}")
     if cross_device_ops is not None and cross_device_ops not in _CROSS_OPS:
         raise ValueError(
-            f"unknown cross_device_ops {cross_device_ops!r}; expected one of {', '.join(_CROSS_OPS)}"
+            f"unknown cross_device_ops {cross_device_ops!r}; "
+            f"expected one of {', '.join(_CROSS_OPS)}"
         )
     if devices is not None:
         if isinstance(devices, str) or not isinstance(devices, Sequence):
@@ -332,9 +337,7 @@ def _build_multi_worker(
             + (" (chief)" if spec.is_chief else "")
         )
     ops: CrossDeviceOps = "nccl" if gpus and inv.has_nccl else "ring"
-    reasons.append(
-        "NCCL collectives between GPUs" if ops == "nccl" else "gRPC ring collectives"
-    )
+    reasons.append("NCCL collectives between GPUs" if ops == "nccl" else "gRPC ring collectives")
     return Plan("multi_worker", local, ops, workers * len(local), tuple(reasons), spec)
 
 

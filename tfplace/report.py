@@ -39,10 +39,18 @@ class Report:
             f"  Python        {inv.python} on {inv.platform} ({inv.machine})",
             (
                 f"  TensorFlow    {tf.version} ("
-                + ("CUDA build" if tf.is_cuda_build else "ROCm build" if tf.is_rocm_build
-                   else "CPU-only build")
-                + (f", CUDA {tf.cuda_version}, cuDNN {tf.cudnn_version}" if tf.is_cuda_build
-                   else "")
+                + (
+                    "CUDA build"
+                    if tf.is_cuda_build
+                    else "ROCm build"
+                    if tf.is_rocm_build
+                    else "CPU-only build"
+                )
+                + (
+                    f", CUDA {tf.cuda_version}, cuDNN {tf.cudnn_version}"
+                    if tf.is_cuda_build
+                    else ""
+                )
                 + ")"
                 if tf
                 else "  TensorFlow    not installed"

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from tfplace import _tf
 from tfplace.cluster import ClusterSpec
 from tfplace.inventory import Inventory
-from tfplace.plan import Plan, plan
 from tfplace.multiworker import MULTI_WORKER_FIX
+from tfplace.plan import Plan, plan
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -22,7 +22,6 @@ log = logging.getLogger("tfplace")
 #: Seconds a collective may wait for its peers before failing (multi-worker), so a dead
 #: worker makes the others fail instead of hanging forever.
 DEFAULT_COMMUNICATION_TIMEOUT = 300.0
-
 
 
 def pick_strategy(
@@ -129,4 +128,3 @@ def build_strategy(
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     raise AssertionError(f"unhandled kind {kind!r}")  # pragma: no cover
-

@@ -92,7 +92,9 @@ def fake_inventory(
         else None
     )
     if packages is None:
-        packages = {"tensorflow" if cuda else "tensorflow-cpu": tf_version or ""} if tf_version else {}
+        packages = (
+            {"tensorflow" if cuda else "tensorflow-cpu": tf_version or ""} if tf_version else {}
+        )
     return Inventory(
         python="3.11.7",
         platform=platform,

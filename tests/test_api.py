@@ -1,0 +1,94 @@
+"""The public surface: exported names, lazy import, missing TensorFlow."""
+
+from __future__ import annotations
+
+from helpers import run_json
+
+import tfplace
+
+EXPECTED = {
+    "KINDS",
+    "PRIORITY",
+    "AlreadyInitializedError",
+    "CPUConfig",
+    "ClusterConfigError",
+    "ClusterSpec",
+    "DeviceFallbackWarning",
+    "DeviceNotFoundError",
+    "GPUConfig",
+    "Inventory",
+    "Plan",
+    "TfplaceError",
+    "TfplaceWarning",
+    "__version__",
+    "configure_cpus",
+    "configure_gpus",
+    "inventory",
+    "on_cpu",
+    "on_device",
+    "on_gpu",
+    "parse_slurm",
+    "parse_tf_config",
+    "pick_strategy",
+    "plan",
+}
+
+
+def test_exported_names_are_exactly_the_intended_ones() -> None:
+    assert set(tfplace.__all__) == EXPECTED
+    assert list(tfplace.__all__) == sorted(tfplace.__all__)
+    for name in tfplace.__all__:
+        assert hasattr(tfplace, name), name
+
+
+def test_error_hierarchy() -> None:
+    assert issubclass(tfplace.AlreadyInitializedError, tfplace.TfplaceError)
+    assert issubclass(tfplace.AlreadyInitializedError, RuntimeError)
+    assert issubclass(tfplace.DeviceNotFoundError, LookupError)
+    assert issubclass(tfplace.ClusterConfigError, ValueError)
+    assert issubclass(tfplace.DeviceFallbackWarning, tfplace.TfplaceWarning)
+    assert issubclass(tfplace.TfplaceWarning, UserWarning)
+
+
+def test_import_does_not_import_tensorflow() -> None:
+    out = run_json(
+        """
+        import json, sys, time
+        t = time.perf_counter()
+        import tfplace
+        ms = (time.perf_counter() - t) * 1000
+        print(json.dumps({"tf": "tensorflow" in sys.modules, "keras": "keras" in sys.modules,
+                          "ms": ms}))
+        """
+    )
+    assert out["tf"] is False
+    assert out["keras"] is False
+
+
+def test_missing_tensorflow_names_the_pip_command() -> None:
+    out = run_json(
+        """
+        import json, sys
+        sys.modules["tensorflow"] = None  # makes `import tensorflow` raise ImportError
+        import tfplace
+        try:
+            tfplace.pick_strategy()
+        except ImportError as err:
+            print(json.dumps({"msg": str(err)}))
+        """
+    )
+    assert "pip install" in out["msg"]
+    assert "tfplace[cpu]" in out["msg"]
+
+
+def test_inventory_without_tensorflow_still_works() -> None:
+    out = run_json(
+        """
+        import json, sys
+        sys.modules["tensorflow"] = None
+        import tfplace
+        inv = tfplace.inventory()
+        print(json.dumps({"tf": inv.tensorflow is None, "kind": tfplace.plan().kind}))
+        """
+    )
+    assert out == {"tf": True, "kind": "default"}

@@ -1,0 +1,191 @@
+"""configure_gpus / configure_cpus: GPU rules on a fake tf.config, CPU rules for real."""
+
+from __future__ import annotations
+
+import pytest
+from fakes import FakeGPUMachine
+from helpers import run_json
+
+import tfplace
+from tfplace.config import auto_threads
+
+
+def test_growth_is_set_on_every_visible_gpu() -> None:
+    m = FakeGPUMachine(n=3)
+    cfg = tfplace.configure_gpus(memory_growth=True, backend=m)
+    assert m.calls == ["growth 0 True", "growth 1 True", "growth 2 True"]
+    assert cfg == tfplace.GPUConfig((0, 1, 2), True, None, changed=True)
+
+
+def test_same_settings_twice_is_a_no_op_also_after_start() -> None:
+    m = FakeGPUMachine()
+    tfplace.configure_gpus(memory_growth=True, backend=m)
+    m.started = True
+    m.calls.clear()
+    cfg = tfplace.configure_gpus(memory_growth=True, backend=m)
+    assert m.calls == []
+    assert cfg.changed is False and cfg.memory_growth is True
+
+
+def test_different_settings_after_start_raise_already_initialized() -> None:
+    m = FakeGPUMachine()
+    tfplace.configure_gpus(memory_growth=True, backend=m)
+    m.started = True
+    with pytest.raises(tfplace.AlreadyInitializedError) as info:
+        tfplace.configure_gpus(memory_growth=False, backend=m)
+    msg = str(info.value)
+    assert "memory growth -> False" in msg
+    assert "TF_FORCE_GPU_ALLOW_GROWTH=true" in msg
+    assert "restart" in msg
+
+
+def test_tensorflow_start_up_error_is_translated_and_chained() -> None:
+    m = FakeGPUMachine()
+
+    class Racing(FakeGPUMachine):  # the runtime starts between our check and our call
+        def runtime_started(self) -> bool:
+            return False
+
+    r = Racing()
+    r.started = True
+    with pytest.raises(tfplace.AlreadyInitializedError) as info:
+        tfplace.configure_gpus(memory_growth=True, backend=r)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert "cannot be modified after being initialized" in str(info.value)
+    assert m.calls == []
+
+
+def test_memory_limit_one_number_or_one_per_gpu() -> None:
+    m = FakeGPUMachine()
+    cfg = tfplace.configure_gpus(memory_limit_mb=1024, backend=m)
+    assert m.calls == ["split 0 [1024]", "split 1 [1024]"]
+    assert cfg.memory_limit_mb == (1024, 1024)
+    m2 = FakeGPUMachine()
+    assert tfplace.configure_gpus(memory_limit_mb=[512, 2048], backend=m2).memory_limit_mb == (
+        512,
+        2048,
+    )
+    with pytest.raises(ValueError, match="one per visible GPU"):
+        tfplace.configure_gpus(memory_limit_mb=[1, 2, 3], backend=FakeGPUMachine())
+
+
+def test_visible_hides_the_others_and_limits_follow_visible() -> None:
+    m = FakeGPUMachine(n=4)
+    cfg = tfplace.configure_gpus(visible=[1, 3], memory_limit_mb=[100, 200], backend=m)
+    assert m.calls[0] == "visible ['1', '3']"
+    assert cfg.visible == (1, 3)
+    assert cfg.memory_limit_mb == (100, 200)
+    with pytest.raises(tfplace.DeviceNotFoundError, match=r"GPU\(s\) \[7\] do not exist"):
+        tfplace.configure_gpus(visible=[7], backend=FakeGPUMachine())
+
+
+def test_growth_and_limit_together_rejected_before_tensorflow() -> None:
+    m = FakeGPUMachine()
+    with pytest.raises(ValueError, match="exclude each other"):
+        tfplace.configure_gpus(memory_growth=True, memory_limit_mb=100, backend=m)
+    assert m.calls == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"memory_growth": "yes"}, TypeError),
+        ({"memory_limit_mb": 0}, ValueError),
+        ({"memory_limit_mb": -5}, ValueError),
+        ({"memory_limit_mb": 1.5}, TypeError),
+        ({"memory_limit_mb": True}, TypeError),
+        ({"memory_limit_mb": []}, ValueError),
+        ({"memory_limit_mb": "100"}, TypeError),
+        ({"visible": 0}, TypeError),
+        ({"visible": "0"}, TypeError),
+        ({"visible": [-1]}, ValueError),
+        ({"visible": [0, 0]}, ValueError),
+    ],
+)
+def test_configure_gpus_bad_arguments(kwargs: dict[str, object], error: type[Exception]) -> None:
+    m = FakeGPUMachine()
+    with pytest.raises(error):
+        tfplace.configure_gpus(**kwargs, backend=m)  # type: ignore[arg-type]
+    assert m.calls == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"threads": "max"}, TypeError),
+        ({"threads": 0}, ValueError),
+        ({"inter_op_threads": -1}, ValueError),
+        ({"virtual_devices": 0}, ValueError),
+        ({"virtual_devices": 2.0}, TypeError),
+    ],
+)
+def test_configure_cpus_bad_arguments(kwargs: dict[str, object], error: type[Exception]) -> None:
+    m = FakeGPUMachine()
+    with pytest.raises(error):
+        tfplace.configure_cpus(**kwargs, backend=m)  # type: ignore[arg-type]
+    assert m.calls == []
+
+
+def test_configure_cpus_on_fake_machine_rules() -> None:
+    m = FakeGPUMachine()
+    cfg = tfplace.configure_cpus(4, inter_op_threads=2, virtual_devices=3, backend=m)
+    assert (cfg.intra_op_threads, cfg.inter_op_threads, cfg.virtual_devices) == (4, 2, 3)
+    m.started = True
+    again = tfplace.configure_cpus(4, inter_op_threads=2, virtual_devices=3, backend=m)
+    assert again.changed is False
+    with pytest.raises(tfplace.AlreadyInitializedError, match="TF_NUM_INTRAOP_THREADS"):
+        tfplace.configure_cpus(5, backend=m)
+
+
+def test_auto_threads_follow_usable_cores() -> None:
+    assert auto_threads(4) == (4, 4)
+    assert auto_threads(0) == (1, 1)
+
+
+def test_real_cpu_configuration_in_a_fresh_process() -> None:
+    out = run_json(
+        """
+        import json, tfplace, tensorflow as tf
+        first = tfplace.configure_cpus(2, inter_op_threads=1, virtual_devices=3)
+        gpu = tfplace.configure_gpus(memory_growth=True)      # CPU-only: returns cleanly
+        x = tf.constant(1.0)                                   # the runtime starts
+        again = tfplace.configure_cpus(2, inter_op_threads=1, virtual_devices=3)
+        errors = []
+        for kwargs in ({"virtual_devices": 4}, {"threads": 3, "virtual_devices": 3}):
+            try:
+                tfplace.configure_cpus(**kwargs)
+            except tfplace.AlreadyInitializedError as err:
+                errors.append(str(err))
+        print(json.dumps({
+            "first": [first.intra_op_threads, first.inter_op_threads, first.virtual_devices,
+                      first.changed],
+            "again_changed": again.changed,
+            "gpu": [list(gpu.visible), gpu.changed],
+            "logical": len(tf.config.list_logical_devices("CPU")),
+            "intra": tf.config.threading.get_intra_op_parallelism_threads(),
+            "errors": errors,
+        }))
+        """
+    )
+    assert out["first"] == [2, 1, 3, True]
+    assert out["again_changed"] is False
+    assert out["gpu"] == [[], False]
+    assert out["logical"] == 3
+    assert out["intra"] == 2
+    assert len(out["errors"]) == 2
+    assert "virtual CPU devices 3 -> 4" in out["errors"][0]
+    assert "intra-op threads 2 -> 3" in out["errors"][1]
+
+
+def test_auto_threads_respect_an_explicit_environment_variable() -> None:
+    out = run_json(
+        """
+        import json, tfplace
+        cfg = tfplace.configure_cpus("auto")
+        print(json.dumps([cfg.intra_op_threads, cfg.inter_op_threads]))
+        """,
+        env={"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": None},
+    )
+    # intra left to TensorFlow (which reads TF_NUM_INTRAOP_THREADS); inter sized by "auto".
+    assert out[0] == 0
+    assert out[1] >= 1
