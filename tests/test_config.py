@@ -189,3 +189,11 @@ def test_auto_threads_respect_an_explicit_environment_variable() -> None:
     # intra left to TensorFlow (which reads TF_NUM_INTRAOP_THREADS); inter sized by "auto".
     assert out[0] == 0
     assert out[1] >= 1
+
+
+def test_visible_devices_after_start_name_cuda_visible_devices() -> None:
+    m = FakeGPUMachine(n=2)
+    m.started = True
+    with pytest.raises(tfplace.AlreadyInitializedError, match="CUDA_VISIBLE_DEVICES") as info:
+        tfplace.configure_gpus(visible=[0], backend=m)
+    assert "visible GPUs [0, 1] -> [0]" in str(info.value)

@@ -162,3 +162,26 @@ def test_fast_path_leaves_the_same_state_as_tf_device_and_mixes_with_it() -> Non
         assert ours_inside == raw_inside
         assert (mixed, back) == ("device:CPU:0", "device:CPU:1")
         assert (ctx.device_name, ctx.device_spec) == before
+
+
+def test_unplaceable_op_without_soft_placement_is_device_not_found() -> None:
+    previous = tf.config.get_soft_device_placement()
+    tf.config.set_soft_device_placement(False)
+    try:
+        with pytest.raises(tfplace.DeviceNotFoundError, match=r"on_cpu\(\)") as info:
+            with tfplace.on_device("/GPU:0"):
+                tf.ones(()) + 1.0
+        assert "Could not satisfy device specification" in str(info.value)
+        assert isinstance(info.value.__cause__, tf.errors.InvalidArgumentError)
+    finally:
+        tf.config.set_soft_device_placement(previous)
+    assert tf.config.get_soft_device_placement() is previous
+
+
+def test_tfplace_never_calls_set_log_device_placement() -> None:
+    # After start-up, set_log_device_placement(False) silently turns soft placement off while
+    # get_soft_device_placement() still says True (FAILURES A9); tfplace never calls it.
+    from pathlib import Path
+
+    src = Path(tfplace.__file__).parent
+    assert not [p for p in src.glob("*.py") if "set_log_device_placement" in p.read_text()]

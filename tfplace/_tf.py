@@ -119,8 +119,10 @@ def reraise_if_initialized(err: BaseException, what: str, fix: str) -> None:
 def is_placement_error(err: BaseException) -> bool:
     """Whether ``err`` is TensorFlow's failure to place an op on an explicit device."""
     text = str(err)
-    return "Could not satisfy explicit device specification" in text or (
-        "no supported kernel" in text
+    return (
+        "Could not satisfy explicit device specification" in text
+        or "Could not satisfy device specification" in text
+        or "no supported kernel" in text
     )
 
 

@@ -113,7 +113,7 @@ PRIORITY: tuple[PriorityRule, ...] = (
     PriorityRule(
         "one_device", "exactly one GPU is visible", lambda inv, _c: len(inv.visible_gpus) == 1
     ),
-    PriorityRule("default", "otherwise: the CPU", lambda _inv, _c: True),
+    PriorityRule("default", "no TPU, cluster or GPU: the CPU", lambda _inv, _c: True),
 )
 
 
