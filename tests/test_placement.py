@@ -168,9 +168,11 @@ def test_unplaceable_op_without_soft_placement_is_device_not_found() -> None:
     previous = tf.config.get_soft_device_placement()
     tf.config.set_soft_device_placement(False)
     try:
-        with pytest.raises(tfplace.DeviceNotFoundError, match=r"on_cpu\(\)") as info:
-            with tfplace.on_device("/GPU:0"):
-                tf.ones(()) + 1.0
+        with (
+            pytest.raises(tfplace.DeviceNotFoundError, match=r"on_cpu\(\)") as info,
+            tfplace.on_device("/GPU:0"),
+        ):
+            tf.ones(()) + 1.0
         assert "Could not satisfy device specification" in str(info.value)
         assert isinstance(info.value.__cause__, tf.errors.InvalidArgumentError)
     finally:

@@ -7,7 +7,6 @@ anything else.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import warnings
@@ -99,6 +98,8 @@ def _check_address(source: str, fieldname: str, value: object) -> str:
         )
     if not port.isdigit() or not port.isascii() or not 0 < int(port) < 65536:
         raise _fail(source, fieldname, f"expected a port from 1 to 65535, found {port!r}")
+    import ipaddress
+
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
         ipaddress.ip_address(bare)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import platform
 import sys
 import threading
 from collections.abc import Iterator, Mapping
@@ -372,6 +371,8 @@ def inventory() -> Inventory:
     """
     if _override is not None:
         return _override
+    import platform
+
     env = os.environ
     tf_info, gpus, extra = _tf_facts(env)
     cpu = CPUInfo(
