@@ -1,0 +1,110 @@
+"""Keras 3 model.fit across two local worker processes equals one process with 2 replicas."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+from helpers import QUIET_ENV, run_json
+
+TRAIN = """
+import json, os
+import numpy as np
+import tfplace
+if os.environ.get("TF_CONFIG"):
+    strategy = tfplace.pick_strategy(communication_timeout=60)
+else:
+    tfplace.configure_cpus(virtual_devices=2)
+    strategy = tfplace.pick_strategy("mirrored")
+import keras
+rng = np.random.default_rng(0)
+x = rng.normal(size=(96, 4)).astype("float32")
+y = x @ np.array([[1.0], [-2.0], [0.5], [3.0]], dtype="float32")
+with strategy.scope():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, "relu"), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse", metrics=["mae"])
+history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False)
+evaluation = model.evaluate(x, y, batch_size=16, verbose=0)
+prediction = model.predict(x, batch_size=16, verbose=0)
+print(json.dumps({
+    "kind": type(strategy).__name__,
+    "replicas": strategy.num_replicas_in_sync,
+    "loss": history.history["loss"],
+    "mae": history.history["mae"],
+    "evaluate": evaluation,
+    "predict_rows": int(prediction.shape[0]),
+    "predict_sum": float(prediction.sum()),
+    "weights": [w.ravel().tolist() for w in model.get_weights()],
+}))
+"""
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def run_workers(code: str, n: int = 2, timeout: float = 240) -> list[dict[str, Any]]:
+    ports = free_ports(n)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for i in range(n):
+        env = {**os.environ, **QUIET_ENV}
+        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", textwrap.dedent(code)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    results = []
+    try:
+        for i, proc in enumerate(procs):
+            out, err = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, f"worker {i} exited {proc.returncode}:\n{err[-3000:]}"
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+def close(a: Any, b: Any) -> bool:
+    if isinstance(a, list):
+        return len(a) == len(b) and all(close(x, y) for x, y in zip(a, b, strict=True))
+    return bool(abs(a - b) <= 1e-4 * max(1.0, abs(b)))
+
+
+@pytest.mark.slow
+def test_two_workers_match_one_process_with_two_replicas() -> None:
+    single = run_json(TRAIN, env={"TF_CONFIG": None})
+    workers = run_workers(TRAIN)
+    assert single["replicas"] == 2
+    for w in workers:
+        assert w["kind"] == "KerasMultiWorkerMirroredStrategy"
+        assert w["replicas"] == 2
+        assert w["loss"][-1] < w["loss"][0]
+        for key in ("loss", "mae", "evaluate", "weights"):
+            assert close(w[key], single[key]), (key, w[key], single[key])
+        assert w["predict_rows"] == single["predict_rows"] == 96
+        assert close(w["predict_sum"], single["predict_sum"])
