@@ -17,6 +17,7 @@ EXPECTED = {
     "DeviceNotFoundError",
     "GPUConfig",
     "Inventory",
+    "LaunchResult",
     "Plan",
     "TfplaceError",
     "TfplaceWarning",
@@ -24,6 +25,8 @@ EXPECTED = {
     "configure_cpus",
     "configure_gpus",
     "inventory",
+    "is_chief",
+    "launch",
     "on_cpu",
     "on_device",
     "on_gpu",
@@ -31,6 +34,8 @@ EXPECTED = {
     "parse_tf_config",
     "pick_strategy",
     "plan",
+    "tf_configs",
+    "worker_save_path",
 }
 
 

@@ -22,7 +22,8 @@ if os.environ.get("TF_CONFIG"):
 else:
     tfplace.configure_cpus(virtual_devices=2)
     strategy = tfplace.pick_strategy("mirrored")
-import keras
+import tensorflow as tf
+keras = tf.keras  # Keras 3, or tf_keras under TF_USE_LEGACY_KERAS=1
 rng = np.random.default_rng(0)
 x = rng.normal(size=(96, 4)).astype("float32")
 y = x @ np.array([[1.0], [-2.0], [0.5], [3.0]], dtype="float32")
@@ -36,6 +37,7 @@ history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False)
 evaluation = model.evaluate(x, y, batch_size=16, verbose=0)
 prediction = model.predict(x, batch_size=16, verbose=0)
 print(json.dumps({
+    "keras": keras.__name__,
     "kind": type(strategy).__name__,
     "replicas": strategy.num_replicas_in_sync,
     "loss": history.history["loss"],
@@ -59,12 +61,14 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def run_workers(code: str, n: int = 2, timeout: float = 240) -> list[dict[str, Any]]:
+def run_workers(
+    code: str, n: int = 2, timeout: float = 240, extra_env: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     ports = free_ports(n)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for i in range(n):
-        env = {**os.environ, **QUIET_ENV}
+        env = {**os.environ, **QUIET_ENV, **(extra_env or {})}
         env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
         procs.append(
             subprocess.Popen(
@@ -96,11 +100,17 @@ def close(a: Any, b: Any) -> bool:
 
 
 @pytest.mark.slow
-def test_two_workers_match_one_process_with_two_replicas() -> None:
-    single = run_json(TRAIN, env={"TF_CONFIG": None})
-    workers = run_workers(TRAIN)
+@pytest.mark.parametrize("flavour", ["keras3", "tf_keras"])
+def test_two_workers_match_one_process_with_two_replicas(flavour: str) -> None:
+    env = {"TF_USE_LEGACY_KERAS": "1" if flavour == "tf_keras" else "0"}
+    if flavour == "tf_keras":
+        pytest.importorskip("tf_keras")
+    single = run_json(TRAIN, env={"TF_CONFIG": None, **env})
+    workers = run_workers(TRAIN, extra_env=env)
     assert single["replicas"] == 2
+    assert single["keras"].startswith("tf_keras" if flavour == "tf_keras" else "keras")
     for w in workers:
+        assert w["keras"] == single["keras"]
         assert w["kind"] == "KerasMultiWorkerMirroredStrategy"
         assert w["replicas"] == 2
         assert w["loss"][-1] < w["loss"][0]
@@ -108,3 +118,35 @@ def test_two_workers_match_one_process_with_two_replicas() -> None:
             assert close(w[key], single[key]), (key, w[key], single[key])
         assert w["predict_rows"] == single["predict_rows"] == 96
         assert close(w["predict_sum"], single["predict_sum"])
+
+
+def test_is_chief_and_worker_save_path(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tfplace
+    from tfplace.cluster import from_mapping
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert tfplace.is_chief() is True  # no cluster: the only process is the chief
+    cluster = {"worker": ["a:1", "b:1"], "chief": ["c:1"]}
+    chief = from_mapping({"cluster": cluster, "task": {"type": "chief", "index": 0}})
+    worker = from_mapping({"cluster": cluster, "task": {"type": "worker", "index": 0}})
+    assert tfplace.is_chief(chief) is True
+    assert tfplace.is_chief(worker) is False
+    target = tmp_path / "model.keras"
+    with tfplace.worker_save_path(target, chief) as p:
+        assert p == str(target)
+    with tfplace.worker_save_path(target, worker) as p:
+        assert p != str(target)
+        assert p.endswith("model.keras")
+        private = os.path.dirname(p)
+        assert os.path.isdir(private)
+        open(p, "w").close()
+    assert not os.path.exists(private)  # removed afterwards
+    monkeypatch.setenv(
+        "TF_CONFIG",
+        json.dumps({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"index": 1, "type": "worker"}}),
+    )
+    assert tfplace.is_chief() is False
+    with pytest.raises(TypeError):
+        tfplace.is_chief({"worker": []})  # type: ignore[arg-type]
+    with pytest.raises(TypeError), tfplace.worker_save_path(3):  # type: ignore[arg-type]
+        pass

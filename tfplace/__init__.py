@@ -22,6 +22,8 @@ from tfplace.errors import (
     TfplaceWarning,
 )
 from tfplace.inventory import Inventory, inventory
+from tfplace.launch import LaunchResult, launch, tf_configs
+from tfplace.multiworker import is_chief, worker_save_path
 from tfplace.placement import on_cpu, on_device, on_gpu
 from tfplace.plan import KINDS, PRIORITY, Plan, plan
 from tfplace.strategy import pick_strategy
@@ -39,6 +41,7 @@ __all__ = [
     "DeviceNotFoundError",
     "GPUConfig",
     "Inventory",
+    "LaunchResult",
     "Plan",
     "TfplaceError",
     "TfplaceWarning",
@@ -46,6 +49,8 @@ __all__ = [
     "configure_cpus",
     "configure_gpus",
     "inventory",
+    "is_chief",
+    "launch",
     "on_cpu",
     "on_device",
     "on_gpu",
@@ -53,4 +58,6 @@ __all__ = [
     "parse_tf_config",
     "pick_strategy",
     "plan",
+    "tf_configs",
+    "worker_save_path",
 ]

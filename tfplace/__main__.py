@@ -1,4 +1,10 @@
-"""Command line: ``tfplace`` / ``python -m tfplace``. Parses, prints, sets the exit code."""
+"""Command line: ``tfplace`` / ``python -m tfplace``. Parses, prints, sets the exit code.
+
+Commands:
+    tfplace [doctor] [--json]           the machine report (default)
+    tfplace launch -n N SCRIPT [ARGS]   N local workers of one cluster
+    tfplace tf-config HOST [HOST ...]   the TF_CONFIG of each host of a cluster
+"""
 
 from __future__ import annotations
 
@@ -19,21 +25,79 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     doctor = sub.add_parser("doctor", help="the machine report (the default command)")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    launch = sub.add_parser(
+        "launch",
+        help="run a training script as N local workers of one TensorFlow cluster",
+        description="Start N workers of this Python, each with its TF_CONFIG on free loopback "
+        "ports. Output lines are prefixed with the worker index. When a worker fails, the "
+        "others are stopped and its exit code is returned.",
+    )
+    launch.add_argument("-n", "--num-workers", type=int, required=True, help="workers (>= 1)")
+    launch.add_argument(
+        "--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL"
+    )
+    launch.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
+    launch.add_argument("-m", dest="module", action="store_true", help="SCRIPT is a module")
+    launch.add_argument("script", help="the Python script (or module with -m)")
+    launch.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
+
+    tfc = sub.add_parser(
+        "tf-config",
+        help="print the TF_CONFIG of each host of a multi-machine cluster",
+        description="Print one line per host: the TF_CONFIG to export on that host.",
+    )
+    tfc.add_argument("hosts", nargs="+", help="host or host:port, one per worker, in order")
+    tfc.add_argument("--port", type=int, default=2222, help="port for hosts without one")
+    tfc.add_argument("--json", action="store_true", help="print a JSON list instead")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line and return the exit code."""
-    args = _parser().parse_args(argv)
+def _doctor(as_json: bool) -> int:
     from tfplace.inventory import inventory
     from tfplace.report import make_report
 
     report = make_report(inventory())
-    if args.json:
+    if as_json:
         print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
         print(report.to_text())
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "launch":
+        from tfplace.launch import launch
+
+        if args.num_workers < 1:
+            parser.error(f"-n must be >= 1, found {args.num_workers}")
+        target = ["-m", args.script] if args.module else [args.script]
+        result = launch(
+            [sys.executable, *target, *args.args],
+            args.num_workers,
+            grace_seconds=args.grace,
+            host=args.host,
+        )
+        return result.returncode
+    if args.command == "tf-config":
+        from tfplace.errors import ClusterConfigError
+        from tfplace.launch import tf_configs
+
+        try:
+            configs = tf_configs(args.hosts, args.port)
+        except ClusterConfigError as err:
+            print(f"tfplace tf-config: {err}", file=sys.stderr)
+            return 2
+        if args.json:
+            print(json.dumps([json.loads(c) for c in configs], indent=2))
+        else:
+            for host, config in zip(args.hosts, configs, strict=True):
+                print(f"{host}: export TF_CONFIG='{config}'")
+        return 0
+    return _doctor(args.json)
 
 
 if __name__ == "__main__":

@@ -17,17 +17,30 @@ own among them) still see a ``MultiWorkerMirroredStrategy``.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tfplace import _tf
+from tfplace.cluster import ClusterSpec
 from tfplace.errors import AlreadyInitializedError
 from tfplace.plan import Plan
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-__all__ = ["MULTI_WORKER_FIX", "make_multi_worker", "multi_worker_class"]
+__all__ = [
+    "MULTI_WORKER_FIX",
+    "is_chief",
+    "make_multi_worker",
+    "multi_worker_class",
+    "worker_save_path",
+]
 
 MULTI_WORKER_FIX = (
     "Create the multi-worker strategy first: call tfplace.configure_*() (optional), then "
@@ -92,7 +105,68 @@ def make_multi_worker(decision: Plan, timeout: float | None) -> tf.distribute.St
             task_id=spec.task_index,
             rpc_layer="grpc",
         )
-    strategy: Any = multi_worker_class()(
-        cluster_resolver=resolver, communication_options=options
-    )
+    strategy: Any = multi_worker_class()(cluster_resolver=resolver, communication_options=options)
     return strategy
+
+
+def _current_cluster(cluster: ClusterSpec | None) -> ClusterSpec | None:
+    if cluster is not None:
+        if not isinstance(cluster, ClusterSpec):
+            raise TypeError(f"cluster must be a ClusterSpec, found {type(cluster).__name__}")
+        return cluster
+    from tfplace.inventory import inventory
+    from tfplace.plan import cluster_of
+
+    return cluster_of(inventory())
+
+
+def is_chief(cluster: ClusterSpec | None = None) -> bool:
+    """Whether this process is the chief: the one that writes checkpoints, logs and exports.
+
+    The ``chief`` task when the cluster has one, else worker 0; True outside a cluster.
+
+    Args:
+        cluster: an explicit cluster; by default TF_CONFIG or SLURM.
+
+    Raises:
+        ClusterConfigError: the cluster description is malformed.
+
+    Example:
+        >>> if tfplace.is_chief():  # doctest: +SKIP
+        ...     print("I write the TensorBoard logs")
+    """
+    spec = _current_cluster(cluster)
+    return True if spec is None else spec.is_chief
+
+
+@contextlib.contextmanager
+def worker_save_path(
+    path: str | os.PathLike[str], cluster: ClusterSpec | None = None
+) -> Iterator[str]:
+    """A path to save to that never races: the real path on the chief, a private one elsewhere.
+
+    Under a multi-worker strategy every worker must take part in saving (the variables are
+    synchronized through collectives), but only one may write the real file. The chief gets
+    ``path``; every other worker gets a path in its own temporary directory, deleted when
+    the block ends.
+
+    Args:
+        path: where the model or checkpoint should end up.
+        cluster: an explicit cluster; by default TF_CONFIG or SLURM.
+
+    Example:
+        >>> with tfplace.worker_save_path("model.keras") as p:  # doctest: +SKIP
+        ...     model.save(p)
+    """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a str or os.PathLike, found {path!r}")
+    spec = _current_cluster(cluster)
+    target = Path(path)
+    if spec is None or spec.is_chief:
+        yield str(target)
+        return
+    private = tempfile.mkdtemp(prefix=f"tfplace-{spec.task_type}-{spec.task_index}-")
+    try:
+        yield str(Path(private) / target.name)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)

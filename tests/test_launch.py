@@ -1,0 +1,223 @@
+"""The local launcher: output, exit codes, signals, and nothing left behind."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from helpers import QUIET_ENV
+
+import tfplace
+from tfplace.launch import free_ports, launch, tf_configs
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in state
+
+
+def script(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "worker.py"
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+def cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tfplace", "launch", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **QUIET_ENV},
+    )
+
+
+def test_workers_get_their_tf_config_and_prefixed_output(tmp_path: Path) -> None:
+    path = script(
+        tmp_path,
+        """
+        import json, os, sys
+        task = json.loads(os.environ["TF_CONFIG"])["task"]
+        print("task", task["index"], os.environ["TFPLACE_WORKER_INDEX"], *sys.argv[1:])
+        """,
+    )
+    out = io.StringIO()
+    result = launch([sys.executable, path, "x", "y"], 3, out=out)
+    assert result.returncode == 0
+    assert result.worker_codes == (0, 0, 0)
+    assert result.failed_worker is None
+    lines = sorted(out.getvalue().splitlines())
+    assert lines == [f"[worker {i}] task {i} {i} x y" for i in range(3)]
+
+
+def test_one_failing_worker_stops_the_others_and_leaves_nothing(tmp_path: Path) -> None:
+    path = script(
+        tmp_path,
+        """
+        import os, subprocess, sys, time
+        if os.environ["TFPLACE_WORKER_INDEX"] == "1":
+            time.sleep(1.0)
+            sys.exit(3)
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        print("pids", os.getpid(), child.pid, flush=True)
+        time.sleep(120)
+        """,
+    )
+    start = time.monotonic()
+    proc = cli("-n", "3", "--grace", "2", path)
+    out, _ = proc.communicate(timeout=60)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 3, out
+    assert "[tfplace launch] worker 1 exited with code 3; stopping the others" in out
+    assert elapsed < 15
+    pids = [int(p) for line in re.findall(r"pids (\d+) (\d+)", out) for p in line]
+    assert len(pids) == 4
+    time.sleep(0.2)
+    assert not [p for p in pids if alive(p)]
+
+
+def test_worker_killed_by_a_signal_gives_128_plus_the_signal(tmp_path: Path) -> None:
+    path = script(
+        tmp_path,
+        """
+        import os, signal
+        if os.environ["TFPLACE_WORKER_INDEX"] == "0":
+            os.kill(os.getpid(), signal.SIGKILL)
+        """,
+    )
+    result = launch([sys.executable, path], 2, out=io.StringIO(), grace_seconds=1)
+    assert result.returncode == 137
+    assert result.failed_worker == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signals_are_forwarded_and_workers_stopped(tmp_path: Path, sig: int) -> None:
+    path = script(
+        tmp_path,
+        """
+        import os, time
+        print("pid", os.getpid(), flush=True)
+        time.sleep(120)
+        """,
+    )
+    proc = cli("-n", "2", "--grace", "2", path)
+    assert proc.stdout is not None
+    pids: list[int] = []
+    while len(pids) < 2:
+        line = proc.stdout.readline()
+        assert line, "launcher ended early"
+        if " pid " in line:
+            pids.append(int(line.split()[-1]))
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + sig, out
+    assert f"received signal {sig}" in out
+    time.sleep(0.2)
+    assert not [p for p in pids if alive(p)]
+
+
+def test_bad_launch_arguments() -> None:
+    with pytest.raises(TypeError):
+        launch("python x.py", 2)
+    with pytest.raises(ValueError, match="num_workers"):
+        launch([sys.executable, "-c", "pass"], 0)
+    with pytest.raises(ValueError, match="grace"):
+        launch([sys.executable, "-c", "pass"], 1, grace_seconds=-1)
+    with pytest.raises(ValueError, match="positive count"):
+        free_ports(0)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfplace", "launch", "-n", "0", "x.py"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "-n must be >= 1" in proc.stderr
+
+
+def test_tf_configs_for_a_host_list() -> None:
+    configs = [json.loads(c) for c in tf_configs(["node1", "node2:3000", "fd00::2"], port=2222)]
+    assert configs[0]["cluster"]["worker"] == ["node1:2222", "node2:3000", "[fd00::2]:2222"]
+    assert [c["task"]["index"] for c in configs] == [0, 1, 2]
+    with pytest.raises(tfplace.ClusterConfigError, match="duplicate"):
+        tf_configs(["a", "a:2222"])
+    with pytest.raises(ValueError, match="non-empty"):
+        tf_configs([])
+
+
+def test_tf_config_command() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfplace", "tf-config", "h1", "h2", "--port", "4000"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = proc.stdout.splitlines()
+    assert lines[1].startswith("h2: export TF_CONFIG='")
+    config = json.loads(lines[1].split("'")[1])
+    assert config["task"] == {"type": "worker", "index": 1}
+    bad = subprocess.run(
+        [sys.executable, "-m", "tfplace", "tf-config", "h1:99999"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "host list: cluster.worker[0]" in bad.stderr
+
+
+@pytest.mark.slow
+def test_peers_of_a_killed_worker_fail_within_the_timeout(tmp_path: Path) -> None:
+    path = script(
+        tmp_path,
+        """
+        import os, signal, time
+        import numpy as np
+        import tfplace
+        strategy = tfplace.pick_strategy(communication_timeout=5)
+        import keras
+        index = os.environ["TFPLACE_WORKER_INDEX"]
+        x = np.ones((4096, 4), "float32"); y = np.ones((4096, 1), "float32")
+        with strategy.scope():
+            model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+            model.compile("sgd", "mse")
+
+        class Die(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if index == "1" and batch == 5:
+                    print("dying", time.time(), flush=True)
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        try:
+            model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[Die()])
+        except Exception as err:
+            print("failed", time.time(), type(err).__name__, str(err).splitlines()[-2])
+            raise SystemExit(1)
+        """,
+    )
+    out = io.StringIO()
+    # A long grace period lets worker 0 report its own failure before it would be killed.
+    result = launch(
+        [sys.executable, path], 2, out=out, grace_seconds=60, env={**os.environ, **QUIET_ENV}
+    )
+    text = out.getvalue()
+    assert result.returncode == 137, text
+    assert result.failed_worker == 1
+    died = float(re.search(r"\[worker 1\] dying (\S+)", text).group(1))  # type: ignore[union-attr]
+    failed = re.search(r"\[worker 0\] failed (\S+) (\w+) (.*)", text)
+    assert failed, text
+    assert failed.group(2) in ("UnavailableError", "DeadlineExceededError", "InternalError")
+    assert "timed out" in failed.group(3) or "abort" in failed.group(3).lower()
+    assert float(failed.group(1)) - died < 30
