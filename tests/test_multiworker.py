@@ -150,3 +150,35 @@ def test_is_chief_and_worker_save_path(tmp_path: Any, monkeypatch: pytest.Monkey
         tfplace.is_chief({"worker": []})  # type: ignore[arg-type]
     with pytest.raises(TypeError), tfplace.worker_save_path(3):  # type: ignore[arg-type]
         pass
+
+
+@pytest.mark.slow
+def test_the_guides_local_example_runs_as_written(tmp_path: Any) -> None:
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    guide = (root / "docs" / "multi-worker.md").read_text()
+    assert "tfplace launch -n 2 docs/examples/multi_worker_train.py /tmp/out" in guide
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tfplace",
+            "launch",
+            "-n",
+            "2",
+            "docs/examples/multi_worker_train.py",
+            str(tmp_path),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, **QUIET_ENV},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "[worker 0] chief: 2 replicas" in proc.stdout
+    assert "[worker 1] worker: 2 replicas" in proc.stdout
+    assert (tmp_path / "model.keras").exists()
+    assert os.listdir(tmp_path) == ["model.keras"]

@@ -191,7 +191,7 @@ class _Launch:
                     return _code(code), failed
             if all(code == 0 for code in codes):
                 return 0, None
-            time.sleep(0.05)
+            time.sleep(0.01)
 
     def _say(self, text: str) -> None:
         with self.out_lock:
