@@ -43,5 +43,5 @@ def test_report_json_names_cuda_visible_devices() -> None:
 
 def test_report_with_bad_tf_config_explains_instead_of_crashing() -> None:
     proc = run_cli(env={"TF_CONFIG": "{broken"})
-    assert proc.returncode == 0
+    assert proc.returncode == 1  # an error finding (F3)
     assert "cannot decide: TF_CONFIG: JSON" in proc.stdout

@@ -1,7 +1,7 @@
 """Command line: ``tfplace`` / ``python -m tfplace``. Parses, prints, sets the exit code.
 
 Commands:
-    tfplace [doctor] [--json]           the machine report (default)
+    tfplace [doctor] [--json] [--verify] the machine report and findings (default)
     tfplace launch -n N SCRIPT [ARGS]   N local workers of one cluster
     tfplace tf-config HOST [HOST ...]   the TF_CONFIG of each host of a cluster
 """
@@ -21,10 +21,16 @@ def _parser() -> argparse.ArgumentParser:
         prog="tfplace",
         description="Show what TensorFlow can use on this machine and what tfplace would pick.",
     )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    _doctor_options(parser)
     sub = parser.add_subparsers(dest="command")
-    doctor = sub.add_parser("doctor", help="the machine report (the default command)")
-    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor = sub.add_parser(
+        "doctor",
+        help="what TensorFlow can use here, and why not (the default command)",
+        description="Report what TensorFlow can use on this machine, what pick_strategy() "
+        "would choose, and findings with fixes. Exit codes: 0 healthy (warnings and "
+        "information allowed), 1 a finding is an error, 3 --verify failed.",
+    )
+    _doctor_options(doctor)
 
     launch = sub.add_parser(
         "launch",
@@ -53,16 +59,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _doctor(as_json: bool) -> int:
-    from tfplace.inventory import inventory
-    from tfplace.report import make_report
+def _doctor_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="also run a matmul and a convolution on every device (starts TensorFlow)",
+    )
+    parser.add_argument(
+        "--precision",
+        default=None,
+        metavar="POLICY",
+        help="a Keras dtype policy you intend to use, checked against the hardware",
+    )
 
-    report = make_report(inventory())
-    if as_json:
+
+def _doctor(args: argparse.Namespace) -> int:
+    from tfplace.doctor import diagnose
+    from tfplace.inventory import inventory
+
+    report = diagnose(inventory(), precision=args.precision, run_verify=args.verify)
+    if args.json:
         print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
         print(report.to_text())
-    return 0
+    return report.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for host, config in zip(args.hosts, configs, strict=True):
                 print(f"{host}: export TF_CONFIG='{config}'")
         return 0
-    return _doctor(args.json)
+    return _doctor(args)
 
 
 if __name__ == "__main__":

@@ -180,6 +180,7 @@ class Inventory:
     runtime_started: bool = False
     soft_placement: bool | None = None
     functions_run_eagerly: bool | None = None
+    nvidia_driver: str | None = None
 
     @property
     def visible_gpus(self) -> tuple[GPUInfo, ...]:
@@ -216,34 +217,41 @@ class Inventory:
 def cpu_quota(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path | None = None) -> float | None:
     """The cgroup CPU quota of this process in cores, or None when unlimited or unknown.
 
-    Reads cgroup v2 ``cpu.max`` (``"400000 100000"`` is 4 cores) along this process's cgroup
-    path and its parents, then cgroup v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``.
-    The smallest limit on the path wins, as the kernel enforces.
+    Reads cgroup v2 ``cpu.max`` (``"400000 100000"`` is 4 cores) and cgroup v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, along this process's cgroup path (from
+    ``/proc/self/cgroup``) and its parents. The smallest limit on the path wins, as the kernel
+    enforces.
     """
     limits: list[float] = []
-    rel = ""
+    v2_rel, v1_rel = "", ""
     proc_cgroup = proc_cgroup or Path("/proc/self/cgroup")
     with contextlib.suppress(OSError):
         for line in proc_cgroup.read_text().splitlines():
             parts = line.split(":", 2)
-            if len(parts) == 3 and parts[0] == "0" and parts[1] == "":
-                rel = parts[2].strip().lstrip("/")
-    candidates = [root / rel] if rel else []
-    if rel:
-        candidates += [root / p for p in _parents(rel)]
-    candidates.append(root)
-    for directory in candidates:
+            if len(parts) != 3:
+                continue
+            if parts[0] == "0" and parts[1] == "":
+                v2_rel = parts[2].strip().lstrip("/")
+            elif "cpu" in parts[1].split(","):
+                v1_rel = parts[2].strip().lstrip("/")
+    for directory in _along(root, v2_rel):
         with contextlib.suppress(OSError, ValueError):
             quota, _, period = (directory / "cpu.max").read_text().strip().partition(" ")
             if quota != "max" and float(period or 100000) > 0:
                 limits.append(float(quota) / float(period or 100000))
-    for v1 in (root / "cpu", root / "cpu,cpuacct"):
-        with contextlib.suppress(OSError, ValueError):
-            quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
-            period_us = int((v1 / "cpu.cfs_period_us").read_text())
-            if quota_us > 0 and period_us > 0:
-                limits.append(quota_us / period_us)
+    for mount in (root / "cpu", root / "cpu,cpuacct", root / "cpuacct,cpu"):
+        for directory in _along(mount, v1_rel):
+            with contextlib.suppress(OSError, ValueError):
+                quota_us = int((directory / "cpu.cfs_quota_us").read_text())
+                period_us = int((directory / "cpu.cfs_period_us").read_text())
+                if quota_us > 0 and period_us > 0:
+                    limits.append(quota_us / period_us)
     return min(limits) if limits else None
+
+
+def _along(root: Path, rel: str) -> list[Path]:
+    """``root/rel``, then each parent directory up to ``root``."""
+    return [root / rel, *(root / p for p in _parents(rel))] + ([root] if rel else [])
 
 
 def _parents(rel: str) -> Iterator[str]:
@@ -293,6 +301,14 @@ def _keras_info(env: Mapping[str, str]) -> KerasInfo:
     if not major.isdigit() or int(major) < 3:
         return KerasInfo("missing", version)
     return KerasInfo("keras3", version)
+
+
+def _nvidia_driver() -> str | None:
+    """The NVIDIA kernel driver's version line, or None when no driver is loaded."""
+    with contextlib.suppress(OSError):
+        text = Path("/proc/driver/nvidia/version").read_text()
+        return text.splitlines()[0].strip() if text.strip() else "unknown version"
+    return None
 
 
 def _tpu_info(env: Mapping[str, str]) -> TPUInfo:
@@ -399,6 +415,7 @@ def inventory() -> Inventory:
         runtime_started=bool(extra.get("started", False)),
         soft_placement=extra.get("soft_placement"),
         functions_run_eagerly=extra.get("eager"),
+        nvidia_driver=_nvidia_driver(),
     )
 
 

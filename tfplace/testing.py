@@ -44,6 +44,8 @@ def fake_inventory(
     env: Mapping[str, str] | None = None,
     runtime_started: bool = False,
     packages: Mapping[str, str] | None = None,
+    nvidia_driver: str | None = "default",
+    functions_run_eagerly: bool = False,
 ) -> Inventory:
     """Build an :class:`~tfplace.inventory.Inventory` describing a machine that is not here.
 
@@ -64,6 +66,8 @@ def fake_inventory(
         env: other environment variables.
         runtime_started: whether TensorFlow's runtime has started.
         packages: installed distributions ``{name: version}``.
+        nvidia_driver: the driver version line; by default one exists when there are GPUs.
+        functions_run_eagerly: whether ``tf.config.run_functions_eagerly(True)`` is in force.
     """
     if isinstance(gpus, int):
         gpu_list = tuple(
@@ -117,5 +121,10 @@ def fake_inventory(
         packages=tuple(sorted(packages.items())),
         runtime_started=runtime_started,
         soft_placement=True,
-        functions_run_eagerly=False,
+        functions_run_eagerly=functions_run_eagerly,
+        nvidia_driver=(
+            ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54" if gpu_list else None)
+            if nvidia_driver == "default"
+            else nvidia_driver
+        ),
     )
