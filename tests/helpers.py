@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -53,3 +54,57 @@ def run_json(code: str, **kwargs: Any) -> Any:
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert lines, f"no output; stderr:\n{proc.stderr}"
     return json.loads(lines[-1])
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def run_cluster(
+    code: str, n: int = 2, timeout: float = 240, extra_env: Mapping[str, str] | None = None
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run ``code`` as ``n`` local workers of one TF_CONFIG cluster; return each one's result."""
+    ports = free_ports(n)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for i in range(n):
+        env = {**os.environ, **QUIET_ENV, **(extra_env or {})}
+        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        args = [sys.executable, "-c", textwrap.dedent(code)]
+        procs.append(
+            (
+                args,
+                subprocess.Popen(
+                    args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                ),
+            )
+        )
+    done = []
+    try:
+        for args, proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    finally:
+        for _, proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return done
+
+
+def run_workers(
+    code: str, n: int = 2, timeout: float = 240, extra_env: Mapping[str, str] | None = None
+) -> list[Any]:
+    """Run ``code`` as ``n`` workers; each must exit 0 and print JSON as its last line."""
+    results = []
+    for i, proc in enumerate(run_cluster(code, n, timeout, extra_env)):
+        assert proc.returncode == 0, f"worker {i} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return results

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import textwrap
 from typing import Any
 
 import pytest
-from helpers import QUIET_ENV, run_json
+from helpers import QUIET_ENV, run_json, run_workers
 
 TRAIN = """
 import json, os
@@ -48,49 +46,6 @@ print(json.dumps({
     "weights": [w.ravel().tolist() for w in model.get_weights()],
 }))
 """
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def run_workers(
-    code: str, n: int = 2, timeout: float = 240, extra_env: dict[str, str] | None = None
-) -> list[dict[str, Any]]:
-    ports = free_ports(n)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for i in range(n):
-        env = {**os.environ, **QUIET_ENV, **(extra_env or {})}
-        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", textwrap.dedent(code)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    results = []
-    try:
-        for i, proc in enumerate(procs):
-            out, err = proc.communicate(timeout=timeout)
-            assert proc.returncode == 0, f"worker {i} exited {proc.returncode}:\n{err[-3000:]}"
-            results.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return results
 
 
 def close(a: Any, b: Any) -> bool:

@@ -6,7 +6,8 @@ The hierarchy::
     └── TfplaceError                     every error tfplace raises on purpose
         ├── AlreadyInitializedError      (also RuntimeError)
         ├── DeviceNotFoundError          (also LookupError)
-        └── ClusterConfigError           (also ValueError)
+        ├── ClusterConfigError           (also ValueError)
+        └── BatchSizeError               (also RuntimeError)
 
     Warning
     └── TfplaceWarning                   something the user should change in their code
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyInitializedError",
+    "BatchSizeError",
     "ClusterConfigError",
     "DeviceFallbackWarning",
     "DeviceNotFoundError",
@@ -52,6 +54,10 @@ class ClusterConfigError(TfplaceError, ValueError):
 
     The message names the source (for example ``TF_CONFIG``) and the field at fault.
     """
+
+
+class BatchSizeError(TfplaceError, RuntimeError):
+    """Raised by ``find_batch_size`` when even the smallest batch size runs out of memory."""
 
 
 class TfplaceWarning(UserWarning):

@@ -1,0 +1,238 @@
+"""Precision, memory, find_batch_size and autotune."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import run_json
+
+import tfplace
+from tfplace.inventory import GPUInfo
+from tfplace.precision import choose_precision
+from tfplace.testing import fake_inventory
+from tfplace.tuning import Candidate, available_candidates
+
+
+@pytest.fixture
+def restore_policy() -> Iterator[None]:
+    before = keras.config.dtype_policy().name
+    yield
+    keras.config.set_dtype_policy(before)
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+@pytest.mark.parametrize(
+    ("inv", "policy"),
+    [
+        (fake_inventory(), "float32"),
+        (fake_inventory(gpus=2, compute_capability=(6, 1)), "float32"),
+        (fake_inventory(gpus=2, compute_capability=(7, 5)), "mixed_float16"),
+        (fake_inventory(gpus=2, compute_capability=(8, 0)), "mixed_bfloat16"),
+        (fake_inventory(gpus=(GPUInfo(0, "a", (8, 6)), GPUInfo(1, "b", (7, 0)))), "mixed_float16"),
+        (fake_inventory(gpus=(GPUInfo(0, "a", None),)), "float32"),
+        (fake_inventory(tpu=True), "mixed_bfloat16"),
+    ],
+)
+def test_choose_precision(inv: object, policy: str) -> None:
+    chosen, why = choose_precision(inv)  # type: ignore[arg-type]
+    assert chosen == policy
+    assert why
+
+
+@pytest.mark.usefixtures("restore_policy")
+def test_configure_precision_auto_on_this_cpu(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="tfplace"):
+        assert tfplace.configure_precision() == "float32"
+    assert keras.config.dtype_policy().name == "float32"
+    assert "no GPU" in caplog.text
+
+
+@pytest.mark.usefixtures("restore_policy")
+def test_configure_precision_follows_the_hardware_it_is_told_about() -> None:
+    assert tfplace.configure_precision(inventory=fake_inventory(gpus=1, compute_capability=(7, 0)))
+    assert keras.config.dtype_policy().name == "mixed_float16"
+
+
+@pytest.mark.usefixtures("restore_policy")
+def test_slow_explicit_policy_warns_and_says_why() -> None:
+    with pytest.warns(tfplace.TfplaceWarning, match="Tensor Cores"):
+        assert tfplace.configure_precision("mixed_float16") == "mixed_float16"
+    assert keras.config.dtype_policy().name == "mixed_float16"
+
+
+def test_bad_policy() -> None:
+    with pytest.raises(ValueError, match="expected 'auto' or one of"):
+        tfplace.configure_precision("half")
+
+
+def test_configure_precision_under_tf_keras() -> None:
+    pytest.importorskip("tf_keras")
+    out = run_json(
+        """
+        import json, tfplace
+        from tfplace.testing import fake_inventory
+        p = tfplace.configure_precision(inventory=fake_inventory(gpus=1, compute_capability=(7, 5)))
+        import tensorflow as tf
+        print(json.dumps([p, tf.keras.mixed_precision.global_policy().name]))
+        """,
+        env={"TF_USE_LEGACY_KERAS": "1"},
+    )
+    assert out == ["mixed_float16", "mixed_float16"]
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def test_memory_info_and_track_memory_on_cpu() -> None:
+    info = tfplace.memory_info("CPU:0")
+    assert info.device == "CPU:0"
+    assert 0.0 <= info.current_mb <= info.peak_mb or info.peak_mb == 0.0
+    with tfplace.track_memory("/device:CPU:0") as mem:
+        assert mem.peak_mb == 0.0  # filled in when the block ends
+        tf.ones((64, 64)) @ tf.ones((64, 64))
+    assert mem.device == "CPU:0"
+    assert mem.peak_mb >= mem.current_mb >= 0.0
+
+
+def test_memory_info_bad_device() -> None:
+    with pytest.raises(tfplace.DeviceNotFoundError, match="no such device"):
+        tfplace.memory_info("GPU:7")
+    with pytest.raises(TypeError):
+        tfplace.memory_info(3)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- batch size
+
+
+def allocate(batch_size: int) -> int:
+    if batch_size > 64:
+        tf.zeros((batch_size, 2**40))  # a real ResourceExhaustedError on any machine
+    return batch_size
+
+
+def test_find_batch_size_backs_off_on_real_oom(caplog: pytest.LogCaptureFixture) -> None:
+    # One real out-of-memory error (TensorFlow's CPU allocator retries ~10 s before it).
+    train = tfplace.find_batch_size(start=128)(allocate)
+    with caplog.at_level(logging.WARNING, logger="tfplace"):
+        assert train() == 64
+    assert train.batch_size == 64  # type: ignore[attr-defined]
+    assert "batch_size=128 ran out of memory; retrying with 64" in caplog.text
+
+
+def test_find_batch_size_halves_until_it_fits() -> None:
+    tried: list[int] = []
+
+    @tfplace.find_batch_size(start=1000, factor=0.5, minimum=3)
+    def train(batch_size: int) -> int:
+        tried.append(batch_size)
+        if batch_size > 100:
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        return batch_size
+
+    assert train() == 62
+    assert tried == [1000, 500, 250, 125, 62]
+
+
+def test_find_batch_size_other_errors_propagate_at_once() -> None:
+    calls: list[int] = []
+
+    @tfplace.find_batch_size(start=100)
+    def broken(batch_size: int) -> None:
+        calls.append(batch_size)
+        raise KeyError("not memory")
+
+    with pytest.raises(KeyError):
+        broken()
+    assert calls == [100]
+
+
+def test_find_batch_size_gives_up_clearly() -> None:
+    @tfplace.find_batch_size(start=8, minimum=2)
+    def never(batch_size: int) -> None:
+        raise tf.errors.ResourceExhaustedError(None, None, f"OOM at {batch_size}")
+
+    with pytest.raises(tfplace.BatchSizeError, match="even at batch_size=2") as info:
+        never()
+    assert isinstance(info.value.__cause__, tf.errors.ResourceExhaustedError)
+
+
+def test_find_batch_size_bad_arguments() -> None:
+    for kwargs in ({"start": 0}, {"start": 4, "factor": 1.0}, {"start": 4, "minimum": 5}):
+        with pytest.raises(ValueError):  # noqa: PT011 - each message is checked elsewhere
+            tfplace.find_batch_size(**kwargs)
+    with pytest.raises(TypeError, match="batch_size"):
+        tfplace.find_batch_size(start=4)(lambda x: x)
+    wrapped = tfplace.find_batch_size(start=4)(allocate)
+    with pytest.raises(TypeError, match="passes batch_size itself"):
+        wrapped(batch_size=3)
+
+
+# ----------------------------------------------------------------------------- autotune
+
+
+def build_model() -> keras.Model:
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def dataset() -> tf.data.Dataset:
+    x = np.random.default_rng(0).normal(size=(256, 8)).astype("float32")
+    return tf.data.Dataset.from_tensor_slices((x, x[:, :1])).batch(32)
+
+
+def test_available_candidates_on_this_machine() -> None:
+    names = [c.name for c in available_candidates()]
+    assert names == ["CPU:0", "mirrored 2xCPU"]
+
+
+def test_autotune_measures_every_candidate_and_returns_the_best() -> None:
+    report = tfplace.autotune(build_model, dataset(), steps=5, warmup=1)
+    assert {m.name for m in report.results} == {"CPU:0", "mirrored 2xCPU"}
+    rates = [m.steps_per_second for m in report.results]
+    assert rates == sorted(rates, reverse=True)
+    assert all(r > 0 for r in rates)
+    assert report.best is report.results[0]
+    assert report.strategy.num_replicas_in_sync == report.best.replicas
+    with report.strategy.scope():
+        model = build_model()
+    model.fit(dataset(), epochs=1, verbose=0)  # the strategy is ready to use
+    assert "steps/s" in report.to_text()
+
+
+def test_autotune_explicit_candidates_and_bad_arguments() -> None:
+    only = [Candidate("cpu", "one_device", ("/CPU:1",))]
+    report = tfplace.autotune(build_model, dataset(), candidates=only, steps=2, warmup=0)
+    assert [m.name for m in report.results] == ["cpu"]
+    with pytest.raises(TypeError):
+        tfplace.autotune(3, dataset())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="steps"):
+        tfplace.autotune(build_model, dataset(), steps=0)
+    with pytest.raises(TypeError, match="dataset"):
+        tfplace.autotune(build_model, [1, 2])
+    with pytest.raises(ValueError, match="no candidates"):
+        tfplace.autotune(build_model, dataset(), candidates=[])
+
+
+def test_scale_loss_custom_loop() -> None:
+    # Keras 3 replaced get_scaled_loss (K#19479) with scale_loss + apply; docs/precision.md.
+    opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1))
+    assert not hasattr(opt, "get_scaled_loss")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    before = [w.numpy().copy() for w in model.trainable_variables]
+    x, y = tf.ones((4, 2)), tf.zeros((4, 1))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean((model(x) - y) ** 2) + 1.0
+        scaled = opt.scale_loss(loss)
+    assert float(scaled) > float(loss)  # dynamic loss scaling multiplies the loss
+    grads = tape.gradient(scaled, model.trainable_variables)
+    opt.apply(grads, model.trainable_variables)
+    after = [w.numpy() for w in model.trainable_variables]
+    assert any(not np.allclose(a, b) for a, b in zip(after, before, strict=True))
