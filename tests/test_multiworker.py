@@ -16,7 +16,7 @@ import json, os
 import numpy as np
 import tfplace
 if os.environ.get("TF_CONFIG"):
-    strategy = tfplace.pick_strategy(communication_timeout=60)
+    strategy = tfplace.pick_strategy(communication_timeout=60, startup_timeout=120)
 else:
     tfplace.configure_cpus(virtual_devices=2)
     strategy = tfplace.pick_strategy("mirrored")
@@ -34,7 +34,11 @@ with strategy.scope():
 history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False)
 evaluation = model.evaluate(x, y, batch_size=16, verbose=0)
 prediction = model.predict(x, batch_size=16, verbose=0)
+children = sum(
+    len(open(f"/proc/self/task/{t}/children").read().split()) for t in os.listdir("/proc/self/task")
+)
 print(json.dumps({
+    "children": children,
     "keras": keras.__name__,
     "kind": type(strategy).__name__,
     "replicas": strategy.num_replicas_in_sync,
@@ -65,6 +69,7 @@ def test_two_workers_match_one_process_with_two_replicas(flavour: str) -> None:
     assert single["replicas"] == 2
     assert single["keras"].startswith("tf_keras" if flavour == "tf_keras" else "keras")
     for w in workers:
+        assert w["children"] == 0  # the start-up watchdog process is gone
         assert w["keras"] == single["keras"]
         assert w["kind"] == "KerasMultiWorkerMirroredStrategy"
         assert w["replicas"] == 2
@@ -137,3 +142,32 @@ def test_the_guides_local_example_runs_as_written(tmp_path: Any) -> None:
     assert "[worker 1] worker: 2 replicas" in proc.stdout
     assert (tmp_path / "model.keras").exists()
     assert os.listdir(tmp_path) == ["model.keras"]
+
+
+@pytest.mark.slow
+def test_a_worker_whose_peer_never_starts_fails_clearly_instead_of_hanging() -> None:
+    import time
+
+    from helpers import free_ports, run_fresh
+
+    mine, missing = free_ports(2)
+    config = {
+        "cluster": {"worker": [f"127.0.0.1:{mine}", f"127.0.0.1:{missing}"]},
+        "task": {"type": "worker", "index": 0},
+    }
+    start = time.monotonic()
+    proc = run_fresh(
+        """
+        import tfplace
+        tfplace.pick_strategy(startup_timeout=5)
+        print("built")  # must never happen: worker 1 does not exist
+        """,
+        env={"TF_CONFIG": json.dumps(config)},
+        check=False,
+        timeout=120,
+    )
+    assert time.monotonic() - start < 60
+    assert proc.returncode == -9
+    assert "built" not in proc.stdout
+    assert f"Nothing listens at 127.0.0.1:{missing}" in proc.stderr
+    assert "not every worker joined within 5 s" in proc.stderr

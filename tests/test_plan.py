@@ -218,3 +218,19 @@ def test_priority_table_order_and_docs_agree() -> None:
     assert [(int(n), k, c) for n, k, c in rows] == [
         (i + 1, r.kind, r.condition) for i, r in enumerate(PRIORITY)
     ]
+
+
+def test_replica_counts_must_agree_across_slurm_tasks() -> None:
+    slurm = {
+        "SLURM_PROCID": "0",
+        "SLURM_NTASKS": "2",
+        "SLURM_JOB_NODELIST": "gpu[1-2]",
+        "SLURM_TASKS_PER_NODE": "1(x2)",
+        "SLURM_GPUS_ON_NODE": "4",
+    }
+    assert decide(fake_inventory(gpus=4, slurm=slurm)).num_replicas_in_sync == 8
+    with pytest.raises(tfplace.ClusterConfigError, match="group_size") as info:
+        decide(fake_inventory(gpus=2, slurm=slurm))
+    assert "each task 4 GPU(s) but this worker sees 2" in str(info.value)
+    cpu_only = {k: v for k, v in slurm.items() if k != "SLURM_GPUS_ON_NODE"}
+    assert decide(fake_inventory(slurm=cpu_only)).num_replicas_in_sync == 2

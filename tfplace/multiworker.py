@@ -18,8 +18,11 @@ own among them) still see a ``MultiWorkerMirroredStrategy``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -47,6 +50,7 @@ MULTI_WORKER_FIX = (
     "tfplace.pick_strategy(), then build models and data, in a fresh process (TF#47861)."
 )
 
+log = logging.getLogger("tfplace")
 _class_lock = threading.Lock()
 _class: type | None = None
 
@@ -83,7 +87,72 @@ def multi_worker_class() -> type:
         return _class
 
 
-def make_multi_worker(decision: Plan, timeout: float | None) -> tf.distribute.Strategy:
+_WATCHDOG = r"""
+import os, select, signal, socket, sys
+parent, timeout, me, peers = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4:]
+ready, _, _ = select.select([sys.stdin], [], [], timeout)
+if ready:
+    sys.exit(0)  # the strategy was built (or the parent died and closed the pipe)
+def reachable(address):
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False
+down = [a for a in peers if a != me and not reachable(a)]
+detail = (
+    "Nothing listens at " + ", ".join(down) + ": start those workers, or check the addresses "
+    "and the firewall." if down else
+    "Every peer accepts connections but not all joined: check that they run the same program "
+    "with the same cluster."
+)
+sys.stderr.write(
+    "tfplace: pick_strategy('multi_worker'): not every worker joined within %g s (this is %s). "
+    "%s Stopping this worker (SIGKILL) instead of waiting forever; "
+    "pick_strategy(startup_timeout=...) changes the limit, None waits forever.\n"
+    % (timeout, me, detail)
+)
+sys.stderr.flush()
+os.kill(parent, signal.SIGKILL)
+"""
+
+
+def _start_watchdog(spec: ClusterSpec, startup_timeout: float) -> subprocess.Popen[bytes]:
+    """Kill this worker, saying why, unless the strategy is built within ``startup_timeout``.
+
+    TensorFlow waits in C++ for every worker to join, holding the GIL, where neither a Python
+    thread nor a signal handler can run; a worker that never starts would leave the others
+    waiting for good. So the watchdog is a small separate process; closing its stdin (see
+    :func:`_stop_watchdog`) tells it the strategy exists.
+    """
+    peers = [a for name, addrs in spec.jobs if name in ("chief", "worker") for a in addrs]
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _WATCHDOG,
+            str(os.getpid()),
+            str(startup_timeout),
+            spec.address,
+            *peers,
+        ],
+        stdin=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def _stop_watchdog(watchdog: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        assert watchdog.stdin is not None
+        watchdog.stdin.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        watchdog.wait(timeout=5)
+
+
+def make_multi_worker(
+    decision: Plan, timeout: float | None, startup_timeout: float | None = None
+) -> tf.distribute.Strategy:
     """Build the multi-worker strategy for ``decision`` (collectives with a timeout)."""
     tf = _tf.load()
     if _tf.runtime_started():
@@ -105,7 +174,18 @@ def make_multi_worker(decision: Plan, timeout: float | None) -> tf.distribute.St
             task_id=spec.task_index,
             rpc_layer="grpc",
         )
-    strategy: Any = multi_worker_class()(cluster_resolver=resolver, communication_options=options)
+    watchdog = (
+        _start_watchdog(decision.cluster, startup_timeout)
+        if decision.cluster is not None and startup_timeout is not None
+        else None
+    )
+    try:
+        strategy: Any = multi_worker_class()(
+            cluster_resolver=resolver, communication_options=options
+        )
+    finally:
+        if watchdog is not None:
+            _stop_watchdog(watchdog)
     return strategy
 
 

@@ -331,6 +331,14 @@ def _build_multi_worker(
                 "cluster of 'chief'/'worker' tasks only (multi-worker mirrored training), or "
                 "tf_keras with TF_USE_LEGACY_KERAS=1."
             )
+        if spec.gpus_per_worker is not None and spec.gpus_per_worker != len(gpus):
+            raise ClusterConfigError(
+                f"{spec.source}: GPUs per task: the allocation gives each task "
+                f"{spec.gpus_per_worker} GPU(s) but this worker sees {len(gpus)}. Every worker "
+                "must run the same number of replicas, or collectives fail with 'Collective "
+                "Op has group_size ... but that group has size ...' (TF#47203). Bind GPUs to "
+                "tasks (srun --gpus-per-task, or CUDA_VISIBLE_DEVICES per task)."
+            )
         workers = spec.num_workers
         reasons.append(
             f"{workers} workers from {spec.source}; this is {spec.task_type} {spec.task_index}"

@@ -15,13 +15,21 @@ from tfplace.plan import Plan, plan
 if TYPE_CHECKING:
     import tensorflow as tf
 
-__all__ = ["DEFAULT_COMMUNICATION_TIMEOUT", "build_strategy", "pick_strategy"]
+__all__ = [
+    "DEFAULT_COMMUNICATION_TIMEOUT",
+    "DEFAULT_STARTUP_TIMEOUT",
+    "build_strategy",
+    "pick_strategy",
+]
 
 log = logging.getLogger("tfplace")
 
 #: Seconds a collective may wait for its peers before failing (multi-worker), so a dead
 #: worker makes the others fail instead of hanging forever.
 DEFAULT_COMMUNICATION_TIMEOUT = 300.0
+#: Seconds every worker of a cluster has to start and join, so a worker that never starts
+#: (wrong address, crashed at start-up, pod not scheduled) is an error, not an endless wait.
+DEFAULT_STARTUP_TIMEOUT = 900.0
 
 
 def pick_strategy(
@@ -31,6 +39,7 @@ def pick_strategy(
     cross_device_ops: str | None = None,
     cluster: ClusterSpec | None = None,
     communication_timeout: float | None = DEFAULT_COMMUNICATION_TIMEOUT,
+    startup_timeout: float | None = DEFAULT_STARTUP_TIMEOUT,
     inventory: Inventory | None = None,
 ) -> tf.distribute.Strategy:
     """Return the best ``tf.distribute.Strategy`` for this machine (or the one asked for).
@@ -49,6 +58,11 @@ def pick_strategy(
         cluster: an explicit cluster instead of TF_CONFIG / SLURM.
         communication_timeout: seconds a multi-worker collective waits for its peers
             (None: forever).
+        startup_timeout: seconds every worker of a cluster has to start and join. TensorFlow
+            waits for them in C++, where Python cannot interrupt it, so after this long a
+            small watchdog process says which peers are unreachable and kills this worker
+            (SIGKILL) instead of letting it wait forever (None: wait forever, TensorFlow's
+            behaviour).
         inventory: decide on these facts instead of the real ones (tests).
 
     Returns:
@@ -65,15 +79,16 @@ def pick_strategy(
         >>> with strategy.scope():  # doctest: +SKIP
         ...     model = build_model()
     """
-    if communication_timeout is not None and (
-        isinstance(communication_timeout, bool)
-        or not isinstance(communication_timeout, int | float)
-        or communication_timeout <= 0
+    for name, value in (
+        ("communication_timeout", communication_timeout),
+        ("startup_timeout", startup_timeout),
     ):
-        raise ValueError(
-            f"communication_timeout must be a positive number of seconds or None, "
-            f"found {communication_timeout!r}"
-        )
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+        ):
+            raise ValueError(
+                f"{name} must be a positive number of seconds or None, found {value!r}"
+            )
     decision = plan(
         kind,
         devices=devices,
@@ -81,7 +96,9 @@ def pick_strategy(
         cluster=cluster,
         inventory=inventory,
     )
-    strategy = build_strategy(decision, communication_timeout=communication_timeout)
+    strategy = build_strategy(
+        decision, communication_timeout=communication_timeout, startup_timeout=startup_timeout
+    )
     log.info("tfplace: %s", decision.summary())
     return strategy
 
@@ -97,7 +114,10 @@ def _mirrored_ops(tf: Any, name: str | None) -> Any:
 
 
 def build_strategy(
-    decision: Plan, *, communication_timeout: float | None = DEFAULT_COMMUNICATION_TIMEOUT
+    decision: Plan,
+    *,
+    communication_timeout: float | None = DEFAULT_COMMUNICATION_TIMEOUT,
+    startup_timeout: float | None = DEFAULT_STARTUP_TIMEOUT,
 ) -> tf.distribute.Strategy:
     """Build the strategy a :class:`~tfplace.plan.Plan` describes (the thin TensorFlow part)."""
     tf = _tf.load()
@@ -115,7 +135,7 @@ def build_strategy(
         from tfplace.multiworker import make_multi_worker
 
         try:
-            return make_multi_worker(decision, communication_timeout)
+            return make_multi_worker(decision, communication_timeout, startup_timeout)
         except (RuntimeError, ValueError) as err:
             _tf.reraise_if_initialized(err, "pick_strategy('multi_worker')", MULTI_WORKER_FIX)
             raise
