@@ -170,8 +170,10 @@ def test_slurm_cpu_only_nodes_work() -> None:
     spec = parse_slurm(env, port=2000)
     assert spec is not None
     assert spec.addresses("worker") == ("cpu1:2000", "cpu2:2000", "cpu3:2000")
-    assert spec.gpus_per_worker == 0
+    assert spec.gpus_per_worker is None  # SLURM names no GPUs: nothing to check
     assert spec.is_chief
+    zero = parse_slurm({**env, "SLURM_GPUS_ON_NODE": "0"})
+    assert zero is not None and zero.gpus_per_worker == 0
 
 
 def test_slurm_uneven_tasks_and_ranges() -> None:

@@ -317,7 +317,7 @@ def parse_slurm(env: Mapping[str, str], *, port: int = 8888) -> ClusterSpec | No
         digits = gpus_raw.rpartition(":")[2]
         gpus = int(digits) if digits.isdigit() and digits.isascii() else None
     max_per_node = max(counts)
-    per_task = gpus // max_per_node if gpus else 0
+    per_task = None if gpus is None else gpus // max_per_node
     return ClusterSpec(
         jobs=(("worker", tuple(addresses)),),
         task_type="worker",
