@@ -189,6 +189,7 @@ def test_peers_of_a_killed_worker_fail_within_the_timeout(tmp_path: Path) -> Non
         strategy = tfplace.pick_strategy(communication_timeout=5)
         import keras
         index = os.environ["TFPLACE_WORKER_INDEX"]
+        print("pid", os.getpid(), flush=True)
         x = np.ones((4096, 4), "float32"); y = np.ones((4096, 1), "float32")
         with strategy.scope():
             model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
@@ -221,3 +222,6 @@ def test_peers_of_a_killed_worker_fail_within_the_timeout(tmp_path: Path) -> Non
     assert failed.group(2) in ("UnavailableError", "DeadlineExceededError", "InternalError")
     assert "timed out" in failed.group(3) or "abort" in failed.group(3).lower()
     assert float(failed.group(1)) - died < 30
+    pids = [int(p) for p in re.findall(r"\] pid (\d+)", text)]
+    assert len(pids) == 2
+    assert not [p for p in pids if alive(p)]  # the launcher left no process behind
