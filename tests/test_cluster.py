@@ -223,3 +223,18 @@ def test_any_slurm_environment_parses_or_raises_cluster_config_error(env: dict[s
 def test_public_names() -> None:
     assert tfplace.parse_tf_config is parse_tf_config
     assert tfplace.parse_slurm is parse_slurm
+
+
+def test_mapping_with_a_non_string_task_type_name() -> None:
+    from tfplace.cluster import from_mapping
+
+    with pytest.raises(ClusterConfigError, match="task type names must be strings"):
+        from_mapping({"cluster": {1: ["a:1"]}, "task": {"type": "worker"}})
+
+
+def test_slurm_huge_ranges_and_bad_ports_are_refused() -> None:
+    env = {**SLURM_TWO_NODES, "SLURM_JOB_NODELIST": "n[1-999999]"}
+    with pytest.raises(ClusterConfigError, match="too large"):
+        parse_slurm(env)
+    with pytest.raises(ValueError, match="port"):
+        parse_slurm(SLURM_TWO_NODES, port=0)

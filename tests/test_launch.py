@@ -225,3 +225,15 @@ def test_peers_of_a_killed_worker_fail_within_the_timeout(tmp_path: Path) -> Non
     pids = [int(p) for p in re.findall(r"\] pid (\d+)", text)]
     assert len(pids) == 2
     assert not [p for p in pids if alive(p)]  # the launcher left no process behind
+
+
+def test_tf_config_command_json() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfplace", "tf-config", "h1", "[fd00::1]:5000", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    configs = json.loads(proc.stdout)
+    assert [c["task"]["index"] for c in configs] == [0, 1]
+    assert configs[0]["cluster"]["worker"] == ["h1:2222", "[fd00::1]:5000"]
