@@ -181,10 +181,23 @@ def test_multi_worker_fixture_runs_a_function_in_two_workers(pytester: pytest.Py
         def test_failure_is_reported(tfplace_workers):
             results = tfplace_workers(fail, n=2, check=False)
             assert 4 in [r.returncode for r in results]
+
+        def test_script_target(tfplace_workers, tmp_path):
+            script = tmp_path / "w.py"
+            script.write_text(
+                "import os, sys; print('arg', sys.argv[1], os.environ['TFPLACE_WORKER_INDEX'])"
+            )
+            results = tfplace_workers(script, n=2, args=["x"])
+            assert sorted(r.output for r in results) == ["arg x 0", "arg x 1"]
+            assert [r.value for r in results] == [None, None]
+
+        def test_failing_worker_fails_the_test_with_its_output(tfplace_workers):
+            tfplace_workers(fail, n=2)
         """
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["*tfplace_workers: a worker failed (exit 4)*", "*--- worker 0*"])
 
 
 def test_fake_hardware_fixture_and_restoring_the_environment(pytester: pytest.Pytester) -> None:
