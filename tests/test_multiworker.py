@@ -171,3 +171,35 @@ def test_a_worker_whose_peer_never_starts_fails_clearly_instead_of_hanging() -> 
     assert "built" not in proc.stdout
     assert f"Nothing listens at 127.0.0.1:{missing}" in proc.stderr
     assert "not every worker joined within 5 s" in proc.stderr
+
+
+def test_compare_replica_counts() -> None:
+    from tfplace.errors import ClusterConfigError
+    from tfplace.multiworker import compare_replica_counts
+
+    compare_replica_counts({"worker 0": 2, "worker 1": 2}, "TF_CONFIG")
+    with pytest.raises(ClusterConfigError, match=r"worker 0: 2, worker 1: 1.*group_size"):
+        compare_replica_counts({"worker 0": 2, "worker 1": 1}, "TF_CONFIG")
+
+
+@pytest.mark.slow
+def test_workers_with_different_replica_counts_stop_before_training() -> None:
+    from helpers import run_cluster
+
+    # Worker 1 pretends to have two local replicas (as with a second GPU); the counts are
+    # exchanged for real through TensorFlow's coordination service.
+    code = """
+    import json, os, tfplace, tfplace.multiworker as mw
+    if json.loads(os.environ["TF_CONFIG"])["task"]["index"] == 1:
+        mw._local_replicas = lambda strategy: 2
+    try:
+        tfplace.pick_strategy(communication_timeout=30, startup_timeout=120)
+    except tfplace.ClusterConfigError as err:
+        print("refused:", err)
+        raise SystemExit(3)
+    print("built")
+    """
+    done = run_cluster(code)
+    for proc in done:
+        assert proc.returncode == 3, proc.stdout + proc.stderr[-2000:]
+        assert "replicas per worker differ (worker 0: 1, worker 1: 2)" in proc.stdout

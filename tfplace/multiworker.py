@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from tfplace import _tf
 from tfplace.cluster import ClusterSpec
-from tfplace.errors import AlreadyInitializedError
+from tfplace.errors import AlreadyInitializedError, ClusterConfigError
 from tfplace.plan import Plan
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MULTI_WORKER_FIX",
+    "compare_replica_counts",
     "is_chief",
     "make_multi_worker",
     "multi_worker_class",
@@ -186,7 +187,55 @@ def make_multi_worker(
     finally:
         if watchdog is not None:
             _stop_watchdog(watchdog)
+    if decision.cluster is not None:
+        _exchange_replica_counts(strategy, decision.cluster, timeout)
     return strategy
+
+
+def _local_replicas(strategy: Any) -> int:
+    return len(strategy.extended.worker_devices)
+
+
+def compare_replica_counts(counts: dict[str, int], source: str) -> None:
+    """Raise :class:`ClusterConfigError` unless every worker runs as many replicas. Pure.
+
+    Args:
+        counts: ``{"worker 0": 2, "worker 1": 1, ...}``.
+        source: where the cluster came from, for the message.
+    """
+    if len(set(counts.values())) <= 1:
+        return
+    listing = ", ".join(f"{task}: {n}" for task, n in counts.items())
+    raise ClusterConfigError(
+        f"{source}: replicas per worker differ ({listing}). Every worker must run the same "
+        "number of replicas, or collectives fail with 'Collective Op has group_size ... but "
+        "that group has size ...' (TF#47203). Give every worker the same GPUs "
+        "(CUDA_VISIBLE_DEVICES, or tfplace.configure_gpus(visible=...))."
+    )
+
+
+def _exchange_replica_counts(strategy: Any, spec: ClusterSpec, timeout: float | None) -> None:
+    """Tell the other workers how many replicas this one runs, through TensorFlow's
+    coordination service, and compare, before the first collective could fail on it."""
+    try:
+        from tensorflow.python.eager import context
+
+        ctx = context.context()
+        mine = _local_replicas(strategy)
+        prefix = "tfplace/replicas"
+        with contextlib.suppress(Exception):  # already published by an earlier strategy
+            ctx.set_config_key_value(f"{prefix}/{spec.task_type}/{spec.task_index}", str(mine))
+        wait_ms = int((timeout or 300.0) * 1000)
+        counts = {
+            f"{job} {i}": int(ctx.get_config_key_value(f"{prefix}/{job}/{i}", wait_ms))
+            for job, addrs in spec.jobs
+            if job in ("chief", "worker")
+            for i in range(len(addrs))
+        }
+    except Exception as err:  # no coordination service here: the collectives still check
+        log.debug("tfplace: could not compare replica counts across workers: %s", err)
+        return
+    compare_replica_counts(counts, spec.source)
 
 
 def _current_cluster(cluster: ClusterSpec | None) -> ClusterSpec | None:
