@@ -228,10 +228,19 @@ def test_fake_hardware_fixture_and_restoring_the_environment(pytester: pytest.Py
             assert "MY_FLAG" not in os.environ
             assert tfplace.inventory().gpus == ()
             assert my_device_choice() == "small-batch"
+
+        os.environ["KEEP_ME"] = "original"
+
+        def test_overrides_an_existing_variable(tfplace_fake_hardware):
+            tfplace_fake_hardware(set_env={"KEEP_ME": "changed"})
+            assert os.environ["KEEP_ME"] == "changed"
+
+        def test_existing_variable_is_restored():
+            assert os.environ["KEEP_ME"] == "original"
         """
     )
     result = pytester.runpytest_subprocess("-p", "no:randomly")
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=5)
 
 
 def test_plugin_module_is_registered_as_an_entry_point() -> None:
