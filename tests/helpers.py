@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 from collections.abc import Mapping
 from typing import Any
+
+from tfplace.launch import free_ports
 
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
@@ -54,17 +55,6 @@ def run_json(code: str, **kwargs: Any) -> Any:
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert lines, f"no output; stderr:\n{proc.stderr}"
     return json.loads(lines[-1])
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def run_cluster(

@@ -148,7 +148,9 @@ def test_the_guides_local_example_runs_as_written(tmp_path: Any) -> None:
 def test_a_worker_whose_peer_never_starts_fails_clearly_instead_of_hanging() -> None:
     import time
 
-    from helpers import free_ports, run_fresh
+    from helpers import run_fresh
+
+    from tfplace.launch import free_ports
 
     mine, missing = free_ports(2)
     config = {

@@ -99,11 +99,6 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in parts)
 
 
-def _hidden_by_cvd(inv: Inventory) -> bool:
-    cvd = inv.env_value("CUDA_VISIBLE_DEVICES")
-    return cvd is not None and cvd.strip() in ("", "-1")
-
-
 def _cuda_build(inv: Inventory) -> bool:
     return inv.tensorflow is not None and inv.tensorflow.is_cuda_build
 
@@ -177,7 +172,7 @@ def _windows(inv: Inventory, _p: str | None) -> Finding | None:
 
 
 def _cvd(inv: Inventory, _p: str | None) -> Finding | None:
-    if not _hidden_by_cvd(inv):
+    if not inv.gpus_hidden_by_env:
         return None
     value = inv.env_value("CUDA_VISIBLE_DEVICES")
     return Finding(
@@ -191,7 +186,7 @@ def _cvd(inv: Inventory, _p: str | None) -> Finding | None:
 
 
 def _gpu_not_found(inv: Inventory, _p: str | None) -> Finding | None:
-    if not _cuda_build(inv) or inv.gpus or _hidden_by_cvd(inv) or inv.platform != "linux":
+    if not _cuda_build(inv) or inv.gpus or inv.gpus_hidden_by_env or inv.platform != "linux":
         return None
     tf = inv.tensorflow
     assert tf is not None

@@ -195,6 +195,19 @@ class Inventory:
         return None
 
     @property
+    def gpus_hidden_by_env(self) -> bool:
+        """Whether ``CUDA_VISIBLE_DEVICES`` is empty or ``-1``, hiding every GPU."""
+        cvd = self.env_value("CUDA_VISIBLE_DEVICES")
+        return cvd is not None and cvd.strip() in ("", "-1")
+
+    @property
+    def local_device_names(self) -> tuple[str, ...]:
+        """Logical device names: ``/GPU:i`` for visible GPUs, then ``/CPU:i``."""
+        return tuple(f"/GPU:{i}" for i in range(len(self.visible_gpus))) + tuple(
+            f"/CPU:{i}" for i in range(self.cpu.logical_devices)
+        )
+
+    @property
     def has_nccl(self) -> bool:
         """Whether TensorFlow's NCCL all-reduce exists here (Linux CUDA builds only)."""
         return self.platform.startswith("linux") and (
@@ -318,7 +331,7 @@ def _tpu_info(env: Mapping[str, str]) -> TPUInfo:
     return TPUInfo(hints=tuple(hints), name=env.get("TPU_NAME") or env.get("COLAB_TPU_ADDR"))
 
 
-def _tf_facts(env: Mapping[str, str]) -> tuple[TFInfo | None, tuple[GPUInfo, ...], dict[str, Any]]:
+def _tf_facts() -> tuple[TFInfo | None, tuple[GPUInfo, ...], dict[str, Any]]:
     try:
         tf = _tf.load()
     except ImportError:
@@ -390,7 +403,7 @@ def inventory() -> Inventory:
     import platform
 
     env = os.environ
-    tf_info, gpus, extra = _tf_facts(env)
+    tf_info, gpus, extra = _tf_facts()
     cpu = CPUInfo(
         host_cores=os.cpu_count() or 1,
         affinity_cores=_affinity(),

@@ -118,9 +118,8 @@ PRIORITY: tuple[PriorityRule, ...] = (
 
 
 def _gpu_hidden_reason(inv: Inventory) -> str | None:
-    cvd = inv.env_value("CUDA_VISIBLE_DEVICES")
-    if cvd is not None and cvd.strip() in ("", "-1"):
-        return f"CUDA_VISIBLE_DEVICES={cvd!r} hides every GPU"
+    if inv.gpus_hidden_by_env:
+        return f"CUDA_VISIBLE_DEVICES={inv.env_value('CUDA_VISIBLE_DEVICES')!r} hides every GPU"
     if inv.gpus and not inv.visible_gpus:
         return "configure_gpus(visible=...) hid every GPU"
     if inv.tensorflow is not None and not (
@@ -149,7 +148,7 @@ def _check_devices(inv: Inventory, devices: Sequence[str]) -> tuple[str, ...]:
     for name in devices:
         kind, index = _normalize(name)
         if index >= available[kind]:
-            have = ", ".join(_local_names(inv)) or "none"
+            have = ", ".join(inv.local_device_names) or "none"
             raise DeviceNotFoundError(
                 f"device {name!r} is not visible; visible devices: {have}. "
                 + (
@@ -162,12 +161,6 @@ def _check_devices(inv: Inventory, devices: Sequence[str]) -> tuple[str, ...]:
     if len(set(out)) != len(out):
         raise ValueError(f"devices lists a device twice: {list(devices)}")
     return tuple(out)
-
-
-def _local_names(inv: Inventory) -> list[str]:
-    return [f"/GPU:{i}" for i in range(len(inv.visible_gpus))] + [
-        f"/CPU:{i}" for i in range(inv.cpu.logical_devices)
-    ]
 
 
 def _mirror_ops(inv: Inventory, devices: Sequence[str]) -> tuple[CrossDeviceOps | None, str]:

@@ -132,9 +132,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     from tfplace.inventory import inventory
 
     inv = inventory()
-    devices = [f"/GPU:{i}" for i in range(len(inv.visible_gpus))] + [
-        f"/CPU:{i}" for i in range(inv.cpu.logical_devices)
-    ]
+    devices = inv.local_device_names
     return [
         f"tfplace: devices {', '.join(devices)}; TensorFlow "
         f"{inv.tensorflow.version if inv.tensorflow else 'not installed'}, {inv.keras.flavour}",
