@@ -17,7 +17,7 @@ import tempfile
 import textwrap
 import time
 
-from tfplace.launch import launch
+from tfplace._launch import launch
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 STEPS = 200

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import types
+
+import pytest
 from helpers import run_json
 
 import tfplace
@@ -52,8 +56,44 @@ EXPECTED = {
 def test_exported_names_are_exactly_the_intended_ones() -> None:
     assert set(tfplace.__all__) == EXPECTED
     assert len(tfplace.__all__) == len(set(tfplace.__all__))  # order: ruff RUF022
-    for name in tfplace.__all__:
-        assert hasattr(tfplace, name), name
+
+
+def test_every_export_is_the_object_its_submodule_defines_and_exports() -> None:
+    """Derived from the submodules, the way httpx checks its exports: each public name is
+    resolved lazily from the module the table names, is that module's own object, and is in
+    that module's ``__all__``; and nothing else public is left in the namespace."""
+    table = tfplace._EXPORTS
+    assert set(table) | {"__version__"} == set(tfplace.__all__)
+    for name, module_name in table.items():
+        module = importlib.import_module(module_name)
+        assert name in module.__all__, (name, module_name)
+        assert getattr(tfplace, name) is getattr(module, name), name
+    public = {n for n in vars(tfplace) if not n.startswith("_")}
+    submodules = {n for n, v in vars(tfplace).items() if isinstance(v, types.ModuleType)}
+    plumbing = {"annotations", "importlib", "Any", "TYPE_CHECKING"}  # __init__'s own imports
+    assert public - submodules - plumbing <= set(tfplace.__all__)
+    assert sorted(dir(tfplace)) == dir(tfplace) and set(tfplace.__all__) <= set(dir(tfplace))
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'pick_stratgy'"):
+        tfplace.pick_stratgy  # noqa: B018
+
+
+def test_import_loads_no_submodule_until_a_name_is_used() -> None:
+    out = run_json(
+        """
+        import json, sys
+        import tfplace
+        before = sorted(m for m in sys.modules if m.startswith("tfplace."))
+        tfplace.ClusterSpec
+        after = sorted(m for m in sys.modules if m.startswith("tfplace."))
+        print(json.dumps({"before": before, "after": after, "tf": "tensorflow" in sys.modules}))
+        """
+    )
+    assert out["before"] == []
+    assert "tfplace.cluster" in out["after"]
+    assert out["tf"] is False
 
 
 def test_error_hierarchy() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from helpers import QUIET_ENV
 
+from tfplace._inventory import GPUInfo, Inventory
 from tfplace.doctor import (
     _KNOWN_ERRORS,
     EXIT_ERROR,
@@ -27,7 +28,6 @@ from tfplace.doctor import (
     findings,
     verify,
 )
-from tfplace.inventory import GPUInfo, Inventory
 from tfplace.testing import fake_inventory
 
 ROOT = Path(__file__).parents[1]

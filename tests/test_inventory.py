@@ -9,7 +9,7 @@ import pytest
 from helpers import run_json
 
 import tfplace
-from tfplace.inventory import CPUInfo, cpu_quota
+from tfplace._inventory import CPUInfo, cpu_quota
 from tfplace.testing import fake_inventory
 
 

@@ -17,7 +17,7 @@ import pytest
 from helpers import QUIET_ENV
 
 import tfplace
-from tfplace.launch import free_ports, launch, tf_configs
+from tfplace._launch import free_ports, launch, tf_configs
 
 
 def alive(pid: int) -> bool:

@@ -150,7 +150,7 @@ def test_a_worker_whose_peer_never_starts_fails_clearly_instead_of_hanging() -> 
 
     from helpers import run_fresh
 
-    from tfplace.launch import free_ports
+    from tfplace._launch import free_ports
 
     mine, missing = free_ports(2)
     config = {

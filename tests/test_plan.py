@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import tfplace
+from tfplace._inventory import GPUInfo
+from tfplace._plan import PRIORITY, decide
 from tfplace.cluster import ClusterSpec
-from tfplace.inventory import GPUInfo
-from tfplace.plan import PRIORITY, decide
 from tfplace.testing import fake_inventory, use_inventory
 
 TWO_WORKERS = {

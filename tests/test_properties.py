@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 import tfplace
 from tfplace import _tf
+from tfplace._inventory import GPUInfo, Inventory
+from tfplace._plan import KINDS, decide
 from tfplace.doctor import diagnose, findings
 from tfplace.errors import ClusterConfigError, DeviceNotFoundError
-from tfplace.inventory import GPUInfo, Inventory
-from tfplace.plan import KINDS, decide
 from tfplace.testing import fake_inventory
 
 EXAMPLES = 1000

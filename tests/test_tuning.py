@@ -12,7 +12,7 @@ import tensorflow as tf
 from helpers import run_json
 
 import tfplace
-from tfplace.inventory import GPUInfo
+from tfplace._inventory import GPUInfo
 from tfplace.precision import choose_precision
 from tfplace.testing import fake_inventory
 from tfplace.tuning import Candidate, available_candidates

@@ -75,8 +75,8 @@ def _doctor_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    from tfplace._inventory import inventory
     from tfplace.doctor import diagnose
-    from tfplace.inventory import inventory
 
     report = diagnose(inventory(), precision=args.precision, run_verify=args.verify)
     if args.json:
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "launch":
-        from tfplace.launch import launch
+        from tfplace._launch import launch
 
         if args.num_workers < 1:
             parser.error(f"-n must be >= 1, found {args.num_workers}")
@@ -104,8 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return result.returncode
     if args.command == "tf-config":
+        from tfplace._launch import tf_configs
         from tfplace.errors import ClusterConfigError
-        from tfplace.launch import tf_configs
 
         try:
             configs = tf_configs(args.hosts, args.port)

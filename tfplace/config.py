@@ -341,7 +341,7 @@ def configure_cpus(
     intra: int | None
     inter: int | None = inter_op_threads
     if threads == "auto":
-        from tfplace.inventory import inventory
+        from tfplace._inventory import inventory
 
         inv = inventory()
         auto_intra, auto_inter = auto_threads(inv.cpu.usable_cores)

@@ -1,6 +1,6 @@
 """``tfplace doctor``: what TensorFlow can use here, why a GPU is not used, and how to fix it.
 
-:func:`findings` is a pure rule engine from an :class:`~tfplace.inventory.Inventory` to a list
+:func:`findings` is a pure rule engine from an :class:`~tfplace.Inventory` to a list
 of :class:`Finding` (severity, what, why, fix, doc link); :func:`verify` actually runs a matmul
 and a convolution on each device; :class:`DoctorReport` is the report as data (``to_dict``,
 the ``--json`` schema) and as text. Printing happens in ``__main__``.
@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tfplace._inventory import Inventory
+from tfplace._plan import Plan, cluster_of, decide
 from tfplace.config import auto_threads
 from tfplace.errors import TfplaceError
-from tfplace.inventory import Inventory
-from tfplace.plan import Plan, cluster_of, decide
 
 __all__ = [
     "EXIT_ERROR",

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tfplace import _tf
+from tfplace._plan import Plan
 from tfplace.cluster import ClusterSpec
 from tfplace.errors import AlreadyInitializedError, ClusterConfigError
-from tfplace.plan import Plan
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -243,8 +243,8 @@ def _current_cluster(cluster: ClusterSpec | None) -> ClusterSpec | None:
         if not isinstance(cluster, ClusterSpec):
             raise TypeError(f"cluster must be a ClusterSpec, found {type(cluster).__name__}")
         return cluster
-    from tfplace.inventory import inventory
-    from tfplace.plan import cluster_of
+    from tfplace._inventory import inventory
+    from tfplace._plan import cluster_of
 
     return cluster_of(inventory())
 

@@ -11,8 +11,8 @@ import logging
 import warnings
 
 from tfplace import _tf
+from tfplace._inventory import Inventory
 from tfplace.errors import TfplaceWarning
-from tfplace.inventory import Inventory
 
 __all__ = ["POLICIES", "choose_precision", "configure_precision"]
 
@@ -74,7 +74,7 @@ def configure_precision(policy: str = "auto", *, inventory: Inventory | None = N
             f"unknown precision policy {policy!r}; expected 'auto' or one of {', '.join(POLICIES)}"
         )
     if inventory is None:
-        from tfplace.inventory import inventory as gather
+        from tfplace._inventory import inventory as gather
 
         inventory = gather()
     if policy == "auto":

@@ -129,7 +129,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash.get(_STATE_KEY, None)
     if state is None:
         return []
-    from tfplace.inventory import inventory
+    from tfplace._inventory import inventory
 
     inv = inventory()
     devices = inv.local_device_names
@@ -157,8 +157,8 @@ def _marker_kinds(metafunc: pytest.Metafunc, offered: Sequence[str]) -> list[str
 
 
 def _test_id(kind: str) -> str:
-    from tfplace.inventory import inventory
-    from tfplace.plan import decide
+    from tfplace._inventory import inventory
+    from tfplace._plan import decide
 
     try:
         p = decide(inventory(), kind)
@@ -202,7 +202,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     tpu = item.get_closest_marker("tfplace_tpu")
     if gpus is None and tpu is None:
         return
-    from tfplace.inventory import inventory
+    from tfplace._inventory import inventory
 
     inv = inventory()
     if gpus is not None:
@@ -270,7 +270,7 @@ class _Workers:
             grace_seconds: between SIGTERM and SIGKILL when a worker fails.
             check: fail the test when any worker exits non-zero.
         """
-        from tfplace.launch import launch
+        from tfplace._launch import launch
 
         if callable(target):
             path = inspect.getsourcefile(target)
@@ -346,7 +346,7 @@ def tfplace_fake_hardware() -> Iterator[Callable[..., Any]]:
     machine until the test ends; TensorFlow itself still runs on the real one. Environment
     variables passed as ``set_env={...}`` are set and restored afterwards.
     """
-    from tfplace.inventory import Inventory, use_inventory
+    from tfplace._inventory import Inventory, use_inventory
     from tfplace.testing import fake_inventory
 
     with contextlib.ExitStack() as stack:

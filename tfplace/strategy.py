@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tfplace import _tf
+from tfplace._inventory import Inventory
+from tfplace._plan import Plan, plan
 from tfplace.cluster import ClusterSpec
-from tfplace.inventory import Inventory
 from tfplace.multiworker import MULTI_WORKER_FIX
-from tfplace.plan import Plan, plan
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -44,7 +44,7 @@ def pick_strategy(
 ) -> tf.distribute.Strategy:
     """Return the best ``tf.distribute.Strategy`` for this machine (or the one asked for).
 
-    Automatic choice, best first (:data:`tfplace.plan.PRIORITY`): a TPU -> ``TPUStrategy``;
+    Automatic choice, best first (:data:`tfplace.PRIORITY`): a TPU -> ``TPUStrategy``;
     a TF_CONFIG/SLURM cluster -> ``MultiWorkerMirroredStrategy``; two or more GPUs ->
     ``MirroredStrategy`` (NCCL where it exists, HierarchicalCopyAllReduce elsewhere); one
     GPU -> ``OneDeviceStrategy`` on it; otherwise TensorFlow's default strategy on the CPU.
@@ -119,7 +119,7 @@ def build_strategy(
     communication_timeout: float | None = DEFAULT_COMMUNICATION_TIMEOUT,
     startup_timeout: float | None = DEFAULT_STARTUP_TIMEOUT,
 ) -> tf.distribute.Strategy:
-    """Build the strategy a :class:`~tfplace.plan.Plan` describes (the thin TensorFlow part)."""
+    """Build the strategy a :class:`~tfplace.Plan` describes (the thin TensorFlow part)."""
     tf = _tf.load()
     kind = decision.kind
     if kind == "default":

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tfplace.inventory import (
+from tfplace._inventory import (
     ClusterEnv,
     CPUInfo,
     GPUInfo,
@@ -47,7 +47,7 @@ def fake_inventory(
     nvidia_driver: str | None = "default",
     functions_run_eagerly: bool = False,
 ) -> Inventory:
-    """Build an :class:`~tfplace.inventory.Inventory` describing a machine that is not here.
+    """Build an :class:`~tfplace.Inventory` describing a machine that is not here.
 
     Args:
         gpus: how many GPUs (all alike), or explicit :class:`GPUInfo` records.

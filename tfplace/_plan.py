@@ -1,6 +1,6 @@
 """Decisions: which distribution strategy, on which devices, with which reduction.
 
-:func:`decide` is a pure function of an :class:`~tfplace.inventory.Inventory` and a request;
+:func:`decide` is a pure function of an :class:`~tfplace.Inventory` and a request;
 it makes no TensorFlow call. :data:`PRIORITY` is the one table that ranks the automatic
 choices; ``plan``, ``pick_strategy``, ``doctor`` and the docs all read it.
 """
@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from tfplace._inventory import Inventory
 from tfplace.cluster import ClusterSpec, parse_slurm, parse_tf_config
 from tfplace.errors import ClusterConfigError, DeviceNotFoundError
-from tfplace.inventory import Inventory
 
 __all__ = [
     "KINDS",
@@ -392,7 +392,7 @@ def plan(
         'default on /CPU:0 (1 replica(s)): otherwise: the CPU (automatic choice)'
     """
     if inventory is None:
-        from tfplace.inventory import inventory as gather
+        from tfplace._inventory import inventory as gather
 
         inventory = gather()
     elif not isinstance(inventory, Inventory):
