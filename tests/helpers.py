@@ -13,22 +13,48 @@ from typing import Any
 from tfplace._launch import free_ports
 
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+#: Set in every run_fresh child: allocate GPU memory on demand rather than mapping it all.
+CHILD_GPU_ENV = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+#: run_fresh(cpu_only=True): TensorFlow sees no GPU (tfplace's inventory reports them hidden).
+CPU_ONLY_ENV = {"CUDA_VISIBLE_DEVICES": "-1"}
 
 
 def run_fresh(
     code: str,
     *,
     env: Mapping[str, str | None] | None = None,
+    cpu_only: bool = False,
     timeout: float = 240,
     check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a new Python process (so TensorFlow's runtime starts fresh).
 
-    ``env`` entries override the current environment; a None value removes the variable.
-    With ``check``, a non-zero exit fails the test showing the child's output.
+    The child inherits this process's environment plus :data:`QUIET_ENV` and
+    :data:`CHILD_GPU_ENV`: ``TF_FORCE_GPU_ALLOW_GROWTH=true``, so that on a GPU host each child
+    allocates GPU memory as it needs it instead of mapping the whole GPU (several children at
+    once, e.g. under pytest-xdist, would otherwise run out of memory). A test about memory
+    settings overrides it through ``env`` (a None value removes it).
+
+    Args:
+        code: Python source; it is dedented first.
+        env: overrides for the child's environment; a None value removes the variable.
+        cpu_only: hide every GPU from the child (``CUDA_VISIBLE_DEVICES=-1``), for tests whose
+            expectations are those of a CPU-only machine; applied before ``env``.
+        timeout: seconds before the child is killed.
+        check: fail the test, showing the child's output, when the child exits non-zero.
+
+    Returns:
+        The finished process, with its stdout and stderr as text.
+
+    Example:
+        >>> run_fresh("print(6 * 7)", cpu_only=True).stdout.strip()
+        '42'
     """
     full = dict(os.environ)
     full.update(QUIET_ENV)
+    full.update(CHILD_GPU_ENV)
+    if cpu_only:
+        full.update(CPU_ONLY_ENV)
     for key, value in (env or {}).items():
         if value is None:
             full.pop(key, None)
@@ -50,7 +76,8 @@ def run_fresh(
 
 
 def run_json(code: str, **kwargs: Any) -> Any:
-    """Run ``code`` fresh; it must print one JSON document as its last stdout line."""
+    """Run ``code`` fresh (see :func:`run_fresh` for ``env``, ``cpu_only``, ...); it must print
+    one JSON document as its last non-empty stdout line, which is returned decoded."""
     proc = run_fresh(code, **kwargs)
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert lines, f"no output; stderr:\n{proc.stderr}"
