@@ -10,7 +10,7 @@ import pytest
 
 import tfplace
 from tfplace._inventory import GPUInfo
-from tfplace._plan import PRIORITY, decide
+from tfplace._plan import PRIORITY, REDUCTIONS, decide
 from tfplace.cluster import ClusterSpec
 from tfplace.testing import fake_inventory, use_inventory
 
@@ -177,6 +177,54 @@ def test_bad_requests(kwargs: dict[str, object], error: type[Exception], match: 
 def test_cross_device_ops_override() -> None:
     p = decide(fake_inventory(gpus=2), cross_device_ops="reduce_to_one")
     assert p.cross_device_ops == "reduce_to_one"
+    assert "cross_device_ops='reduce_to_one' was requested" in p.reasons
+
+
+def test_a_requested_reduction_is_kept_with_one_replica_too() -> None:
+    # It used to be dropped silently when there was one replica.
+    p = decide(fake_inventory(), "mirrored", cross_device_ops="hierarchical_copy")
+    assert (p.num_replicas_in_sync, p.cross_device_ops) == (1, "hierarchical_copy")
+
+
+@pytest.mark.parametrize(
+    ("inv_kwargs", "kind", "ops", "match"),
+    [
+        ({"gpus": 2}, "mirrored", "ring", r"'ring' is for 'multi_worker'"),
+        ({"gpus": 2}, "mirrored", "auto", "takes one of nccl, hierarchical_copy, reduce_to_one"),
+        ({"tf_config": TWO_WORKERS}, "auto", "hierarchical_copy", "is for 'mirrored'"),
+        ({"tf_config": TWO_WORKERS}, "auto", "reduce_to_one", "takes one of ring, nccl, auto"),
+        ({"gpus": 1}, "auto", "nccl", "one_device' strategy, which runs one replica"),
+        ({}, "default", "ring", "takes no cross_device_ops"),
+        ({"virtual_cpus": 2}, "mirrored", "nccl", "needs GPU replicas and NCCL"),
+        ({"gpus": 2, "platform": "win32"}, "mirrored", "nccl", "no NCCL on this platform"),
+        ({"tf_config": TWO_WORKERS}, "auto", "nccl", "needs GPU replicas"),
+    ],
+)
+def test_reductions_a_kind_cannot_build_are_refused(
+    inv_kwargs: dict[str, object], kind: str, ops: str, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        decide(fake_inventory(**inv_kwargs), kind, cross_device_ops=ops)  # type: ignore[arg-type]
+
+
+def test_every_plan_has_a_reduction_of_its_kind_or_none() -> None:
+    invs = [fake_inventory(gpus=n) for n in (0, 1, 2)] + [fake_inventory(tf_config=TWO_WORKERS)]
+    for inv in invs:
+        for kind in ("auto", "default", "one_device", "mirrored", "multi_worker"):
+            p = decide(inv, kind)
+            if REDUCTIONS[p.kind]:
+                assert p.cross_device_ops in REDUCTIONS[p.kind], (kind, p)
+            else:
+                assert p.cross_device_ops is None, (kind, p)
+
+
+def test_tpu_plan_carries_the_address_and_needs_a_fresh_runtime() -> None:
+    p = decide(fake_inventory(tpu=True))
+    assert p.kind == "tpu" and p.devices == () and p.needs_fresh_runtime
+    assert p.tpu_address == "fake-tpu" == p.to_dict()["tpu_address"]
+    assert "the TPU 'fake-tpu'" in p.summary()
+    assert decide(fake_inventory(gpus=2)).needs_fresh_runtime is False
+    assert decide(fake_inventory(tf_config=TWO_WORKERS)).needs_fresh_runtime is True
 
 
 def test_explicit_cluster_argument_beats_the_environment() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -10,6 +12,9 @@ import tensorflow as tf
 from helpers import run_json
 
 import tfplace
+from tfplace import _tf
+from tfplace._plan import REDUCTIONS, CrossDeviceOps
+from tfplace.strategy import build_strategy
 from tfplace.testing import fake_inventory
 
 
@@ -27,28 +32,47 @@ def fit_small_model(strategy: tf.distribute.Strategy) -> list[float]:
     return losses
 
 
-def test_default_on_cpu(caplog: pytest.LogCaptureFixture) -> None:
+def _built_reduction(strategy: tf.distribute.Strategy) -> str | None:
+    """The reduction name of a built strategy, read back from TensorFlow's objects."""
+    ops = getattr(strategy.extended, "_cross_device_ops", None)
+    if isinstance(strategy, tf.distribute.MirroredStrategy) and ops is not None:
+        by_class = {cls: name for name, cls in _tf.MIRRORED_REDUCTIONS.items()}
+        return by_class[type(ops).__name__]
+    return None
+
+
+# These tests run on whatever this machine has (CPU box, GPU workstation): each expectation is
+# what tfplace.plan() reports for the detected hardware, and the check is that pick_strategy
+# builds exactly that.
+
+
+def test_auto_builds_what_plan_reports(caplog: pytest.LogCaptureFixture) -> None:
+    expected = tfplace.plan()
     with caplog.at_level(logging.INFO, logger="tfplace"):
         s = tfplace.pick_strategy()
-    assert s is tf.distribute.get_strategy()
-    assert "default on /CPU:0" in caplog.text
+    assert expected.summary() in caplog.text
+    assert s.num_replicas_in_sync == expected.num_replicas_in_sync
+    if expected.kind == "default":
+        assert s is tf.distribute.get_strategy()
     losses = fit_small_model(s)
     assert losses[-1] < losses[0]
 
 
 def test_one_device() -> None:
+    device = tfplace.plan("one_device").devices[0]
     s = tfplace.pick_strategy("one_device")
     assert isinstance(s, tf.distribute.OneDeviceStrategy)
-    assert s.extended.worker_devices[0].endswith("CPU:0")
+    assert s.extended.worker_devices[0].endswith(device.lstrip("/"))
     losses = fit_small_model(s)
     assert losses[-1] < losses[0]
 
 
-def test_mirrored_over_virtual_cpus() -> None:
+def test_mirrored_on_this_machine() -> None:
+    expected = tfplace.plan("mirrored")
     s = tfplace.pick_strategy("mirrored")
     assert isinstance(s, tf.distribute.MirroredStrategy)
-    assert s.num_replicas_in_sync == 2
-    assert isinstance(s.extended._cross_device_ops, tf.distribute.ReductionToOneDevice)
+    assert s.num_replicas_in_sync == expected.num_replicas_in_sync >= 2  # GPUs or virtual CPUs
+    assert _built_reduction(s) == expected.cross_device_ops
     losses = fit_small_model(s)
     assert losses[-1] < losses[0]
 
@@ -57,6 +81,53 @@ def test_mirrored_with_explicit_devices_and_ops() -> None:
     s = tfplace.pick_strategy(devices=["/CPU:0", "/CPU:1"], cross_device_ops="hierarchical_copy")
     assert isinstance(s, tf.distribute.MirroredStrategy)
     assert isinstance(s.extended._cross_device_ops, tf.distribute.HierarchicalCopyAllReduce)
+    assert [d.rsplit("/", 1)[-1] for d in s.extended.worker_devices] == [
+        "device:CPU:0",
+        "device:CPU:1",
+    ]
+
+
+def test_the_reduction_mapping_covers_exactly_the_plan_table() -> None:
+    assert set(_tf.MIRRORED_REDUCTIONS) == set(REDUCTIONS["mirrored"])
+    assert set(_tf.COLLECTIVE_IMPLEMENTATIONS) == set(REDUCTIONS["multi_worker"])
+    for name in _tf.MIRRORED_REDUCTIONS.values():
+        assert hasattr(tf.distribute, name)
+    for name in _tf.COLLECTIVE_IMPLEMENTATIONS.values():
+        assert hasattr(tf.distribute.experimental.CommunicationImplementation, name)
+
+
+@pytest.mark.parametrize("reduction", [None, *get_args(CrossDeviceOps)])
+@pytest.mark.parametrize("kind", ["default", "one_device", "mirrored"])
+def test_every_kind_and_reduction_is_built_as_planned_or_refused(
+    kind: str, reduction: str | None
+) -> None:
+    """pick_strategy builds exactly what plan() reports, or both refuse the same request."""
+    refusal: str | None = None
+    try:
+        expected = tfplace.plan(kind, cross_device_ops=reduction)
+    except ValueError as err:
+        refusal = str(err)
+    if refusal is not None:
+        assert reduction is not None  # only an explicit reduction may be refused
+        with pytest.raises(ValueError, match="cross_device_ops") as again:
+            tfplace.pick_strategy(kind, cross_device_ops=reduction)
+        assert str(again.value) == refusal
+        return
+    s = tfplace.pick_strategy(kind, cross_device_ops=reduction)
+    assert expected.cross_device_ops == (reduction or expected.cross_device_ops)
+    assert _built_reduction(s) == expected.cross_device_ops
+    assert s.num_replicas_in_sync == expected.num_replicas_in_sync
+    if kind == "default":
+        assert s is tf.distribute.get_strategy()
+    else:
+        devices = [d.rsplit("device:", 1)[-1] for d in s.extended.worker_devices]
+        assert devices == [d.lstrip("/") for d in expected.devices]
+
+
+def test_a_plan_whose_reduction_does_not_fit_its_kind_is_not_built() -> None:
+    bad = dataclasses.replace(tfplace.plan("mirrored"), cross_device_ops="ring")
+    with pytest.raises(ValueError, match="cannot be built"):
+        build_strategy(bad)
 
 
 def test_unknown_kind_lists_valid_kinds() -> None:
@@ -125,3 +196,29 @@ def test_tf_keras_fit_under_mirrored_in_a_fresh_process() -> None:
     assert out["flavour"] == "tf_keras"
     assert out["replicas"] == 2
     assert out["losses"][-1] < out["losses"][0]
+
+
+@pytest.mark.parametrize("reduction", [None, *get_args(CrossDeviceOps)])
+def test_multi_worker_reductions_are_built_as_planned_or_refused(reduction: str | None) -> None:
+    """The multi-worker half of the walk: each build needs a fresh runtime, so a child."""
+    refusal: str | None = None
+    try:
+        expected = tfplace.plan("multi_worker", cross_device_ops=reduction)
+    except ValueError as err:
+        refusal = str(err)
+    if refusal is not None:
+        assert reduction is not None
+        assert "cross_device_ops" in refusal
+        return
+    out = run_json(
+        f"""
+        import json, tfplace
+        s = tfplace.pick_strategy("multi_worker", cross_device_ops={reduction!r})
+        impl = s.extended._communication_options.implementation
+        print(json.dumps({{"impl": impl.name, "replicas": s.num_replicas_in_sync}}))
+        """,
+        env={"TF_CONFIG": None},
+    )
+    assert expected.cross_device_ops is not None
+    assert out["impl"] == _tf.COLLECTIVE_IMPLEMENTATIONS[expected.cross_device_ops]
+    assert out["replicas"] == expected.num_replicas_in_sync

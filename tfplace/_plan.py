@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
 from tfplace._inventory import Inventory
@@ -19,6 +19,7 @@ from tfplace.errors import ClusterConfigError, DeviceNotFoundError
 __all__ = [
     "KINDS",
     "PRIORITY",
+    "REDUCTIONS",
     "CrossDeviceOps",
     "Plan",
     "PriorityRule",
@@ -34,6 +35,19 @@ CrossDeviceOps = Literal["nccl", "hierarchical_copy", "reduce_to_one", "ring", "
 #: Every kind ``plan`` and ``pick_strategy`` accept.
 KINDS: tuple[str, ...] = ("auto", *get_args(StrategyKind))
 _CROSS_OPS: tuple[str, ...] = get_args(CrossDeviceOps)
+
+#: The reductions each strategy kind can be built with, and nothing else. ``mirrored`` sums
+#: gradients with a cross-device-ops object (``NcclAllReduce``, ``HierarchicalCopyAllReduce``,
+#: ``ReductionToOneDevice``); ``multi_worker`` with a collective implementation (``RING``,
+#: ``NCCL``, or ``AUTO``: TensorFlow chooses at run time). The other kinds run one replica per
+#: worker and take none. ``pick_strategy`` maps each name to exactly one TensorFlow object.
+REDUCTIONS: dict[StrategyKind, tuple[CrossDeviceOps, ...]] = {
+    "default": (),
+    "one_device": (),
+    "mirrored": ("nccl", "hierarchical_copy", "reduce_to_one"),
+    "multi_worker": ("ring", "nccl", "auto"),
+    "tpu": (),
+}
 _DEVICE_RE = re.compile(r"^/?(?:device:)?(CPU|GPU|TPU):(\d+)$", re.IGNORECASE)
 
 
@@ -48,6 +62,12 @@ class Plan:
         num_replicas_in_sync: replicas over all workers.
         reasons: why, in plain words, most important first.
         cluster: the validated cluster for ``multi_worker``.
+        tpu_address: for ``tpu``: the TPU to connect to (``""``: the local TPU VM).
+        needs_fresh_runtime: building this strategy must happen before TensorFlow's runtime
+            starts (multi-worker collectives and TPU initialisation are start-up settings).
+
+    A TPU plan has no devices and ``num_replicas_in_sync == 0``: both are known only once the
+    TPU system is initialised, which ``pick_strategy`` does.
     """
 
     kind: StrategyKind
@@ -56,15 +76,25 @@ class Plan:
     num_replicas_in_sync: int
     reasons: tuple[str, ...]
     cluster: ClusterSpec | None = field(default=None)
+    tpu_address: str | None = field(default=None)
+    needs_fresh_runtime: bool = field(default=False)
 
     def summary(self) -> str:
-        """One line: what was chosen and the first reason."""
-        where = ", ".join(self.devices) if self.devices else "the default device"
+        """One line: what was chosen and the first reason.
+
+        Example:
+            >>> from tfplace.testing import fake_inventory
+            >>> decide(fake_inventory(gpus=2)).summary()
+            'mirrored on /GPU:0, /GPU:1 (2 replica(s), nccl reduction): two or more GPUs are visible (automatic choice)'
+        """  # noqa: E501
+        if self.kind == "tpu":
+            where = f"the TPU {self.tpu_address!r}" if self.tpu_address else "the local TPU"
+            count = "replicas known once the TPU system is initialised"
+        else:
+            where = ", ".join(self.devices)
+            count = f"{self.num_replicas_in_sync} replica(s)"
         ops = f", {self.cross_device_ops} reduction" if self.cross_device_ops else ""
-        return (
-            f"{self.kind} on {where} ({self.num_replicas_in_sync} replica(s){ops}): "
-            f"{self.reasons[0] if self.reasons else ''}"
-        )
+        return f"{self.kind} on {where} ({count}{ops}): {self.reasons[0] if self.reasons else ''}"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary."""
@@ -75,6 +105,8 @@ class Plan:
             "num_replicas_in_sync": self.num_replicas_in_sync,
             "reasons": list(self.reasons),
             "cluster": self.cluster.to_dict() if self.cluster else None,
+            "tpu_address": self.tpu_address,
+            "needs_fresh_runtime": self.needs_fresh_runtime,
         }
 
 
@@ -163,9 +195,9 @@ def _check_devices(inv: Inventory, devices: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _mirror_ops(inv: Inventory, devices: Sequence[str]) -> tuple[CrossDeviceOps | None, str]:
+def _mirror_ops(inv: Inventory, devices: Sequence[str]) -> tuple[CrossDeviceOps, str]:
     if len(devices) < 2:
-        return None, "one device needs no cross-device reduction"
+        return "reduce_to_one", "one device: its values are the result (ReductionToOneDevice)"
     if all(d.startswith("/GPU") for d in devices):
         if inv.has_nccl:
             return "nccl", "NCCL all-reduce between GPUs"
@@ -196,13 +228,16 @@ def decide(
         The :class:`Plan`.
 
     Raises:
-        ValueError / TypeError: bad arguments.
+        ValueError / TypeError: bad arguments, or a ``cross_device_ops`` the chosen kind
+            cannot be built with (see :data:`REDUCTIONS`).
         DeviceNotFoundError: a requested device or TPU is not there.
         ClusterConfigError: the cluster description is malformed or unsupported.
     """
     if not isinstance(kind, str) or kind not in KINDS:
         raise ValueError(f"unknown strategy kind {kind!r}; expected one of {', '.join(KINDS)}")
-    if cross_device_ops is not None and cross_device_ops not in _CROSS_OPS:
+    if cross_device_ops is not None and (
+        not isinstance(cross_device_ops, str) or cross_device_ops not in _CROSS_OPS
+    ):
         raise ValueError(
             f"unknown cross_device_ops {cross_device_ops!r}; "
             f"expected one of {', '.join(_CROSS_OPS)}"
@@ -232,16 +267,39 @@ def decide(
         chosen = kind  # type: ignore[assignment]
         reasons.append(f"kind={kind!r} was requested")
     result = _BUILDERS[chosen](inv, devices, spec, reasons)
-    if cross_device_ops is not None and result.num_replicas_in_sync > 1:
-        result = Plan(
-            result.kind,
-            result.devices,
-            cross_device_ops,  # type: ignore[arg-type]
-            result.num_replicas_in_sync,
-            (*result.reasons, f"cross_device_ops={cross_device_ops!r} was requested"),
-            result.cluster,
-        )
+    if cross_device_ops is not None:
+        result = _with_reduction(inv, result, cross_device_ops)  # type: ignore[arg-type]
     return result
+
+
+def _with_reduction(inv: Inventory, result: Plan, name: CrossDeviceOps) -> Plan:
+    """``result`` with the requested reduction, or ValueError when it cannot be built."""
+    allowed = REDUCTIONS[result.kind]
+    if name not in allowed:
+        takes = (
+            f"takes one of {', '.join(allowed)}"
+            if allowed
+            else "runs one replica per worker and takes no cross_device_ops (pass None)"
+        )
+        other = [k for k, names in REDUCTIONS.items() if name in names]
+        raise ValueError(
+            f"cross_device_ops={name!r} does not apply to a {result.kind!r} strategy, which "
+            f"{takes}; {name!r} is for {' and '.join(repr(k) for k in other)}."
+        )
+    on_gpus = bool(result.devices) and all(d.startswith("/GPU") for d in result.devices)
+    if name == "nccl" and not (on_gpus and inv.has_nccl):
+        where = ", ".join(result.devices)
+        raise ValueError(
+            f"cross_device_ops='nccl' needs GPU replicas and NCCL, but this plan runs on "
+            f"{where} on {inv.platform}"
+            + ("" if inv.has_nccl else " (no NCCL on this platform)")
+            + f". Use one of {', '.join(n for n in allowed if n != 'nccl')}, or None."
+        )
+    return replace(
+        result,
+        cross_device_ops=name,
+        reasons=(*result.reasons, f"cross_device_ops={name!r} was requested"),
+    )
 
 
 def _gpu_names(inv: Inventory) -> tuple[str, ...]:
@@ -339,7 +397,15 @@ def _build_multi_worker(
         )
     ops: CrossDeviceOps = "nccl" if gpus and inv.has_nccl else "ring"
     reasons.append("NCCL collectives between GPUs" if ops == "nccl" else "gRPC ring collectives")
-    return Plan("multi_worker", local, ops, workers * len(local), tuple(reasons), spec)
+    return Plan(
+        "multi_worker",
+        local,
+        ops,
+        workers * len(local),
+        tuple(reasons),
+        spec,
+        needs_fresh_runtime=True,
+    )
 
 
 def _build_tpu(
@@ -351,7 +417,9 @@ def _build_tpu(
             "/dev/accel*). Run on a TPU VM, set TPU_NAME, or use kind='auto'."
         )
     reasons.append("TPU hints: " + ", ".join(inv.tpu.hints))
-    return Plan("tpu", (f"TPU:{inv.tpu.name or 'local'}",), None, 0, tuple(reasons))
+    return Plan(
+        "tpu", (), None, 0, tuple(reasons), tpu_address=inv.tpu.name or "", needs_fresh_runtime=True
+    )
 
 
 _BUILDERS: dict[
@@ -380,7 +448,8 @@ def plan(
             ``multi_worker``, ``tpu``.
         devices: explicit local devices, e.g. ``["/GPU:0", "/GPU:1"]``.
         cross_device_ops: override the reduction: ``nccl``, ``hierarchical_copy``,
-            ``reduce_to_one`` (mirrored) or ``ring``, ``nccl``, ``auto`` (multi-worker).
+            ``reduce_to_one`` (mirrored) or ``ring``, ``nccl``, ``auto`` (multi-worker); see
+            :data:`REDUCTIONS`. Any other pair is refused, never silently replaced.
         cluster: an explicit cluster instead of TF_CONFIG / SLURM.
         inventory: the facts to decide on; by default :func:`tfplace.inventory()`.
 
@@ -388,8 +457,10 @@ def plan(
         The :class:`Plan`, with its reasons.
 
     Example:
-        >>> tfplace.plan().summary()  # doctest: +SKIP
-        'default on /CPU:0 (1 replica(s)): otherwise: the CPU (automatic choice)'
+        >>> from tfplace.testing import fake_inventory
+        >>> p = plan("mirrored", inventory=fake_inventory(virtual_cpus=2))
+        >>> p.devices, p.cross_device_ops
+        (('/CPU:0', '/CPU:1'), 'reduce_to_one')
     """
     if inventory is None:
         from tfplace._inventory import inventory as gather

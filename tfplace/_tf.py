@@ -16,8 +16,12 @@ from typing import Any
 from tfplace.errors import AlreadyInitializedError
 
 __all__ = [
+    "COLLECTIVE_IMPLEMENTATIONS",
     "INSTALL_HINT",
+    "MIRRORED_REDUCTIONS",
     "already_initialized",
+    "communication_options",
+    "cross_device_ops",
     "device_scope_ops",
     "is_placement_error",
     "is_resource_exhausted",
@@ -42,6 +46,17 @@ _AFTER_START_MARKERS = (
     "must be configured at program startup",
     "Collective ops must be configured",
 )
+
+
+#: The one mapping from a plan's reduction name to TensorFlow's object, per strategy family.
+#: Its keys are exactly ``tfplace._plan.REDUCTIONS`` (a test checks); no name falls back to
+#: anything else.
+MIRRORED_REDUCTIONS: dict[str, str] = {
+    "nccl": "NcclAllReduce",
+    "hierarchical_copy": "HierarchicalCopyAllReduce",
+    "reduce_to_one": "ReductionToOneDevice",
+}
+COLLECTIVE_IMPLEMENTATIONS: dict[str, str] = {"ring": "RING", "nccl": "NCCL", "auto": "AUTO"}
 
 
 def load() -> ModuleType:
@@ -83,6 +98,22 @@ def load_keras() -> ModuleType:
         modern: ModuleType = k3
         return modern
     return keras
+
+
+def cross_device_ops(name: str) -> Any:
+    """``tf.distribute.<class>()`` for a mirrored reduction name (KeyError if unknown)."""
+    return getattr(load().distribute, MIRRORED_REDUCTIONS[name])()
+
+
+def communication_options(name: str, timeout_seconds: float | None) -> Any:
+    """``CommunicationOptions`` for a collective implementation name (KeyError if unknown)."""
+    experimental = load().distribute.experimental
+    implementation = getattr(
+        experimental.CommunicationImplementation, COLLECTIVE_IMPLEMENTATIONS[name]
+    )
+    return experimental.CommunicationOptions(
+        implementation=implementation, timeout_seconds=timeout_seconds
+    )
 
 
 def runtime_started() -> bool:

@@ -161,11 +161,7 @@ def make_multi_worker(
             "pick_strategy('multi_worker'): TensorFlow's runtime has already started, and "
             f"collective ops must be configured at program start-up. {MULTI_WORKER_FIX}"
         )
-    impls = tf.distribute.experimental.CommunicationImplementation
-    impl = {"nccl": impls.NCCL, "ring": impls.RING}.get(decision.cross_device_ops or "", impls.AUTO)
-    options = tf.distribute.experimental.CommunicationOptions(
-        implementation=impl, timeout_seconds=timeout
-    )
+    options = _tf.communication_options(decision.cross_device_ops or "auto", timeout)
     resolver: Any = None
     if decision.cluster is not None:
         spec = decision.cluster

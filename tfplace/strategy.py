@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tfplace import _tf
 from tfplace._inventory import Inventory
-from tfplace._plan import Plan, plan
+from tfplace._plan import REDUCTIONS, Plan, plan
 from tfplace.cluster import ClusterSpec
 from tfplace.multiworker import MULTI_WORKER_FIX
 
@@ -103,25 +103,32 @@ def pick_strategy(
     return strategy
 
 
-def _mirrored_ops(tf: Any, name: str | None) -> Any:
-    if name == "nccl":
-        return tf.distribute.NcclAllReduce()
-    if name == "hierarchical_copy":
-        return tf.distribute.HierarchicalCopyAllReduce()
-    if name == "reduce_to_one":
-        return tf.distribute.ReductionToOneDevice()
-    return None
-
-
 def build_strategy(
     decision: Plan,
     *,
     communication_timeout: float | None = DEFAULT_COMMUNICATION_TIMEOUT,
     startup_timeout: float | None = DEFAULT_STARTUP_TIMEOUT,
 ) -> tf.distribute.Strategy:
-    """Build the strategy a :class:`~tfplace.Plan` describes (the thin TensorFlow part)."""
-    tf = _tf.load()
+    """Build exactly the strategy a :class:`~tfplace.Plan` describes (the thin TensorFlow part).
+
+    Every field is used as it is: the devices, and the reduction through the one mapping
+    :data:`tfplace._tf.MIRRORED_REDUCTIONS` / :data:`~tfplace._tf.COLLECTIVE_IMPLEMENTATIONS`.
+    A plan that does not come from :func:`tfplace.plan` is checked the same way.
+
+    Raises:
+        ValueError: the plan's reduction does not belong to its kind (see ``REDUCTIONS``).
+    """
+    if not isinstance(decision, Plan):
+        raise TypeError(f"build_strategy takes a Plan, found {type(decision).__name__}")
     kind = decision.kind
+    if decision.cross_device_ops is not None and (
+        decision.cross_device_ops not in REDUCTIONS.get(kind, ())
+    ):
+        raise ValueError(
+            f"this plan cannot be built: {kind!r} takes cross_device_ops in "
+            f"{REDUCTIONS.get(kind, ())}, found {decision.cross_device_ops!r}"
+        )
+    tf = _tf.load()
     if kind == "default":
         return tf.distribute.get_strategy()
     if kind == "one_device":
@@ -129,7 +136,7 @@ def build_strategy(
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy(
             devices=list(decision.devices),
-            cross_device_ops=_mirrored_ops(tf, decision.cross_device_ops),
+            cross_device_ops=_tf.cross_device_ops(decision.cross_device_ops or "reduce_to_one"),
         )
     if kind == "multi_worker":
         from tfplace.multiworker import make_multi_worker
@@ -140,9 +147,8 @@ def build_strategy(
             _tf.reraise_if_initialized(err, "pick_strategy('multi_worker')", MULTI_WORKER_FIX)
             raise
     if kind == "tpu":  # pragma: no cover - needs a TPU
-        name = decision.devices[0].partition(":")[2]
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-            tpu="" if name == "local" else name
+            tpu=decision.tpu_address or ""
         )
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
