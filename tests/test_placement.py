@@ -1,18 +1,39 @@
-"""on_cpu / on_gpu / on_device, for real on this process's two virtual CPUs."""
+"""on_cpu / on_gpu / on_device, for real on this process's two virtual CPUs (and its GPUs).
+
+The tfplace pytest plugin splits the CPU into two devices before TensorFlow starts. Whatever
+GPUs the machine has stay visible: expectations about GPUs are computed from TensorFlow's own
+list of logical devices, and the no-GPU behaviour is also checked in a fresh CPU-only process.
+"""
 
 from __future__ import annotations
 
 import threading
 import warnings
+from pathlib import Path
 
 import pytest
 import tensorflow as tf
+from helpers import run_json
 
 import tfplace
 
 
 def device_of(t: tf.Tensor) -> str:
     return str(t.device).rsplit("/", 1)[-1]  # "device:CPU:1"
+
+
+def logical(kind: str) -> list[str]:
+    """This process's logical devices of ``kind``, as on_* names: ["/GPU:0", ...]."""
+    return [f"/{kind}:{i}" for i in range(len(tf.config.list_logical_devices(kind)))]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _two_cpu_devices() -> None:
+    cpus = logical("CPU")
+    assert len(cpus) >= 2, (
+        f"these tests place ops on /CPU:1, but this process has {cpus}; expected the tfplace "
+        "pytest plugin to split the CPU (tfplace_virtual_cpus = 2) before TensorFlow started"
+    )
 
 
 def test_on_cpu_places_ops() -> None:
@@ -71,27 +92,82 @@ def test_on_device_accepts_any_name() -> None:
 
 
 def test_missing_cpu_index_is_device_not_found() -> None:
-    with pytest.raises(tfplace.DeviceNotFoundError, match=r"virtual_devices=N"), tfplace.on_cpu(5):
+    missing = len(logical("CPU"))  # one past the last CPU device
+    with (
+        pytest.raises(tfplace.DeviceNotFoundError, match=r"virtual_devices=N") as info,
+        tfplace.on_cpu(missing),
+    ):
         pass
+    assert f"only {missing} CPU device(s) exist" in str(info.value)
 
 
-def test_on_gpu_strict_without_gpu_raises_with_visible_devices_and_fix() -> None:
-    with pytest.raises(tfplace.DeviceNotFoundError) as info, tfplace.on_gpu(0, strict=True):
+def test_on_gpu_places_ops_on_each_visible_gpu() -> None:
+    gpus = logical("GPU")
+    if not gpus:
+        pytest.skip("no GPU is visible; the fallback is tested below")
+    for index, gpu in enumerate(gpus):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback warning for a GPU that exists
+            with tfplace.on_gpu(index, strict=True) as name:
+                x = tf.ones(()) + 1.0
+        assert name == gpu
+        assert device_of(x) == f"device:GPU:{index}"
+
+
+def test_on_gpu_strict_past_the_last_gpu_raises_with_visible_devices_and_fix() -> None:
+    gpus = logical("GPU")
+    missing = len(gpus)  # GPU:0 on a CPU-only machine, GPU:n with n GPUs
+    with pytest.raises(tfplace.DeviceNotFoundError) as info, tfplace.on_gpu(missing, strict=True):
         pass
     msg = str(info.value)
-    assert "no GPU is visible" in msg
-    assert "/CPU:0, /CPU:1" in msg
-    assert "strict=False" in msg
+    assert (f"only GPU:0..GPU:{missing - 1} are visible" if gpus else "no GPU is visible") in msg
+    assert f"visible devices: {', '.join(gpus + logical('CPU'))}" in msg
+    assert f"on_gpu({missing}, strict=False)" in msg
 
 
-def test_on_gpu_non_strict_falls_back_to_cpu_with_a_warning() -> None:
+def test_on_gpu_non_strict_past_the_last_gpu_falls_back_to_cpu_with_a_warning() -> None:
+    missing = len(logical("GPU"))
     with (
         pytest.warns(tfplace.DeviceFallbackWarning, match=r"running on /CPU:0 instead"),
-        tfplace.on_gpu() as name,
+        tfplace.on_gpu(missing) as name,
     ):
         x = tf.ones(()) + 1.0
     assert name == "/CPU:0"
     assert device_of(x) == "device:CPU:0"
+
+
+def test_on_gpu_without_any_gpu_in_a_cpu_only_process() -> None:
+    # What a CPU-only machine sees, checked on every machine: the GPUs are hidden in the child.
+    out = run_json(
+        """
+        import json, warnings, tfplace
+        tfplace.configure_cpus(threads=None, virtual_devices=2)
+        try:
+            with tfplace.on_gpu(strict=True):
+                pass
+        except tfplace.DeviceNotFoundError as err:
+            strict = str(err)
+        else:
+            strict = "no error"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with tfplace.on_gpu() as name:
+                import tensorflow as tf
+                device = (tf.ones(()) + 1.0).device
+        print(json.dumps({"strict": strict, "name": name, "device": device,
+                          "warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}))
+        """,
+        cpu_only=True,
+    )
+    assert "on_gpu(0, strict=True): no GPU is visible" in out["strict"]
+    assert "(visible devices: /CPU:0, /CPU:1)" in out["strict"]
+    assert "tfplace doctor" in out["strict"] and "on_gpu(0, strict=False)" in out["strict"]
+    assert out["name"] == "/CPU:0"
+    assert out["device"].endswith("device:CPU:0")
+    assert out["warnings"] == [
+        "DeviceFallbackWarning: on_gpu(0): no GPU is visible; running on /CPU:0 instead. "
+        "Pass strict=True to make this an error."
+    ]
 
 
 @pytest.mark.parametrize(
@@ -136,6 +212,8 @@ def test_threads_keep_their_own_placement() -> None:
 
 
 def test_same_scope_object_reused_and_nested() -> None:
+    default = device_of(tf.ones(()) + 1.0)  # GPU:0 where there is a GPU, else CPU:0
+    assert default != "device:CPU:1"
     scope = tfplace.on_cpu(1)
     with scope, scope:
         x = tf.ones(()) + 1.0
@@ -143,7 +221,7 @@ def test_same_scope_object_reused_and_nested() -> None:
         warnings.simplefilter("error")
         y = tf.ones(()) + 1.0
     assert device_of(x) == "device:CPU:1"
-    assert device_of(y) == "device:CPU:0"
+    assert device_of(y) == default
 
 
 def test_fast_path_leaves_the_same_state_as_tf_device_and_mixes_with_it() -> None:
@@ -165,12 +243,13 @@ def test_fast_path_leaves_the_same_state_as_tf_device_and_mixes_with_it() -> Non
 
 
 def test_unplaceable_op_without_soft_placement_is_device_not_found() -> None:
+    absent = f"/GPU:{len(logical('GPU'))}"  # a GPU this process does not have
     previous = tf.config.get_soft_device_placement()
     tf.config.set_soft_device_placement(False)
     try:
         with (
             pytest.raises(tfplace.DeviceNotFoundError, match=r"on_cpu\(\)") as info,
-            tfplace.on_device("/GPU:0"),
+            tfplace.on_device(absent),
         ):
             tf.ones(()) + 1.0
         assert "Could not satisfy device specification" in str(info.value)
@@ -183,7 +262,7 @@ def test_unplaceable_op_without_soft_placement_is_device_not_found() -> None:
 def test_tfplace_never_calls_set_log_device_placement() -> None:
     # After start-up, set_log_device_placement(False) silently turns soft placement off while
     # get_soft_device_placement() still says True (FAILURES A9); tfplace never calls it.
-    from pathlib import Path
-
     src = Path(tfplace.__file__).parent
-    assert not [p for p in src.glob("*.py") if "set_log_device_placement" in p.read_text()]
+    sources = list(src.rglob("*.py"))
+    assert src / "placement.py" in sources
+    assert not [p for p in sources if "set_log_device_placement" in p.read_text()]
