@@ -10,7 +10,6 @@ so whatever it started is stopped with it.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -19,11 +18,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from tfplace.cluster import ClusterSpec
+from tfplace.cluster import ClusterSpec, check_host
+from tfplace.errors import ClusterConfigError
 
 __all__ = ["LaunchResult", "free_ports", "launch", "tf_configs"]
 
@@ -31,17 +31,46 @@ log = logging.getLogger("tfplace")
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """Ask the OS for ``n`` distinct free TCP ports on ``host``."""
+    """Ask the OS for ``n`` distinct free TCP ports on ``host``.
+
+    Args:
+        n: how many ports (>= 1).
+        host: a local IPv4 address, IPv6 address or host name to bind to.
+
+    Raises:
+        ClusterConfigError: ``host`` is not a valid host, or no socket can bind to it here
+            (it does not resolve, or is not an address of this machine).
+        ValueError: ``n`` is not a positive int.
+
+    Example:
+        >>> ports = free_ports(2)
+        >>> len(set(ports)), all(0 < p < 65536 for p in ports)
+        (2, True)
+    """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"free_ports needs a positive count, found {n!r}")
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    bare = check_host(host, "free_ports").strip("[]")
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(bare, 0, type=socket.SOCK_STREAM)[0]
+        socks = [socket.socket(family, kind, proto) for _ in range(n)]
+    except OSError as err:
+        raise _unusable(host, err) from err
     try:
         for s in socks:
-            s.bind((host, 0))
+            s.bind(sockaddr)
         return [int(s.getsockname()[1]) for s in socks]
+    except OSError as err:
+        raise _unusable(host, err) from err
     finally:
         for s in socks:
             s.close()
+
+
+def _unusable(host: str, err: OSError) -> ClusterConfigError:
+    return ClusterConfigError(
+        f"tfplace launch: host: cannot listen on {host!r} here ({err}); expected an address "
+        "of this machine. Fix: use 127.0.0.1 (the default), ::1 or this machine's own name"
+    )
 
 
 def tf_configs(hosts: Sequence[str], port: int = 2222) -> list[str]:
@@ -53,30 +82,13 @@ def tf_configs(hosts: Sequence[str], port: int = 2222) -> list[str]:
 
     Raises:
         ClusterConfigError: a host or port is invalid, or an address repeats.
+
+    Example:
+        >>> tf_configs(["node1", "node2"])[1]
+        '{"cluster":{"worker":["node1:2222","node2:2222"]},"task":{"type":"worker","index":1}}'
     """
-    from tfplace.cluster import from_mapping
-
-    if isinstance(hosts, str) or not hosts:
-        raise ValueError("tf_configs needs a non-empty list of hosts")
-    addresses = [_with_port(h, port) for h in hosts]
-    configs = []
-    for i in range(len(addresses)):
-        spec: ClusterSpec = from_mapping(
-            {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}},
-            source="host list",
-        )
-        configs.append(spec.to_tf_config())
-    return configs
-
-
-def _with_port(host: str, port: int) -> str:
-    if not isinstance(host, str):
-        raise TypeError(f"hosts must be strings, found {host!r}")
-    if host.startswith("["):
-        return host if "]:" in host else f"{host}:{port}"
-    if host.count(":") > 1:  # a bare IPv6 address
-        return f"[{host}]:{port}"
-    return host if ":" in host else f"{host}:{port}"
+    spec = ClusterSpec.from_hosts(hosts, port=port)
+    return [spec.for_task(i).to_tf_config() for i in range(spec.num_workers)]
 
 
 @dataclass(frozen=True)
@@ -105,40 +117,43 @@ class _Launch:
     def __init__(
         self,
         command: Sequence[str],
-        n: int,
+        cluster: ClusterSpec,
         env: Mapping[str, str],
         grace: float,
         out: IO[str],
-        host: str,
+        on_line: Callable[[int, str], None] | None,
     ) -> None:
         self.command = list(command)
-        self.n = n
+        self.cluster = cluster
         self.env = env
         self.grace = grace
         self.out = out
-        self.host = host
+        self.on_line = on_line
         self.procs: list[subprocess.Popen[bytes]] = []
         self.readers: list[threading.Thread] = []
         self.out_lock = threading.Lock()
         self.stop_signal: int | None = None
+        self.callback_error: BaseException | None = None
 
     def _pump(self, index: int, stream: IO[bytes]) -> None:
         prefix = f"[worker {index}] "
         for raw in iter(stream.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\n")
-            with self.out_lock:
+            with self.out_lock:  # one line at a time, so callbacks never run concurrently
                 self.out.write(prefix + line + "\n")
                 self.out.flush()
+                if self.on_line is not None and self.callback_error is None:
+                    try:
+                        self.on_line(index, line)
+                    except BaseException as err:  # stops the launch; launch() re-raises it
+                        self.callback_error = err
         stream.close()
 
     def start(self) -> None:
-        ports = free_ports(self.n, self.host)
-        cluster = {"worker": [f"{self.host}:{p}" for p in ports]}
-        for i in range(self.n):
+        n = self.cluster.num_workers
+        for i in range(n):
             env = dict(self.env)
-            env["TF_CONFIG"] = json.dumps(
-                {"cluster": cluster, "task": {"type": "worker", "index": i}}
-            )
+            env["TF_CONFIG"] = self.cluster.for_task(i).to_tf_config()
             env["TFPLACE_WORKER_INDEX"] = str(i)
             env.setdefault("PYTHONUNBUFFERED", "1")
             proc = subprocess.Popen(
@@ -154,7 +169,7 @@ class _Launch:
             reader = threading.Thread(target=self._pump, args=(i, proc.stdout), daemon=True)
             reader.start()
             self.readers.append(reader)
-        log.info("tfplace launch: %d workers on %s", self.n, ", ".join(cluster["worker"]))
+        log.info("tfplace launch: %d workers on %s", n, ", ".join(self.cluster.addresses("worker")))
 
     def _signal_all(self, sig: int) -> None:
         for proc in self.procs:
@@ -178,6 +193,10 @@ class _Launch:
     def wait(self) -> tuple[int, int | None]:
         failed: int | None = None
         while True:
+            if self.callback_error is not None:
+                self._say("the on_line callback raised an error; stopping the workers")
+                self.stop_all()
+                raise self.callback_error
             if self.stop_signal is not None:
                 self._say(f"received signal {self.stop_signal}; stopping the workers")
                 self.stop_all(self.stop_signal)
@@ -207,6 +226,7 @@ def launch(
     grace_seconds: float = 5.0,
     host: str = "127.0.0.1",
     out: IO[str] | None = None,
+    on_line: Callable[[int, str], None] | None = None,
 ) -> LaunchResult:
     """Run ``command`` as ``num_workers`` local workers of one TensorFlow cluster.
 
@@ -216,18 +236,29 @@ def launch(
         env: the base environment (default: this process's); each worker also gets
             ``TF_CONFIG`` and ``TFPLACE_WORKER_INDEX``.
         grace_seconds: how long stopped workers get between SIGTERM and SIGKILL.
-        host: the loopback address the workers listen on.
-        out: where prefixed output goes (default: standard output).
+        host: the local address the workers listen on: IPv4, IPv6 or a name of this machine.
+        out: where every output line goes, prefixed with ``[worker i]`` (default: standard
+            output). Pass ``io.StringIO()`` to keep it quiet.
+        on_line: called with ``(worker index, line)`` for every line a worker prints (stdout
+            and stderr, without the prefix and newline), in addition to ``out``. Calls come
+            from reader threads, one at a time. If it raises, the workers are stopped and
+            ``launch`` raises that error.
 
     Returns:
         A :class:`LaunchResult`; no worker process is left running.
 
     Raises:
+        ClusterConfigError: ``host`` is invalid or not an address of this machine (checked
+            before any worker starts).
         ValueError / TypeError: bad arguments.
 
     Example:
-        >>> launch([sys.executable, "train.py"], 2).returncode  # doctest: +SKIP
-        0
+        >>> import io, sys
+        >>> lines = []
+        >>> result = launch([sys.executable, "-c", "print('hello')"], 2, out=io.StringIO(),
+        ...                 on_line=lambda i, line: lines.append((i, line)))
+        >>> result.returncode, sorted(lines)
+        (0, [(0, 'hello'), (1, 'hello')])
     """
     if isinstance(command, str) or not command or not all(isinstance(c, str) for c in command):
         raise TypeError(f"command must be a non-empty list of strings, found {command!r}")
@@ -235,9 +266,12 @@ def launch(
         raise ValueError(f"num_workers must be a positive int, found {num_workers!r}")
     if not isinstance(grace_seconds, int | float) or grace_seconds < 0:
         raise ValueError(f"grace_seconds must be >= 0, found {grace_seconds!r}")
+    if on_line is not None and not callable(on_line):
+        raise TypeError(f"on_line must be a callable (index, line), found {on_line!r}")
+    cluster = ClusterSpec.local(free_ports(num_workers, host), host)
     started = time.monotonic()
     run = _Launch(
-        command, num_workers, dict(env or os.environ), grace_seconds, out or sys.stdout, host
+        command, cluster, dict(env or os.environ), grace_seconds, out or sys.stdout, on_line
     )
     previous: dict[int, Any] = {}
 
@@ -260,6 +294,8 @@ def launch(
                 signal.signal(signum, handler)
         for reader in run.readers:
             reader.join(timeout=5)
+    if run.callback_error is not None:  # raised while the last lines were read
+        raise run.callback_error
     return LaunchResult(
         returncode=code,
         worker_codes=tuple(

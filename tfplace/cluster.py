@@ -8,18 +8,26 @@ anything else.
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tfplace.errors import ClusterConfigError, TfplaceWarning
 
-__all__ = ["ClusterSpec", "parse_slurm", "parse_tf_config"]
+__all__ = [
+    "ClusterSpec",
+    "check_host",
+    "from_env",
+    "from_mapping",
+    "parse_slurm",
+    "parse_tf_config",
+]
 
-_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0"})
-_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9\-_.]*[A-Za-z0-9])?$")
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"})
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 _TASK_TYPES = ("chief", "worker", "ps", "evaluator")
 _WORKER_TYPES = ("chief", "worker")
 
@@ -42,6 +50,83 @@ class ClusterSpec:
     task_index: int
     source: str = "TF_CONFIG"
     gpus_per_worker: int | None = field(default=None)
+
+    @classmethod
+    def from_hosts(
+        cls, hosts: Sequence[str], *, port: int = 2222, source: str = "host list"
+    ) -> ClusterSpec:
+        """A cluster of workers, one per entry, seen from worker 0 (see :meth:`for_task`).
+
+        Args:
+            hosts: host names or IP addresses, each optionally with ``:port``; an IPv6
+                address with a port goes in brackets (``[fd00::1]:2222``).
+            port: the port of entries without one (1..65535).
+            source: where the hosts came from, for error messages.
+
+        Raises:
+            ClusterConfigError: a host or port is invalid, or an address repeats.
+            ValueError / TypeError: ``hosts`` is not a non-empty list of strings.
+
+        Example:
+            >>> ClusterSpec.from_hosts(["node1", "node2:3000", "fd00::2"]).addresses("worker")
+            ('node1:2222', 'node2:3000', '[fd00::2]:2222')
+        """
+        if isinstance(hosts, str) or not isinstance(hosts, Sequence) or not hosts:
+            raise ValueError(
+                f"{source}: expected a non-empty list of hosts, found {hosts!r}. "
+                'Fix: pass a list, e.g. ["node1", "node2:2222"]'
+            )
+        default = _check_port(source, "port", port)
+        addresses = []
+        for i, entry in enumerate(hosts):
+            if not isinstance(entry, str):
+                raise TypeError(f"{source}: hosts[{i}]: expected a string, found {entry!r}")
+            if (entry.startswith("[") and "]:" in entry) or entry.count(":") == 1:
+                addresses.append(entry)  # "host:port", validated below
+            else:  # a bare host, an IPv6 address included, takes the default port
+                addresses.append(f"{check_host(entry, source, f'hosts[{i}]')}:{default}")
+        return from_mapping(
+            {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": 0}}, source
+        )
+
+    @classmethod
+    def local(cls, ports: Sequence[int], host: str = "127.0.0.1") -> ClusterSpec:
+        """Workers on one host, one per port: the cluster ``tfplace launch`` starts.
+
+        Args:
+            ports: one port per worker (1..65535), e.g. from ``free_ports``.
+            host: the address they listen on (IPv4, IPv6 or a name).
+
+        Raises:
+            ClusterConfigError: the host or a port is invalid, or a port repeats.
+
+        Example:
+            >>> ClusterSpec.local([2222, 2223]).for_task(1).to_tf_config()
+            '{"cluster":{"worker":["127.0.0.1:2222","127.0.0.1:2223"]},"task":{"type":"worker","index":1}}'
+        """
+        source = "tfplace launch"
+        address_host = check_host(host, source)
+        if isinstance(ports, str | bytes) or not isinstance(ports, Sequence) or not ports:
+            raise ValueError(f"{source}: expected a non-empty list of ports, found {ports!r}")
+        addresses = [
+            f"{address_host}:{_check_port(source, f'ports[{i}]', p)}" for i, p in enumerate(ports)
+        ]
+        return from_mapping(
+            {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": 0}}, source
+        )
+
+    def for_task(self, index: int, task_type: str = "worker") -> ClusterSpec:
+        """The same cluster seen from another of its tasks.
+
+        Raises:
+            ClusterConfigError: the cluster has no such task.
+
+        Example:
+            >>> ClusterSpec.from_hosts(["a", "b"]).for_task(1).address
+            'b:2222'
+        """
+        task_type, index = _check_task(self.source, dict(self.jobs), task_type, index)
+        return replace(self, task_type=task_type, task_index=index)
 
     def addresses(self, task_type: str) -> tuple[str, ...]:
         """The addresses of one task type (empty when the cluster has none)."""
@@ -88,25 +173,109 @@ def _fail(source: str, fieldname: str, message: str) -> ClusterConfigError:
     return ClusterConfigError(f"{source}: {fieldname}: {message}")
 
 
-def _check_address(source: str, fieldname: str, value: object) -> str:
+_HOST_HELP = (
+    "expected an IPv4 address (10.0.0.2), an IPv6 address (fd00::2, written [fd00::2] in an "
+    "address) or a DNS name (node-2.example.org)"
+)
+
+
+def check_host(host: object, source: str = "host", fieldname: str = "host") -> str:
+    """Validate one host and return it as it is written in an address (IPv6 in brackets).
+
+    Only the spelling is checked; nothing is resolved or contacted.
+
+    Args:
+        host: an IPv4 address, an IPv6 address (bare or in brackets) or a DNS name.
+        source: where the host came from, for the message (``"tfplace launch"``, ...).
+        fieldname: the field at fault, for the message.
+
+    Returns:
+        The host, with an IPv6 address in brackets.
+
+    Raises:
+        ClusterConfigError: the host is none of those; the message says what was expected.
+
+    Example:
+        >>> check_host("fd00::1"), check_host("10.0.0.2"), check_host("node-1.example.org")
+        ('[fd00::1]', '10.0.0.2', 'node-1.example.org')
+        >>> check_host("bad host", "launch")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        tfplace.errors.ClusterConfigError: launch: host: found 'bad host', expected an IPv4 ...
+    """
+    if not isinstance(host, str):
+        raise _fail(source, fieldname, f"expected a host name or IP address, found {host!r}")
+    bracketed = host.startswith("[") and host.endswith("]")
+    bare = host[1:-1] if bracketed else host
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        ip = None
+    if ip is not None and (ip.version == 6 or not bracketed):
+        return f"[{bare}]" if ip.version == 6 else bare
+    if bracketed:
+        raise _fail(
+            source,
+            fieldname,
+            f"found {host!r}: brackets hold an IPv6 address only. Fix: write {bare!r} "
+            "without brackets, or a valid IPv6 address inside them",
+        )
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if (
+        host.isascii()
+        and len(host) <= 253
+        and all(_LABEL_RE.match(label) for label in labels)
+        and not all(label.isdigit() for label in labels)
+    ):
+        return host
+    raise _fail(
+        source,
+        fieldname,
+        f"found {host!r}, {_HOST_HELP}. Fix: use the machine's host name or IP address "
+        "(no spaces, no scheme such as grpc://, no port here)",
+    )
+
+
+def _split_address(source: str, fieldname: str, value: object) -> tuple[str, int]:
+    """``"host:port"`` -> (host as written in an address, port); IPv6 must be in brackets."""
     if not isinstance(value, str):
         raise _fail(source, fieldname, f'expected a "host:port" string, found {value!r}')
+    if "://" in value:
+        raise _fail(
+            source,
+            fieldname,
+            f'expected "host:port", found {value!r}. Fix: drop the scheme '
+            f'("{value.partition("://")[2]}")',
+        )
     host, sep, port = value.rpartition(":")
     if not sep or not host:
         raise _fail(
-            source, fieldname, f'expected "host:port", found {value!r} (the port is missing)'
+            source,
+            fieldname,
+            f'expected "host:port", found {value!r}. Fix: add the port, e.g. "{value}:2222"',
         )
-    if not port.isdigit() or not port.isascii() or not 0 < int(port) < 65536:
-        raise _fail(source, fieldname, f"expected a port from 1 to 65535, found {port!r}")
-    import ipaddress
+    if ":" in host and not host.startswith("["):
+        raise _fail(
+            source,
+            fieldname,
+            f"found {value!r}: an IPv6 address needs brackets in an address. "
+            f'Fix: write "[{host}]:{port}" (or "[{value}]:PORT" if {port!r} is part of it)',
+        )
+    return check_host(host, source, fieldname), _check_port(source, fieldname, port)
 
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        ipaddress.ip_address(bare)
-    except ValueError:
-        if not host.isascii() or not _HOST_RE.match(host):
-            raise _fail(source, fieldname, f"{host!r} is not a valid host name") from None
-    return value
+
+def _check_port(source: str, fieldname: str, port: object) -> int:
+    if isinstance(port, str) and port.isascii() and port.isdigit():
+        port = int(port)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise _fail(source, fieldname, f"expected a port from 1 to 65535, found {port!r}")
+    return port
+
+
+def _check_address(source: str, fieldname: str, value: object) -> str:
+    host, port = _split_address(source, fieldname, value)
+    return f"{host}:{port}"
 
 
 def _host(address: str) -> str:
@@ -116,6 +285,31 @@ def _host(address: str) -> str:
 
 def _job_order(name: str) -> tuple[int, str]:
     return (_TASK_TYPES.index(name) if name in _TASK_TYPES else len(_TASK_TYPES), name)
+
+
+def _check_task(
+    source: str, jobs: Mapping[str, tuple[str, ...]], task_type: object, index: object
+) -> tuple[str, int]:
+    if not isinstance(task_type, str):
+        raise _fail(source, "task.type", f"expected a string, found {task_type!r}")
+    if task_type not in jobs:
+        raise _fail(
+            source,
+            "task.type",
+            f"{task_type!r} is not in the cluster; expected one of {sorted(jobs)}",
+        )
+    if isinstance(index, str) and index.isdigit() and index.isascii():
+        index = int(index)
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise _fail(source, "task.index", f"expected an integer, found {index!r}")
+    if not 0 <= index < len(jobs[task_type]):
+        raise _fail(
+            source,
+            "task.index",
+            f"{index} is out of range: cluster.{task_type} has {len(jobs[task_type])} "
+            f"address(es), so the index must be 0..{len(jobs[task_type]) - 1}",
+        )
+    return task_type, index
 
 
 def from_mapping(config: object, source: str = "TF_CONFIG") -> ClusterSpec:
@@ -151,10 +345,11 @@ def from_mapping(config: object, source: str = "TF_CONFIG") -> ClusterSpec:
         checked = []
         for i, addr in enumerate(addrs):
             where = f"cluster.{name}[{i}]"
-            checked.append(_check_address(source, where, addr))
-            if addr in seen:
-                raise _fail(source, where, f"duplicate address {addr!r} (also {seen[addr]})")
-            seen[addr] = where
+            address = _check_address(source, where, addr)
+            if address in seen:
+                raise _fail(source, where, f"duplicate address {addr!r} (also {seen[address]})")
+            seen[address] = where
+            checked.append(address)
         jobs[name] = tuple(checked)
     if len(jobs.get("chief", ())) > 1:
         raise _fail(source, "cluster.chief", "a cluster has at most one chief")
@@ -163,27 +358,7 @@ def from_mapping(config: object, source: str = "TF_CONFIG") -> ClusterSpec:
     task = config["task"]
     if not isinstance(task, Mapping):
         raise _fail(source, "task", f"expected an object, found {task!r}")
-    task_type = task.get("type")
-    if not isinstance(task_type, str):
-        raise _fail(source, "task.type", f"expected a string, found {task_type!r}")
-    if task_type not in jobs:
-        raise _fail(
-            source,
-            "task.type",
-            f"{task_type!r} is not in the cluster; expected one of {sorted(jobs)}",
-        )
-    index = task.get("index", 0)
-    if isinstance(index, str) and index.isdigit() and index.isascii():
-        index = int(index)
-    if isinstance(index, bool) or not isinstance(index, int):
-        raise _fail(source, "task.index", f"expected an integer, found {index!r}")
-    if not 0 <= index < len(jobs[task_type]):
-        raise _fail(
-            source,
-            "task.index",
-            f"{index} is out of range: cluster.{task_type} has {len(jobs[task_type])} "
-            f"address(es), so the index must be 0..{len(jobs[task_type]) - 1}",
-        )
+    task_type, index = _check_task(source, jobs, task.get("type"), task.get("index", 0))
     hosts = {_host(a) for addrs in jobs.values() for a in addrs}
     local = hosts & _LOCAL_HOSTS
     if local and len(hosts) > 1:
@@ -325,3 +500,29 @@ def parse_slurm(env: Mapping[str, str], *, port: int = 8888) -> ClusterSpec | No
         source="SLURM",
         gpus_per_worker=per_task,
     )
+
+
+def from_env(env: Mapping[str, str] | None = None) -> ClusterSpec | None:
+    """The cluster this process belongs to: ``TF_CONFIG`` when set, else a multi-task SLURM step.
+
+    Reads the environment only: no TensorFlow, no network, no installed-package scan.
+
+    Args:
+        env: the environment to read (default: ``os.environ``).
+
+    Returns:
+        The validated cluster, or None outside a cluster.
+
+    Raises:
+        ClusterConfigError: ``TF_CONFIG`` or the SLURM variables are malformed.
+
+    Example:
+        >>> from_env({"TF_CONFIG": '{"cluster": {"worker": ["a:1", "b:1"]}, '
+        ...                        '"task": {"type": "worker", "index": 1}}'}).is_chief
+        False
+        >>> from_env({}) is None
+        True
+    """
+    if env is None:
+        env = os.environ
+    return parse_tf_config(env.get("TF_CONFIG") or "") or parse_slurm(env)
