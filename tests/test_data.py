@@ -15,6 +15,7 @@ import tfplace
 from tfplace.data import shard_policy_for
 
 N = 100
+TWO_CPUS = ["/CPU:0", "/CPU:1"]  # the tfplace plugin splits the CPU in two on every machine
 
 
 def ids_seen(strategy: tf.distribute.Strategy, ds: tf.data.Dataset) -> list[int]:
@@ -26,9 +27,17 @@ def ids_seen(strategy: tf.distribute.Strategy, ds: tf.data.Dataset) -> list[int]
 
 
 def test_global_batch_size() -> None:
+    two = tfplace.pick_strategy("mirrored", devices=TWO_CPUS)
+    assert two.num_replicas_in_sync == 2
+    assert tfplace.global_batch_size(32, two) == 64
+    # mirrored over the GPUs where there are any, else over the virtual CPUs: what plan() says
     mirrored = tfplace.pick_strategy("mirrored")
-    assert tfplace.global_batch_size(32, mirrored) == 64
-    assert tfplace.global_batch_size(32) == 32
+    replicas = tfplace.plan("mirrored").num_replicas_in_sync
+    assert mirrored.num_replicas_in_sync == replicas
+    assert tfplace.global_batch_size(32, mirrored) == 32 * replicas
+    assert tfplace.global_batch_size(32) == 32  # no strategy in force: one replica
+    with two.scope():
+        assert tfplace.global_batch_size(32) == 64  # by default, the strategy in force
     for bad in (0, -1, 2.5, True, "8"):
         with pytest.raises(ValueError, match="batch_size"):
             tfplace.global_batch_size(bad)  # type: ignore[arg-type]
@@ -57,7 +66,7 @@ def test_no_element_lost_or_repeated(kind: str, caplog: pytest.LogCaptureFixture
 
 
 def test_options_cache_drop_remainder_deterministic(tmp_path: Path) -> None:
-    strategy = tfplace.pick_strategy("mirrored")
+    strategy = tfplace.pick_strategy("mirrored", devices=TWO_CPUS)  # global batch 2 x 8
     ds = tfplace.prepare_dataset(
         tf.data.Dataset.range(N),
         batch_size=8,
@@ -72,7 +81,7 @@ def test_options_cache_drop_remainder_deterministic(tmp_path: Path) -> None:
     assert len(batches) == N // 16
     flat = np.concatenate(batches) // 10
     assert list(flat) == list(range(16 * (N // 16)))  # deterministic order, no shuffle
-    assert list(tmp_path.iterdir())  # the file cache was written
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("cache")]  # cache written
     assert ds.options().experimental_distribute.auto_shard_policy == (
         tf.data.experimental.AutoShardPolicy.DATA
     )
@@ -156,8 +165,11 @@ else:
 
 @pytest.mark.slow
 def test_two_workers_split_the_data_without_loss_or_repeats() -> None:
-    prepared = run_workers(MULTI, extra_env={"USE_PREPARE": "1"})
-    raw = run_workers(MULTI, extra_env={"USE_PREPARE": "0"})
+    # About sharding, not devices: the workers run on the CPU (two workers sharing one GPU
+    # would need NCCL between processes on the same device).
+    cpu = {"CUDA_VISIBLE_DEVICES": "-1"}
+    prepared = run_workers(MULTI, extra_env={**cpu, "USE_PREPARE": "1"})
+    raw = run_workers(MULTI, extra_env={**cpu, "USE_PREPARE": "0"})
     first, second = prepared[0]["seen"], prepared[1]["seen"]
     assert first and second
     assert sorted(first + second) == list(range(100))
