@@ -85,6 +85,7 @@ def test_is_chief_and_worker_save_path(tmp_path: Any, monkeypatch: pytest.Monkey
     from tfplace.cluster import from_mapping
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.delenv("SLURM_PROCID", raising=False)  # in case the suite runs under srun
     assert tfplace.is_chief() is True  # no cluster: the only process is the chief
     cluster = {"worker": ["a:1", "b:1"], "chief": ["c:1"]}
     chief = from_mapping({"cluster": cluster, "task": {"type": "chief", "index": 0}})
@@ -110,6 +111,44 @@ def test_is_chief_and_worker_save_path(tmp_path: Any, monkeypatch: pytest.Monkey
         tfplace.is_chief({"worker": []})  # type: ignore[arg-type]
     with pytest.raises(TypeError), tfplace.worker_save_path(3):  # type: ignore[arg-type]
         pass
+
+
+def test_is_chief_and_worker_save_path_read_the_environment_only(tmp_path: Any) -> None:
+    """No TensorFlow import and no installed-package scan: a fresh process that forbids the
+    scan still answers from TF_CONFIG, then from SLURM variables."""
+    tf_config = json.dumps(
+        {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}
+    )
+    result = run_json(
+        f"""
+        import json, os, sys
+        from importlib import metadata
+
+        def no_scan(*args, **kwargs):
+            raise AssertionError("is_chief/worker_save_path scanned the installed packages")
+
+        metadata.distributions = metadata.distribution = metadata.version = no_scan
+        import tfplace
+
+        answers = [tfplace.is_chief()]
+        with tfplace.worker_save_path({str(tmp_path / "m.keras")!r}) as path:
+            answers.append(path)
+        del os.environ["TF_CONFIG"]
+        os.environ.update(SLURM_PROCID="0", SLURM_NTASKS="2", SLURM_JOB_NODELIST="n[1-2]")
+        answers.append(tfplace.is_chief())
+        with tfplace.worker_save_path({str(tmp_path / "m.keras")!r}) as path:
+            answers.append(path)
+        loaded = sorted(m for m in ("tensorflow", "keras", "tf_keras") if m in sys.modules)
+        print(json.dumps({{"answers": answers, "loaded": loaded}}))
+        """,
+        env={"TF_CONFIG": tf_config, "SLURM_PROCID": None, "SLURM_JOB_NODELIST": None},
+    )
+    worker_1, private, slurm_0, real = result["answers"]
+    assert worker_1 is False
+    assert private != str(tmp_path / "m.keras") and private.endswith("m.keras")
+    assert slurm_0 is True
+    assert real == str(tmp_path / "m.keras")
+    assert result["loaded"] == []
 
 
 @pytest.mark.slow
@@ -151,12 +190,10 @@ def test_a_worker_whose_peer_never_starts_fails_clearly_instead_of_hanging() -> 
     from helpers import run_fresh
 
     from tfplace._launch import free_ports
+    from tfplace.cluster import ClusterSpec
 
     mine, missing = free_ports(2)
-    config = {
-        "cluster": {"worker": [f"127.0.0.1:{mine}", f"127.0.0.1:{missing}"]},
-        "task": {"type": "worker", "index": 0},
-    }
+    config = ClusterSpec.local([mine, missing]).for_task(0).to_tf_config()
     start = time.monotonic()
     proc = run_fresh(
         """
@@ -164,7 +201,7 @@ def test_a_worker_whose_peer_never_starts_fails_clearly_instead_of_hanging() -> 
         tfplace.pick_strategy(startup_timeout=5)
         print("built")  # must never happen: worker 1 does not exist
         """,
-        env={"TF_CONFIG": json.dumps(config)},
+        env={"TF_CONFIG": config},
         check=False,
         timeout=120,
     )

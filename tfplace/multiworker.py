@@ -239,16 +239,17 @@ def _current_cluster(cluster: ClusterSpec | None) -> ClusterSpec | None:
         if not isinstance(cluster, ClusterSpec):
             raise TypeError(f"cluster must be a ClusterSpec, found {type(cluster).__name__}")
         return cluster
-    from tfplace._inventory import inventory
-    from tfplace._plan import cluster_of
+    from tfplace.cluster import from_env
 
-    return cluster_of(inventory())
+    return from_env()  # the environment only: no TensorFlow, no package scan
 
 
 def is_chief(cluster: ClusterSpec | None = None) -> bool:
     """Whether this process is the chief: the one that writes checkpoints, logs and exports.
 
     The ``chief`` task when the cluster has one, else worker 0; True outside a cluster.
+    Reads only the environment (``TF_CONFIG``, else the SLURM variables): it imports no
+    TensorFlow, so it is cheap to call anywhere, before ``pick_strategy`` too.
 
     Args:
         cluster: an explicit cluster; by default TF_CONFIG or SLURM.
@@ -257,8 +258,10 @@ def is_chief(cluster: ClusterSpec | None = None) -> bool:
         ClusterConfigError: the cluster description is malformed.
 
     Example:
-        >>> if tfplace.is_chief():  # doctest: +SKIP
-        ...     print("I write the TensorBoard logs")
+        >>> from tfplace.cluster import ClusterSpec
+        >>> cluster = ClusterSpec.from_hosts(["node1", "node2"])
+        >>> is_chief(cluster), is_chief(cluster.for_task(1))
+        (True, False)
     """
     spec = _current_cluster(cluster)
     return True if spec is None else spec.is_chief
@@ -273,15 +276,19 @@ def worker_save_path(
     Under a multi-worker strategy every worker must take part in saving (the variables are
     synchronized through collectives), but only one may write the real file. The chief gets
     ``path``; every other worker gets a path in its own temporary directory, deleted when
-    the block ends.
+    the block ends. Like :func:`is_chief`, it reads only the environment. The folder of
+    ``path`` must exist on the chief (create it first, as for any save).
 
     Args:
         path: where the model or checkpoint should end up.
         cluster: an explicit cluster; by default TF_CONFIG or SLURM.
 
     Example:
-        >>> with tfplace.worker_save_path("model.keras") as p:  # doctest: +SKIP
-        ...     model.save(p)
+        >>> from tfplace.cluster import ClusterSpec
+        >>> second = ClusterSpec.from_hosts(["node1", "node2"]).for_task(1)
+        >>> with worker_save_path("model.keras", second) as p:  # model.save(p) goes here
+        ...     p != "model.keras" and p.endswith("model.keras")
+        True
     """
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"path must be a str or os.PathLike, found {path!r}")
