@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tfplace._launch import free_ports
+from tfplace.cluster import ClusterSpec
 
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 #: Set in every run_fresh child: allocate GPU memory on demand rather than mapping it all.
@@ -88,12 +89,11 @@ def run_cluster(
     code: str, n: int = 2, timeout: float = 240, extra_env: Mapping[str, str] | None = None
 ) -> list[subprocess.CompletedProcess[str]]:
     """Run ``code`` as ``n`` local workers of one TF_CONFIG cluster; return each one's result."""
-    ports = free_ports(n)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    cluster = ClusterSpec.local(free_ports(n))
     procs = []
     for i in range(n):
         env = {**os.environ, **QUIET_ENV, **(extra_env or {})}
-        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        env["TF_CONFIG"] = cluster.for_task(i).to_tf_config()
         args = [sys.executable, "-c", textwrap.dedent(code)]
         procs.append(
             (

@@ -26,7 +26,6 @@ import inspect
 import io
 import os
 import pickle
-import re
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -288,21 +287,23 @@ class _Workers:
             command = [sys.executable, "-c", textwrap.dedent(code)]
         else:
             command = [sys.executable, str(Path(target)), *map(str, args)]
-        out = io.StringIO()
-        result = launch(
-            command, n, env={**os.environ, **(env or {})}, grace_seconds=grace_seconds, out=out
-        )
         outputs: dict[int, list[str]] = {i: [] for i in range(n)}
         values: dict[int, Any] = {}
-        for line in out.getvalue().splitlines():
-            m = re.match(r"\[worker (\d+)\] (.*)", line)
-            if not m:
-                continue
-            index, text = int(m.group(1)), m.group(2)
+
+        def on_line(index: int, text: str) -> None:
             if text.startswith(_RESULT_MARK):
                 values[index] = pickle.loads(base64.b64decode(text[len(_RESULT_MARK) :]))
             else:
                 outputs[index].append(text)
+
+        result = launch(
+            command,
+            n,
+            env={**os.environ, **(env or {})},
+            grace_seconds=grace_seconds,
+            out=io.StringIO(),  # the lines reach on_line; the prefixed copy is not needed
+            on_line=on_line,
+        )
         results = [
             WorkerResult(i, result.worker_codes[i], values.get(i), "\n".join(outputs[i]))
             for i in range(n)
