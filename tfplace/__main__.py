@@ -43,7 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     launch.add_argument(
         "--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL"
     )
-    launch.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
+    launch.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="local address to listen on: IPv4, IPv6 or a name of this machine",
+    )
     launch.add_argument("-m", dest="module", action="store_true", help="SCRIPT is a module")
     launch.add_argument("script", help="the Python script (or module with -m)")
     launch.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
@@ -92,16 +96,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "launch":
         from tfplace._launch import launch
+        from tfplace.errors import ClusterConfigError
 
         if args.num_workers < 1:
             parser.error(f"-n must be >= 1, found {args.num_workers}")
         target = ["-m", args.script] if args.module else [args.script]
-        result = launch(
-            [sys.executable, *target, *args.args],
-            args.num_workers,
-            grace_seconds=args.grace,
-            host=args.host,
-        )
+        try:
+            result = launch(
+                [sys.executable, *target, *args.args],
+                args.num_workers,
+                grace_seconds=args.grace,
+                host=args.host,
+            )
+        except ClusterConfigError as err:  # a bad --host: nothing was started
+            print(f"tfplace {err}", file=sys.stderr)  # "tfplace launch: host: ..."
+            return 2
         return result.returncode
     if args.command == "tf-config":
         from tfplace._launch import tf_configs

@@ -49,27 +49,31 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"free_ports needs a positive count, found {n!r}")
-    bare = check_host(host, "free_ports").strip("[]")
+    return _free_ports(n, host, "free_ports")
+
+
+def _free_ports(n: int, host: str, source: str) -> list[int]:
+    bare = check_host(host, source).strip("[]")
     try:
         family, kind, proto, _, sockaddr = socket.getaddrinfo(bare, 0, type=socket.SOCK_STREAM)[0]
         socks = [socket.socket(family, kind, proto) for _ in range(n)]
     except OSError as err:
-        raise _unusable(host, err) from err
+        raise _unusable(source, host, err) from err
     try:
         for s in socks:
             s.bind(sockaddr)
         return [int(s.getsockname()[1]) for s in socks]
     except OSError as err:
-        raise _unusable(host, err) from err
+        raise _unusable(source, host, err) from err
     finally:
         for s in socks:
             s.close()
 
 
-def _unusable(host: str, err: OSError) -> ClusterConfigError:
+def _unusable(source: str, host: str, err: OSError) -> ClusterConfigError:
     return ClusterConfigError(
-        f"tfplace launch: host: cannot listen on {host!r} here ({err}); expected an address "
-        "of this machine. Fix: use 127.0.0.1 (the default), ::1 or this machine's own name"
+        f"{source}: host: cannot listen on {host!r} here ({err}); expected an address of "
+        "this machine. Fix: use 127.0.0.1 (the default), ::1 or this machine's own name"
     )
 
 
@@ -268,7 +272,7 @@ def launch(
         raise ValueError(f"grace_seconds must be >= 0, found {grace_seconds!r}")
     if on_line is not None and not callable(on_line):
         raise TypeError(f"on_line must be a callable (index, line), found {on_line!r}")
-    cluster = ClusterSpec.local(free_ports(num_workers, host), host)
+    cluster = ClusterSpec.local(_free_ports(num_workers, host, "launch"), host)
     started = time.monotonic()
     run = _Launch(
         command, cluster, dict(env or os.environ), grace_seconds, out or sys.stdout, on_line
