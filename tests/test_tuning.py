@@ -1,8 +1,13 @@
-"""Precision, memory, find_batch_size and autotune."""
+"""Precision, memory, find_batch_size and autotune.
+
+In-process tests run on whatever this machine has (the plugin's two virtual CPUs, and any
+GPUs): their expectations come from TensorFlow's logical devices or tfplace's inventory.
+"""
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 
 import keras
@@ -12,10 +17,14 @@ import tensorflow as tf
 from helpers import run_json
 
 import tfplace
-from tfplace._inventory import GPUInfo
+from tfplace._inventory import GPUInfo, Inventory
 from tfplace.precision import choose_precision
 from tfplace.testing import fake_inventory
 from tfplace.tuning import Candidate, available_candidates
+
+
+def logical_count(kind: str) -> int:
+    return len(tf.config.list_logical_devices(kind))
 
 
 @pytest.fixture
@@ -47,11 +56,15 @@ def test_choose_precision(inv: object, policy: str) -> None:
 
 
 @pytest.mark.usefixtures("restore_policy")
-def test_configure_precision_auto_on_this_cpu(caplog: pytest.LogCaptureFixture) -> None:
+def test_configure_precision_auto_follows_the_detected_hardware(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # float32 on a CPU-only machine, mixed_bfloat16 on an H200: what the inventory implies.
+    expected, why = choose_precision(tfplace.inventory())
     with caplog.at_level(logging.INFO, logger="tfplace"):
-        assert tfplace.configure_precision() == "float32"
-    assert keras.config.dtype_policy().name == "float32"
-    assert "no GPU" in caplog.text
+        assert tfplace.configure_precision() == expected
+    assert keras.config.dtype_policy().name == expected
+    assert f"configure_precision: {expected}: {why}" in caplog.text
 
 
 @pytest.mark.usefixtures("restore_policy")
@@ -61,10 +74,36 @@ def test_configure_precision_follows_the_hardware_it_is_told_about() -> None:
 
 
 @pytest.mark.usefixtures("restore_policy")
-def test_slow_explicit_policy_warns_and_says_why() -> None:
-    with pytest.warns(tfplace.TfplaceWarning, match="Tensor Cores"):
-        assert tfplace.configure_precision("mixed_float16") == "mixed_float16"
-    assert keras.config.dtype_policy().name == "mixed_float16"
+@pytest.mark.parametrize(
+    ("inv", "policy", "match"),
+    [
+        (fake_inventory(), "mixed_float16", "Tensor Cores"),
+        (fake_inventory(gpus=1, compute_capability=(6, 1)), "mixed_float16", "Tensor Cores"),
+        (fake_inventory(), "mixed_bfloat16", "bfloat16"),
+        (fake_inventory(gpus=2, compute_capability=(7, 5)), "mixed_bfloat16", "bfloat16"),
+    ],
+)
+def test_slow_explicit_policy_warns_and_says_why(inv: Inventory, policy: str, match: str) -> None:
+    with pytest.warns(tfplace.TfplaceWarning, match=match):
+        assert tfplace.configure_precision(policy, inventory=inv) == policy
+    assert keras.config.dtype_policy().name == policy
+
+
+@pytest.mark.usefixtures("restore_policy")
+@pytest.mark.parametrize(
+    ("inv", "policy"),
+    [
+        (fake_inventory(gpus=1, compute_capability=(7, 0)), "mixed_float16"),
+        (fake_inventory(gpus=1, compute_capability=(8, 0)), "mixed_bfloat16"),
+        (fake_inventory(tpu=True), "mixed_bfloat16"),
+        (fake_inventory(), "float32"),
+    ],
+)
+def test_fast_explicit_policy_does_not_warn(inv: Inventory, policy: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tfplace.configure_precision(policy, inventory=inv) == policy
+    assert keras.config.dtype_policy().name == policy
 
 
 def test_bad_policy() -> None:
@@ -90,20 +129,41 @@ def test_configure_precision_under_tf_keras() -> None:
 # ----------------------------------------------------------------------------- memory
 
 
-def test_memory_info_and_track_memory_on_cpu() -> None:
-    info = tfplace.memory_info("CPU:0")
-    assert info.device == "CPU:0"
-    assert 0.0 <= info.current_mb <= info.peak_mb or info.peak_mb == 0.0
-    with tfplace.track_memory("/device:CPU:0") as mem:
+def check_track_memory(device: str) -> None:
+    """track_memory(device) sees a 64 MB tensor placed on ``device`` and freed in the block."""
+    info = tfplace.memory_info(device)
+    assert info.device == device
+    assert 0.0 <= info.current_mb <= info.peak_mb
+    with tfplace.track_memory(f"/device:{device}") as mem:
         assert mem.peak_mb == 0.0  # filled in when the block ends
-        tf.ones((64, 64)) @ tf.ones((64, 64))
-    assert mem.device == "CPU:0"
-    assert mem.peak_mb >= mem.current_mb >= 0.0
+        with tf.device(device):
+            block = tf.ones((1024, 1024, 16))  # 64 MB of float32
+        assert block.device.endswith(device)
+        del block
+    assert mem.device == device
+    assert mem.peak_mb >= 64.0
+    assert 0.0 <= mem.current_mb < mem.peak_mb
+
+
+def test_memory_info_and_track_memory_on_cpu() -> None:
+    check_track_memory("CPU:0")
+
+
+def test_memory_info_and_track_memory_on_each_gpu() -> None:
+    gpus = logical_count("GPU")
+    if not gpus:
+        pytest.skip("no GPU is visible")
+    for i in range(gpus):
+        check_track_memory(f"GPU:{i}")
 
 
 def test_memory_info_bad_device() -> None:
+    absent = f"GPU:{logical_count('GPU')}"  # one past the last GPU (GPU:0 without any)
+    with pytest.raises(tfplace.DeviceNotFoundError, match="no such device") as info:
+        tfplace.memory_info(absent)
+    assert absent in str(info.value) and "CPU:0" in str(info.value)  # says what exists
     with pytest.raises(tfplace.DeviceNotFoundError, match="no such device"):
-        tfplace.memory_info("GPU:7")
+        tfplace.track_memory(f"CPU:{logical_count('CPU')}").__enter__()
     with pytest.raises(TypeError):
         tfplace.memory_info(3)  # type: ignore[arg-type]
 
@@ -189,17 +249,43 @@ def dataset() -> tf.data.Dataset:
 
 
 def test_available_candidates_on_this_machine() -> None:
-    names = [c.name for c in available_candidates()]
-    assert names == ["CPU:0", "mirrored 2xCPU"]
+    # Each GPU, mirrored over the GPUs when several, the CPU, and mirrored over the virtual
+    # CPUs only when there is no GPU: on a CPU-only machine ["CPU:0", "mirrored 2xCPU"].
+    gpus, cpus = logical_count("GPU"), logical_count("CPU")
+    expected = [f"GPU:{i}" for i in range(gpus)]
+    expected += [f"mirrored {gpus}xGPU"] if gpus > 1 else []
+    expected += ["CPU:0"]
+    expected += [f"mirrored {cpus}xCPU"] if not gpus and cpus > 1 else []
+    assert [c.name for c in available_candidates()] == expected
+
+
+def test_available_candidates_on_a_cpu_only_machine() -> None:
+    out = run_json(
+        """
+        import json, tfplace
+        from tfplace.tuning import available_candidates
+        tfplace.configure_cpus(threads=None, virtual_devices=3)
+        print(json.dumps([[c.name, c.kind, c.devices] for c in available_candidates()]))
+        """,
+        cpu_only=True,
+    )
+    assert out == [
+        ["CPU:0", "one_device", ["/CPU:0"]],
+        ["mirrored 3xCPU", "mirrored", ["/CPU:0", "/CPU:1", "/CPU:2"]],
+    ]
 
 
 def test_autotune_measures_every_candidate_and_returns_the_best() -> None:
+    candidates = available_candidates()
     report = tfplace.autotune(build_model, dataset(), steps=5, warmup=1)
-    assert {m.name for m in report.results} == {"CPU:0", "mirrored 2xCPU"}
+    replicas = {m.name: m.replicas for m in report.results}
+    assert replicas == {
+        c.name: len(c.devices) if c.devices else logical_count("GPU") for c in candidates
+    }
     rates = [m.steps_per_second for m in report.results]
     assert rates == sorted(rates, reverse=True)
     assert all(r > 0 for r in rates)
-    assert report.best is report.results[0]
+    assert report.best.steps_per_second == max(rates)
     assert report.strategy.num_replicas_in_sync == report.best.replicas
     with report.strategy.scope():
         model = build_model()
