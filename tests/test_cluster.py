@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tfplace
-from tfplace.cluster import parse_slurm, parse_tf_config
+from tfplace.cluster import ClusterSpec, check_host, from_env, parse_slurm, parse_tf_config
 from tfplace.errors import ClusterConfigError, TfplaceWarning
 
 
@@ -238,3 +239,133 @@ def test_slurm_huge_ranges_and_bad_ports_are_refused() -> None:
         parse_slurm(env)
     with pytest.raises(ValueError, match="port"):
         parse_slurm(SLURM_TWO_NODES, port=0)
+
+
+# ------------------------------------------------------------------- hosts and ClusterSpec
+
+
+@pytest.mark.parametrize(
+    ("host", "written"),
+    [
+        ("10.0.0.2", "10.0.0.2"),
+        ("fd00::2", "[fd00::2]"),
+        ("[fd00::2]", "[fd00::2]"),
+        ("::1", "[::1]"),
+        ("node-2", "node-2"),
+        ("node-2.example.org", "node-2.example.org"),
+        ("worker-0.train.svc.cluster.local.", "worker-0.train.svc.cluster.local."),
+    ],
+)
+def test_valid_hosts_are_written_as_in_an_address(host: str, written: str) -> None:
+    assert check_host(host) == written
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "bad host",
+        "",
+        "-node",
+        "node-",
+        "999.1.2.3",
+        "1.2.3",
+        "a..b",
+        "x" * 64,
+        "nöde",
+        "[10.0.0.2]",
+        "[node]",
+        "grpc://node",
+        "node:2222",
+        2222,
+        None,
+    ],
+)
+def test_invalid_hosts_say_expected_found_and_fix(host: object) -> None:
+    with pytest.raises(ClusterConfigError) as info:
+        check_host(host, "somewhere", "hosts[3]")
+    message = str(info.value)
+    assert message.startswith("somewhere: hosts[3]: ")
+    assert repr(host) in message
+    assert "expected" in message
+    if isinstance(host, str) and host:
+        assert "Fix:" in message
+
+
+@pytest.mark.parametrize(
+    ("address", "hint"),
+    [
+        ("fd00::1:2222", '"[fd00::1]:2222"'),  # IPv6 without brackets is ambiguous
+        ("grpc://node:2222", '"node:2222"'),
+        ("[10.0.0.1]:2222", "IPv6 address inside the brackets"),
+        ("bad host:2222", "found 'bad host'"),
+        ("node:0", "port from 1 to 65535"),
+        ("node:65536", "port from 1 to 65535"),
+    ],
+)
+def test_tf_config_addresses_are_validated_with_a_fix(address: str, hint: str) -> None:
+    with pytest.raises(ClusterConfigError, match=r"^TF_CONFIG: cluster\.worker\[0\]: ") as info:
+        parse_tf_config(tfc({"worker": [address]}))
+    assert hint in str(info.value)
+
+
+def test_ports_are_compared_as_numbers_for_duplicates() -> None:
+    with pytest.raises(ClusterConfigError, match="duplicate"):
+        parse_tf_config(tfc({"worker": ["a:2222", "a:02222"]}))
+    spec = parse_tf_config(tfc({"worker": ["[fd00::1]:1", "[fd00::1]:65535"]}))
+    assert spec is not None and spec.addresses("worker") == ("[fd00::1]:1", "[fd00::1]:65535")
+
+
+def test_cluster_from_hosts_and_every_task_of_it() -> None:
+    spec = ClusterSpec.from_hosts(["node1", "node2:3000", "fd00::2", "[fd00::3]:4000"], port=5)
+    assert spec.addresses("worker") == ("node1:5", "node2:3000", "[fd00::2]:5", "[fd00::3]:4000")
+    assert (spec.task_type, spec.task_index, spec.source) == ("worker", 0, "host list")
+    tasks = [spec.for_task(i) for i in range(spec.num_workers)]
+    assert [t.address for t in tasks] == list(spec.addresses("worker"))
+    assert [t.is_chief for t in tasks] == [True, False, False, False]
+    again = [parse_tf_config(t.to_tf_config()) for t in tasks]
+    assert again == [replace(t, source="TF_CONFIG") for t in tasks]  # round trip
+
+
+def test_from_hosts_refuses_bad_input_with_the_entry_named() -> None:
+    with pytest.raises(ClusterConfigError, match=r"^host list: hosts\[1\]: found 'bad host'"):
+        ClusterSpec.from_hosts(["node1", "bad host"])
+    with pytest.raises(ClusterConfigError, match=r"^host list: port: .* found 0"):
+        ClusterSpec.from_hosts(["node1"], port=0)
+    with pytest.raises(ClusterConfigError, match=r"^host list: port: .* found True"):
+        ClusterSpec.from_hosts(["node1"], port=True)
+    with pytest.raises(ValueError, match="non-empty list of hosts"):
+        ClusterSpec.from_hosts("node1")
+    with pytest.raises(TypeError, match=r"hosts\[0\]"):
+        ClusterSpec.from_hosts([7])  # type: ignore[list-item]
+
+
+def test_local_cluster_on_one_host() -> None:
+    spec = ClusterSpec.local([2222, 2223], host="::1")
+    assert spec.addresses("worker") == ("[::1]:2222", "[::1]:2223")
+    assert spec.source == "tfplace launch"
+    with pytest.raises(ClusterConfigError, match=r"^tfplace launch: host: found 'bad host'"):
+        ClusterSpec.local([2222], host="bad host")
+    with pytest.raises(ClusterConfigError, match=r"ports\[1\]: expected a port .* 70000"):
+        ClusterSpec.local([2222, 70000])
+    with pytest.raises(ClusterConfigError, match="duplicate"):
+        ClusterSpec.local([2222, 2222])
+
+
+def test_for_task_refuses_a_task_the_cluster_lacks() -> None:
+    spec = ClusterSpec.from_hosts(["a", "b"])
+    with pytest.raises(ClusterConfigError, match=r"task\.index: 2 is out of range"):
+        spec.for_task(2)
+    with pytest.raises(ClusterConfigError, match=r"task\.type: 'chief' is not in the cluster"):
+        spec.for_task(0, "chief")
+
+
+def test_from_env_prefers_tf_config_then_slurm() -> None:
+    two = tfc({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": 1})
+    slurm = {**SLURM_TWO_NODES, "SLURM_PROCID": "0"}
+    from_tf = from_env({**slurm, "TF_CONFIG": two})
+    assert from_tf is not None and (from_tf.source, from_tf.task_index) == ("TF_CONFIG", 1)
+    blank = from_env({**slurm, "TF_CONFIG": "  "})  # an empty TF_CONFIG does not hide SLURM
+    assert blank is not None and (blank.source, blank.task_index) == ("SLURM", 0)
+    assert from_env({}) is None
+    with pytest.raises(ClusterConfigError, match=r"^TF_CONFIG: JSON"):
+        from_env({"TF_CONFIG": "{"})

@@ -218,8 +218,8 @@ def check_host(host: object, source: str = "host", fieldname: str = "host") -> s
         raise _fail(
             source,
             fieldname,
-            f"found {host!r}: brackets hold an IPv6 address only. Fix: write {bare!r} "
-            "without brackets, or a valid IPv6 address inside them",
+            f"found {host!r}, expected an IPv6 address inside the brackets (they hold IPv6 "
+            f"addresses only). Fix: write {bare!r} without brackets",
         )
     labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
     if (
