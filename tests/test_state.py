@@ -74,6 +74,12 @@ def snapshot() -> dict[str, Any]:
             tf.config.threading.get_inter_op_parallelism_threads(),
         ),
         "cpus": len(tf.config.list_logical_devices("CPU")),
+        "gpus": [d.name for d in tf.config.list_logical_devices("GPU")],
+        "visible_gpus": [d.name for d in tf.config.get_visible_devices("GPU")],
+        "gpu_growth": [
+            tf.config.experimental.get_memory_growth(d)
+            for d in tf.config.list_physical_devices("GPU")
+        ],
         "strategy": tf.distribute.get_strategy(),
         "signals": (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)),
         "device": tf.constant(0.0).device,
@@ -114,7 +120,12 @@ def test_public_functions_leave_no_state_behind(tmp_path: Path) -> None:
         tf.ones(())
     tfplace.find_batch_size(start=4)(lambda batch_size: batch_size)()
     tfplace.configure_cpus(threads=None, virtual_devices=2)  # the settings in force: a no-op
-    tfplace.configure_gpus(memory_growth=True)  # no GPU here: nothing to do
+    in_force = tfplace.configure_gpus()  # no arguments: reports, changes nothing
+    assert not in_force.changed
+    # The settings in force again (growth where the session gave it, nothing without a GPU).
+    again = tfplace.configure_gpus(memory_growth=in_force.memory_growth)
+    assert not again.changed
+    assert again.visible == in_force.visible
     with open(os.devnull, "w") as devnull:
         result = tfplace.launch([sys.executable, "-c", "print('hi')"], 2, out=devnull)
     assert result.returncode == 0
