@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -237,3 +238,115 @@ def test_tf_config_command_json() -> None:
     configs = json.loads(proc.stdout)
     assert [c["task"]["index"] for c in configs] == [0, 1]
     assert configs[0]["cluster"]["worker"] == ["h1:2222", "[fd00::1]:5000"]
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("host", ["bad host", "grpc://127.0.0.1", "127.0.0.1:2222", ""])
+def test_bad_hosts_are_refused_before_anything_starts(tmp_path: Path, host: str) -> None:
+    with pytest.raises(tfplace.ClusterConfigError, match=r"^free_ports: host: found"):
+        free_ports(2, host=host)
+    marker = tmp_path / "started"
+    with pytest.raises(tfplace.ClusterConfigError, match=r"^launch: host: found") as info:
+        launch([sys.executable, "-c", f"open({str(marker)!r}, 'w')"], 2, host=host)
+    assert repr(host) in str(info.value) and "Fix:" in str(info.value)
+    assert not marker.exists()  # no worker was started
+
+
+def test_a_host_that_is_not_here_is_a_clear_error_not_a_socket_error() -> None:
+    # .invalid never resolves (RFC 6761); 192.0.2.1 is a documentation address, never local.
+    for host, reason in [("nowhere.invalid", "cannot listen"), ("192.0.2.1", "cannot listen")]:
+        with pytest.raises(tfplace.ClusterConfigError, match=reason) as info:
+            launch([sys.executable, "-c", "pass"], 1, host=host)
+        assert repr(host) in str(info.value)
+        assert isinstance(info.value.__cause__, OSError)  # the socket error stays chained
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfplace", "launch", "-n", "2", "--host", "bad host", "x.py"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("tfplace launch: host: found 'bad host'")
+
+
+def test_ipv6_loopback_workers_get_bracketed_addresses(tmp_path: Path) -> None:
+    if not ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback (::1)")
+    assert all(0 < p < 65536 for p in free_ports(2, host="::1"))
+    path = script(
+        tmp_path,
+        """
+        import os
+        print(os.environ["TF_CONFIG"])
+        """,
+    )
+    lines: list[tuple[int, str]] = []
+    result = launch(
+        [sys.executable, path], 2, host="::1", out=io.StringIO(), on_line=lambda *a: lines.append(a)
+    )
+    assert result.returncode == 0
+    configs = {i: tfplace.parse_tf_config(text) for i, text in lines}
+    assert sorted(configs) == [0, 1]
+    for i, spec in configs.items():
+        assert spec is not None and spec.task_index == i
+        assert all(a.startswith("[::1]:") for a in spec.addresses("worker"))
+
+
+def test_on_line_gets_each_workers_lines_without_the_prefix(tmp_path: Path) -> None:
+    path = script(
+        tmp_path,
+        """
+        import os, sys
+        i = os.environ["TFPLACE_WORKER_INDEX"]
+        print(f"out {i}", flush=True)
+        print(f"[worker 9] looks like a prefix {i}", flush=True)
+        print(f"err {i}", file=sys.stderr, flush=True)
+        """,
+    )
+    lines: list[tuple[int, str]] = []
+    out = io.StringIO()
+    result = launch(
+        [sys.executable, path], 2, out=out, on_line=lambda i, line: lines.append((i, line))
+    )
+    assert result.returncode == 0
+    for i in range(2):
+        mine = [line for index, line in lines if index == i]
+        assert sorted(mine) == sorted(
+            [f"out {i}", f"[worker 9] looks like a prefix {i}", f"err {i}"]
+        )
+    # The prefixed copy still goes to ``out``.
+    assert sorted(out.getvalue().splitlines()) == sorted(f"[worker {i}] {t}" for i, t in lines)
+
+
+def test_an_on_line_error_stops_the_workers_and_is_raised(tmp_path: Path) -> None:
+    path = script(
+        tmp_path,
+        """
+        import os, time
+        print("pid", os.getpid(), flush=True)
+        time.sleep(120)
+        """,
+    )
+    pids: list[int] = []
+
+    def on_line(index: int, line: str) -> None:
+        pids.append(int(line.split()[1]))
+        if len(pids) == 2:
+            raise KeyError("callback broke")
+
+    start = time.monotonic()
+    with pytest.raises(KeyError, match="callback broke"):
+        launch([sys.executable, path], 2, out=io.StringIO(), on_line=on_line, grace_seconds=1)
+    assert time.monotonic() - start < 30
+    assert len(pids) == 2
+    assert not [p for p in pids if alive(p)]
+    with pytest.raises(TypeError, match="on_line"):
+        launch([sys.executable, path], 1, on_line="print")  # type: ignore[arg-type]
