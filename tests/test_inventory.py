@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -67,7 +68,17 @@ def test_quota_drives_configure_cpus_auto_through_the_inventory() -> None:
     assert auto_threads(inv.cpu.usable_cores) == (4, 4)
 
 
-def test_real_inventory_does_not_start_the_runtime() -> None:
+# The child's own decision must not depend on a cluster, TPU or Keras flavour in the caller's env.
+PLAIN_ENV: dict[str, str | None] = {
+    "TF_CONFIG": None,
+    "TPU_NAME": None,
+    "COLAB_TPU_ADDR": None,
+    "TF_USE_LEGACY_KERAS": None,
+}
+
+
+@pytest.mark.parametrize("cpu_only", [False, True], ids=["this-machine", "gpus-hidden"])
+def test_real_inventory_does_not_start_the_runtime(cpu_only: bool) -> None:
     out = run_json(
         """
         import json, tfplace
@@ -75,17 +86,31 @@ def test_real_inventory_does_not_start_the_runtime() -> None:
         inv = tfplace.inventory()
         p = tfplace.plan()
         import tensorflow as tf
-        print(json.dumps({"started": _tf.runtime_started(), "inv_started": inv.runtime_started,
+        started = _tf.runtime_started()  # importing TensorFlow does not start it either
+        print(json.dumps({"started": started, "inv_started": inv.runtime_started,
                           "cpu": inv.cpu.host_cores, "tf": inv.tensorflow.version,
-                          "keras": inv.keras.flavour, "kind": p.kind,
+                          "tf_real": tf.__version__, "keras": inv.keras.flavour,
+                          "gpus": len(inv.visible_gpus), "kind": p.kind,
+                          "devices": list(p.devices), "reasons": list(p.reasons),
+                          "physical_gpus": len(tf.config.list_physical_devices("GPU")),
                           "pkgs": [n for n, _ in inv.packages]}))
-        """
+        """,
+        env=PLAIN_ENV,
+        cpu_only=cpu_only,
     )
     assert out["started"] is False
     assert out["inv_started"] is False
     assert out["cpu"] >= 1
+    assert out["tf"] == out["tf_real"]
     assert out["keras"] == "keras3"
-    assert out["kind"] == "default"
+    assert out["gpus"] == out["physical_gpus"]  # what TensorFlow itself lists
+    # What the detected GPUs imply (no TPU or cluster in the child's environment).
+    gpus = out["gpus"]
+    assert out["kind"] == ("default" if gpus == 0 else "one_device" if gpus == 1 else "mirrored")
+    assert out["devices"][0] == ("/GPU:0" if gpus else "/CPU:0")
+    if cpu_only:
+        assert gpus == 0
+        assert any("CUDA_VISIBLE_DEVICES='-1'" in r for r in out["reasons"]), out["reasons"]
     assert any(n.startswith("tensorflow") for n in out["pkgs"])
 
 
@@ -124,7 +149,8 @@ def test_keras_flavour_follows_tf_use_legacy_keras() -> None:
         """,
         env={"TF_USE_LEGACY_KERAS": "1"},
     )
-    assert out in ("tf_keras", "missing")
+    # tf_keras when it is installed; "missing" (Keras 2 requested but absent) otherwise.
+    assert out == ("tf_keras" if importlib.util.find_spec("tf_keras") else "missing")
 
 
 def test_tpu_hint_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
