@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,36 +154,73 @@ def test_is_chief_and_worker_save_path_read_the_environment_only(tmp_path: Any) 
     assert result["loaded"] == []
 
 
-@pytest.mark.slow
-def test_the_guides_local_example_runs_as_written(tmp_path: Any) -> None:
-    from pathlib import Path
+PAGE = Path(__file__).parents[1] / "docs" / "multi-worker.md"
+LAUNCH = "tfplace launch -n 2 docs/examples/multi_worker_train.py /tmp/out"
 
-    root = Path(__file__).parents[1]
-    guide = (root / "docs" / "multi-worker.md").read_text()
-    assert "tfplace launch -n 2 docs/examples/multi_worker_train.py /tmp/out" in guide
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tfplace",
-            "launch",
-            "-n",
-            "2",
-            "docs/examples/multi_worker_train.py",
-            str(tmp_path),
-        ],
-        cwd=root,
+
+def page_commands() -> list[tuple[str, list[str]]]:
+    """Every ``tfplace`` command in the page's bash blocks, with the output the page shows
+    after it (``$ command`` lines are followed by their output; ``# or: command`` lines are
+    alternatives). The SLURM batch script needs a SLURM cluster and is not run."""
+    found: list[tuple[str, list[str]]] = []
+    for block in re.findall(r"```bash\n(.*?)```", PAGE.read_text(), flags=re.S):
+        prompted = block.startswith("$ ")
+        for line in block.splitlines():
+            command = line.removeprefix("# or: ").removeprefix("$ ")
+            if command.startswith(("tfplace ", "python -m tfplace ")):
+                found.append((command, []))
+            elif prompted and found and line.strip():
+                found[-1][1].append(line)
+    return found
+
+
+def run_page_command(command: str, out_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command of the page from the repository root, as a user would type it. The
+    program is this environment's ``tfplace`` script or Python; ``/tmp/out`` becomes
+    ``out_dir`` (a folder that does not exist yet, as on a fresh machine) so that parallel
+    runs and the user's own /tmp/out are left alone."""
+    argv = shlex.split(command)
+    bin_dir = Path(sys.executable).parent
+    program = {"tfplace": bin_dir / "tfplace", "python": Path(sys.executable)}[argv[0]]
+    assert program.exists(), f"{program} is missing: install tfplace (pip install -e .)"
+    if out_dir is not None:
+        argv = [str(out_dir) if a == "/tmp/out" else a for a in argv]
+    return subprocess.run(
+        [str(program), *argv[1:]],
+        cwd=PAGE.parents[1],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
         env={**os.environ, **QUIET_ENV},
     )
+
+
+def test_the_page_shows_the_commands_these_tests_run() -> None:
+    commands = [c for c, _ in page_commands()]
+    assert LAUNCH in commands
+    assert f"python -m {LAUNCH}" in commands
+    assert "tfplace tf-config node1 node2 --port 2222" in commands
+
+
+def test_the_pages_tf_config_command_prints_what_the_page_shows() -> None:
+    for command, shown in page_commands():
+        if " tf-config " in f" {command} ":
+            assert shown, f"the page shows no output for {command!r}"
+            proc = run_page_command(command)
+            assert proc.returncode == 0, proc.stderr
+            assert proc.stdout.splitlines() == shown
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [LAUNCH, f"python -m {LAUNCH}"])
+def test_the_pages_launch_command_works_on_a_fresh_machine(command: str, tmp_path: Path) -> None:
+    out_dir = tmp_path / "out"  # does not exist yet, like /tmp/out on a fresh machine
+    proc = run_page_command(command, out_dir)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "[worker 0] chief: 2 replicas" in proc.stdout
     assert "[worker 1] worker: 2 replicas" in proc.stdout
-    assert (tmp_path / "model.keras").exists()
-    assert os.listdir(tmp_path) == ["model.keras"]
+    assert os.listdir(out_dir) == ["model.keras"]  # only the chief wrote there
 
 
 @pytest.mark.slow

@@ -31,6 +31,7 @@ history = model.fit(x, y, batch_size=global_batch, epochs=3, verbose=0)
 
 # Every worker saves (the strategy needs all of them); only the chief writes the real file.
 out_dir = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()
+os.makedirs(out_dir, exist_ok=True)  # e.g. /tmp/out on a fresh machine
 with tfplace.worker_save_path(os.path.join(out_dir, "model.keras")) as path:
     model.save(path)
 
