@@ -11,6 +11,7 @@ import logging
 import warnings
 
 from tfplace import _tf
+from tfplace._hardware import BFLOAT16_MIN_CC, FLOAT16_MIN_CC, cc_text, lowest_cc, slow_policy
 from tfplace._inventory import Inventory
 from tfplace.errors import TfplaceWarning
 
@@ -27,25 +28,32 @@ def choose_precision(inv: Inventory) -> tuple[str, str]:
 
     TPU or every visible GPU at compute capability >= 8.0: ``mixed_bfloat16``; every visible
     GPU at >= 7.0: ``mixed_float16``; otherwise (CPU, older or unknown GPUs): ``float32``.
+    The thresholds live in ``tfplace._hardware`` (shared with ``tfplace doctor``).
+
+    Example:
+        >>> from tfplace.testing import fake_inventory
+        >>> choose_precision(fake_inventory(gpus=2, compute_capability=(7, 5)))[0]
+        'mixed_float16'
     """
     if inv.tpu.present:
         return "mixed_bfloat16", "a TPU computes in bfloat16 natively"
     gpus = inv.visible_gpus
     if not gpus:
         return "float32", "no GPU: on CPUs reduced precision is slower than float32"
-    ccs = [g.compute_capability for g in gpus]
-    if any(cc is None for cc in ccs):
+    lowest = lowest_cc(gpus)
+    if lowest is None:
         return "float32", "a GPU's compute capability is unknown, so float32 is the safe choice"
-    lowest = min(cc for cc in ccs if cc is not None)
-    text = f"{lowest[0]}.{lowest[1]}"
-    if lowest >= (8, 0):
+    text = cc_text(lowest)
+    if lowest >= BFLOAT16_MIN_CC:
         return "mixed_bfloat16", (
-            f"every GPU has compute capability >= 8.0 (lowest {text}): bfloat16 Tensor Cores, "
-            "with float32's range (no loss scaling needed)"
+            f"every GPU has compute capability >= {cc_text(BFLOAT16_MIN_CC)} (lowest {text}): "
+            "bfloat16 Tensor Cores, with float32's range (no loss scaling needed)"
         )
-    if lowest >= (7, 0):
+    if lowest >= FLOAT16_MIN_CC:
         return "mixed_float16", f"every GPU has Tensor Cores (lowest compute capability {text})"
-    return "float32", f"a GPU has compute capability {text} < 7.0: no Tensor Cores"
+    return "float32", (
+        f"a GPU has compute capability {text} < {cc_text(FLOAT16_MIN_CC)}: no Tensor Cores"
+    )
 
 
 def configure_precision(policy: str = "auto", *, inventory: Inventory | None = None) -> str:
@@ -81,14 +89,10 @@ def configure_precision(policy: str = "auto", *, inventory: Inventory | None = N
         chosen, why = choose_precision(inventory)
         log.info("configure_precision: %s: %s", chosen, why)
     else:
-        from tfplace.doctor import findings
-
         chosen = policy
-        for finding in findings(inventory, precision=policy):
-            if finding.id == "H1":
-                warnings.warn(
-                    f"{finding.what} {finding.why} {finding.fix}", TfplaceWarning, stacklevel=2
-                )
+        slow = slow_policy(policy, inventory.visible_gpus, tpu=inventory.tpu.present)
+        if slow is not None:  # the same verdict as the doctor's finding H1
+            warnings.warn(f"{slow.what} {slow.why} {slow.fix}", TfplaceWarning, stacklevel=2)
     keras = _tf.load_keras()
     if hasattr(keras, "config") and hasattr(keras.config, "set_dtype_policy"):
         keras.config.set_dtype_policy(chosen)
