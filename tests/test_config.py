@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from fakes import FakeGPUMachine
 from helpers import run_json
 
 import tfplace
-from tfplace.config import auto_threads
+from tfplace.config import (
+    CPUFacts,
+    GPUFacts,
+    auto_threads,
+    plan_cpus,
+    plan_gpus,
+)
 
 
 def test_growth_is_set_on_every_visible_gpu() -> None:
@@ -34,14 +42,12 @@ def test_different_settings_after_start_raise_already_initialized() -> None:
     with pytest.raises(tfplace.AlreadyInitializedError) as info:
         tfplace.configure_gpus(memory_growth=False, backend=m)
     msg = str(info.value)
-    assert "memory growth -> False" in msg
+    assert "memory growth True -> False" in msg
     assert "TF_FORCE_GPU_ALLOW_GROWTH=true" in msg
     assert "restart" in msg
 
 
 def test_tensorflow_start_up_error_is_translated_and_chained() -> None:
-    m = FakeGPUMachine()
-
     class Racing(FakeGPUMachine):  # the runtime starts between our check and our call
         def runtime_started(self) -> bool:
             return False
@@ -52,7 +58,7 @@ def test_tensorflow_start_up_error_is_translated_and_chained() -> None:
         tfplace.configure_gpus(memory_growth=True, backend=r)
     assert isinstance(info.value.__cause__, RuntimeError)
     assert "cannot be modified after being initialized" in str(info.value)
-    assert m.calls == []
+    assert r.calls == []  # nothing was half-applied
 
 
 def test_memory_limit_one_number_or_one_per_gpu() -> None:
@@ -147,7 +153,7 @@ def test_real_cpu_configuration_in_a_fresh_process() -> None:
         """
         import json, tfplace, tensorflow as tf
         first = tfplace.configure_cpus(2, inter_op_threads=1, virtual_devices=3)
-        gpu = tfplace.configure_gpus(memory_growth=True)      # CPU-only: returns cleanly
+        gpu = tfplace.configure_gpus(memory_growth=True)      # GPUs hidden: returns cleanly
         x = tf.constant(1.0)                                   # the runtime starts
         again = tfplace.configure_cpus(2, inter_op_threads=1, virtual_devices=3)
         errors = []
@@ -165,7 +171,8 @@ def test_real_cpu_configuration_in_a_fresh_process() -> None:
             "intra": tf.config.threading.get_intra_op_parallelism_threads(),
             "errors": errors,
         }))
-        """
+        """,
+        cpu_only=True,
     )
     assert out["first"] == [2, 1, 3, True]
     assert out["again_changed"] is False
@@ -197,3 +204,53 @@ def test_visible_devices_after_start_name_cuda_visible_devices() -> None:
     with pytest.raises(tfplace.AlreadyInitializedError, match="CUDA_VISIBLE_DEVICES") as info:
         tfplace.configure_gpus(visible=[0], backend=m)
     assert "visible GPUs [0, 1] -> [0]" in str(info.value)
+
+
+def test_plan_gpus_is_pure_and_says_why() -> None:
+    facts = GPUFacts((0, 1, 2), (0, 1, 2), (False,) * 3, (None,) * 3, runtime_started=True)
+    plan = plan_gpus(facts, visible=[2, 0], memory_limit_mb=512)
+    assert plan.visible == (2, 0) and plan.memory_limit_mb == (512, 512)
+    assert [(c.setting, c.before, c.after) for c in plan.changes] == [
+        ("visible GPUs", [0, 1, 2], [2, 0]),
+        ("memory limits (MB)", [None, None], [512, 512]),
+    ]
+    assert all("was requested" in c.reason for c in plan.changes)
+    # Facts already as asked: no change, whatever the runtime state.
+    done = GPUFacts((0,), (0,), (True,), (None,), runtime_started=True)
+    assert plan_gpus(done, memory_growth=True).changes == ()
+    assert plan_gpus(GPUFacts((), (), (), (), False), memory_growth=True).changes == ()
+
+
+def test_plan_cpus_is_pure() -> None:
+    facts = CPUFacts(2, 2, 1, runtime_started=False)
+    plan = plan_cpus(facts, 2, 1, 2)
+    assert [str(c) for c in plan.changes] == [
+        "inter-op threads 2 -> 1 (was requested)",
+        "virtual CPU devices 1 -> 2 (virtual_devices=2 was requested)",
+    ]
+    assert (plan.intra_op_threads, plan.inter_op_threads, plan.virtual_devices) == (None, 1, 2)
+
+
+def test_dry_run_shows_the_change_set_without_applying_it() -> None:
+    m = FakeGPUMachine(n=2)
+    dry = tfplace.configure_gpus(memory_limit_mb=[100, 200], dry_run=True, backend=m)
+    assert m.calls == []
+    assert dry.changed is False and dry.memory_limit_mb == (100, 200)
+    assert [c.setting for c in dry.changes] == ["memory limits (MB)"]
+    real = tfplace.configure_gpus(memory_limit_mb=[100, 200], backend=m)
+    assert real == dataclasses.replace(dry, changed=True)
+    assert real.changes == dry.changes
+    assert m.calls == ["split 0 [100]", "split 1 [200]"]
+    # After start-up a dry run still answers (what would change); applying it raises.
+    m.started = True
+    cpu = tfplace.configure_cpus(3, virtual_devices=2, dry_run=True, backend=m)
+    assert [c.setting for c in cpu.changes] == ["intra-op threads", "virtual CPU devices"]
+    with pytest.raises(tfplace.AlreadyInitializedError):
+        tfplace.configure_cpus(3, virtual_devices=2, backend=m)
+
+
+def test_configure_applies_exactly_its_change_set() -> None:
+    m = FakeGPUMachine(n=3)
+    cfg = tfplace.configure_gpus(memory_growth=True, visible=[0, 2], backend=m)
+    assert [c.setting for c in cfg.changes] == ["visible GPUs", "memory growth"]
+    assert m.calls == ["visible ['0', '2']", "growth 0 True", "growth 2 True"]

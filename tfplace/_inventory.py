@@ -333,28 +333,23 @@ def _tpu_info(env: Mapping[str, str]) -> TPUInfo:
 
 def _tf_facts() -> tuple[TFInfo | None, tuple[GPUInfo, ...], dict[str, Any]]:
     try:
-        tf = _tf.load()
+        seam = _tf.TFConfig()
     except ImportError:
         return None, (), {}
-    build: Mapping[str, Any] = {}
-    with contextlib.suppress(Exception):
-        build = tf.sysconfig.get_build_info()
+    build = seam.build_info()
     info = TFInfo(
-        version=str(tf.__version__),
+        version=str(seam.tf.__version__),
         is_cuda_build=bool(build.get("is_cuda_build", False)),
         is_rocm_build=bool(build.get("is_rocm_build", False)),
         cuda_version=build.get("cuda_version"),
         cudnn_version=build.get("cudnn_version"),
         compute_capabilities=tuple(build.get("cuda_compute_capabilities", ()) or ()),
     )
-    cfg = tf.config
-    physical = cfg.list_physical_devices("GPU")
-    visible = {d.name for d in cfg.get_visible_devices("GPU")}
+    physical = seam.gpus()
+    visible = {d.name for d in seam.get_visible("GPU")}
     gpus = []
     for i, dev in enumerate(physical):
-        details: Mapping[str, Any] = {}
-        with contextlib.suppress(Exception):
-            details = cfg.experimental.get_device_details(dev)
+        details = seam.gpu_details(dev)
         cc = details.get("compute_capability")
         index = int(dev.name.rsplit(":", 1)[-1]) if dev.name[-1:].isdigit() else i
         gpus.append(
@@ -366,20 +361,14 @@ def _tf_facts() -> tuple[TFInfo | None, tuple[GPUInfo, ...], dict[str, Any]]:
                 visible=dev.name in visible,
             )
         )
-    started = _tf.runtime_started()
-    cpus = cfg.list_physical_devices("CPU")
-    if started:
-        logical_cpus = len(cfg.list_logical_devices("CPU"))
-    else:
-        split = cfg.get_logical_device_configuration(cpus[0]) if cpus else None
-        logical_cpus = len(split) if split else 1
+    intra, inter = seam.get_threads()
     extra = {
-        "logical_cpus": logical_cpus,
-        "intra": int(cfg.threading.get_intra_op_parallelism_threads()),
-        "inter": int(cfg.threading.get_inter_op_parallelism_threads()),
-        "soft_placement": bool(cfg.get_soft_device_placement()),
-        "eager": bool(cfg.functions_run_eagerly()),
-        "started": started,
+        "logical_cpus": _tf.cpu_device_count(seam),
+        "intra": intra,
+        "inter": inter,
+        "soft_placement": seam.soft_placement(),
+        "eager": seam.functions_run_eagerly(),
+        "started": seam.runtime_started(),
     }
     return info, tuple(gpus), extra
 

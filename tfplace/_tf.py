@@ -19,15 +19,22 @@ __all__ = [
     "COLLECTIVE_IMPLEMENTATIONS",
     "INSTALL_HINT",
     "MIRRORED_REDUCTIONS",
+    "TFConfig",
     "already_initialized",
     "communication_options",
+    "connect_tpu",
+    "coordination_context",
+    "cpu_device_count",
     "cross_device_ops",
     "device_scope_ops",
     "is_placement_error",
     "is_resource_exhausted",
     "load",
     "load_keras",
+    "logical_device_names",
+    "memory_stats",
     "reraise_if_initialized",
+    "reset_memory_stats",
     "runtime_started",
 ]
 
@@ -98,6 +105,138 @@ def load_keras() -> ModuleType:
         modern: ModuleType = k3
         return modern
     return keras
+
+
+class TFConfig:
+    """Thin calls into ``tf.config``: the one place tfplace reads and writes device settings.
+
+    :func:`tfplace.inventory` reads devices through it and ``configure_gpus`` /
+    ``configure_cpus`` apply their change sets through it (tests substitute a fake with the
+    same methods, :class:`tfplace.config.ConfigBackend`). No method starts the runtime except
+    :meth:`logical_count`, which is only called once it has started.
+    """
+
+    def __init__(self) -> None:
+        self.tf = load()
+
+    def runtime_started(self) -> bool:
+        return runtime_started()
+
+    def gpus(self) -> list[Any]:
+        return list(self.tf.config.list_physical_devices("GPU"))
+
+    def cpus(self) -> list[Any]:
+        return list(self.tf.config.list_physical_devices("CPU"))
+
+    def get_visible(self, kind: str) -> list[Any]:
+        return list(self.tf.config.get_visible_devices(kind))
+
+    def set_visible(self, devices: list[Any], kind: str) -> None:
+        self.tf.config.set_visible_devices(devices, kind)
+
+    def get_growth(self, device: Any) -> bool:
+        return bool(self.tf.config.experimental.get_memory_growth(device))
+
+    def set_growth(self, device: Any, enabled: bool) -> None:
+        self.tf.config.experimental.set_memory_growth(device, enabled)
+
+    def get_split(self, device: Any) -> list[int | None] | None:
+        split = self.tf.config.get_logical_device_configuration(device)
+        return None if split is None else [c.memory_limit for c in split]
+
+    def set_split(self, device: Any, limits: list[int | None]) -> None:
+        conf = self.tf.config.LogicalDeviceConfiguration
+        self.tf.config.set_logical_device_configuration(
+            device, [conf(memory_limit=m) for m in limits]
+        )
+
+    def logical_count(self, kind: str) -> int:
+        return len(self.tf.config.list_logical_devices(kind))
+
+    def get_threads(self) -> tuple[int, int]:
+        threading_ = self.tf.config.threading
+        return (
+            int(threading_.get_intra_op_parallelism_threads()),
+            int(threading_.get_inter_op_parallelism_threads()),
+        )
+
+    def set_threads(self, intra: int | None, inter: int | None) -> None:
+        if intra is not None:
+            self.tf.config.threading.set_intra_op_parallelism_threads(intra)
+        if inter is not None:
+            self.tf.config.threading.set_inter_op_parallelism_threads(inter)
+
+    # Reads the inventory needs beyond configuration.
+
+    def gpu_details(self, device: Any) -> dict[str, Any]:
+        """``get_device_details`` (name, compute capability); empty when unavailable."""
+        try:
+            return dict(self.tf.config.experimental.get_device_details(device))
+        except Exception:  # optional facts: absent on some builds
+            return {}
+
+    def build_info(self) -> dict[str, Any]:
+        try:
+            return dict(self.tf.sysconfig.get_build_info())
+        except Exception:  # optional facts: absent on some builds
+            return {}
+
+    def soft_placement(self) -> bool:
+        return bool(self.tf.config.get_soft_device_placement())
+
+    def functions_run_eagerly(self) -> bool:
+        return bool(self.tf.config.functions_run_eagerly())
+
+
+def cpu_device_count(seam: Any) -> int:
+    """How many logical CPU devices exist (or will, once the runtime starts).
+
+    After start-up TensorFlow lists them; before, the configured split of the first CPU says
+    how many there will be (listing them would start the runtime). The one copy of this rule:
+    the inventory and ``configure_cpus`` both read it.
+    """
+    if seam.runtime_started():
+        return int(seam.logical_count("CPU"))
+    cpus = seam.cpus()
+    split = seam.get_split(cpus[0]) if cpus else None
+    return len(split) if split else 1
+
+
+def logical_device_names(kind: str | None = None) -> list[str]:
+    """Names of TensorFlow's logical devices (of ``kind``); starts the runtime."""
+    return [d.name for d in load().config.list_logical_devices(kind)]
+
+
+def memory_stats(device: str) -> dict[str, int]:
+    """``get_memory_info`` of a logical device: ``{"current": bytes, "peak": bytes}``.
+
+    Raises:
+        ValueError: TensorFlow knows no such device.
+    """
+    return dict(load().config.experimental.get_memory_info(device))
+
+
+def reset_memory_stats(device: str) -> None:
+    """Reset the peak memory TensorFlow tracks for ``device``."""
+    load().config.experimental.reset_memory_stats(device)
+
+
+def connect_tpu(address: str) -> Any:  # pragma: no cover - needs a TPU
+    """Connect to the TPU at ``address`` ("" for the local TPU VM), initialise its system,
+    and return the cluster resolver ``TPUStrategy`` takes."""
+    tf = load()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return resolver
+
+
+def coordination_context() -> Any:
+    """TensorFlow's eager context, whose coordination-service key-value calls multi-worker
+    start-up uses (``set_config_key_value`` / ``get_config_key_value``)."""
+    from tensorflow.python.eager import context
+
+    return context.context()
 
 
 def cross_device_ops(name: str) -> Any:

@@ -13,13 +13,29 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from tfplace import _tf
 from tfplace.errors import AlreadyInitializedError, DeviceNotFoundError
 
-__all__ = ["CPUConfig", "GPUConfig", "auto_threads", "configure_cpus", "configure_gpus"]
+__all__ = [
+    "CPUChangeSet",
+    "CPUConfig",
+    "CPUFacts",
+    "ConfigBackend",
+    "ConfigChange",
+    "GPUChangeSet",
+    "GPUConfig",
+    "GPUFacts",
+    "auto_threads",
+    "configure_cpus",
+    "configure_gpus",
+    "plan_cpus",
+    "plan_gpus",
+    "read_cpu_facts",
+    "read_gpu_facts",
+]
 
 log = logging.getLogger("tfplace")
 _lock = threading.RLock()
@@ -37,6 +53,74 @@ _CPU_FIX = (
 
 
 @dataclass(frozen=True)
+class ConfigChange:
+    """One setting a configuration call changes: from what, to what, and why.
+
+    Example:
+        >>> str(ConfigChange("virtual CPU devices", 1, 2, "virtual_devices=2 was requested"))
+        'virtual CPU devices 1 -> 2 (virtual_devices=2 was requested)'
+    """
+
+    setting: str
+    before: Any
+    after: Any
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.setting} {self.before} -> {self.after} ({self.reason})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        return {
+            "setting": self.setting,
+            "before": self.before,
+            "after": self.after,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class GPUFacts:
+    """The GPU settings in force, as read through the seam (physical indices)."""
+
+    physical: tuple[int, ...]
+    visible: tuple[int, ...]
+    growth: tuple[bool, ...]  # per physical GPU
+    split: tuple[tuple[int | None, ...] | None, ...]  # per physical GPU
+    runtime_started: bool
+
+
+@dataclass(frozen=True)
+class GPUChangeSet:
+    """The pure decision of :func:`plan_gpus`: the target state and the changes to get there."""
+
+    visible: tuple[int, ...]
+    memory_growth: bool | None
+    memory_limit_mb: tuple[int, ...] | None
+    changes: tuple[ConfigChange, ...]
+
+
+@dataclass(frozen=True)
+class CPUFacts:
+    """The CPU settings in force, as read through the seam."""
+
+    intra_op_threads: int
+    inter_op_threads: int
+    virtual_devices: int
+    runtime_started: bool
+
+
+@dataclass(frozen=True)
+class CPUChangeSet:
+    """The pure decision of :func:`plan_cpus`: target values (None: leave) and the changes."""
+
+    intra_op_threads: int | None
+    inter_op_threads: int | None
+    virtual_devices: int | None
+    changes: tuple[ConfigChange, ...]
+
+
+@dataclass(frozen=True)
 class GPUConfig:
     """What :func:`configure_gpus` left in force.
 
@@ -45,26 +129,37 @@ class GPUConfig:
         memory_growth: growth on every visible GPU (None when not set by anyone).
         memory_limit_mb: per visible GPU, or None.
         changed: whether this call changed anything.
+        changes: what this call changed (with ``dry_run=True``: what it would change).
     """
 
     visible: tuple[int, ...]
     memory_growth: bool | None
     memory_limit_mb: tuple[int, ...] | None
     changed: bool
+    changes: tuple[ConfigChange, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
 class CPUConfig:
-    """What :func:`configure_cpus` left in force (0 threads = TensorFlow's default)."""
+    """What :func:`configure_cpus` left in force (0 threads = TensorFlow's default).
+
+    ``changes`` lists what the call changed (with ``dry_run=True``: what it would change).
+    """
 
     intra_op_threads: int
     inter_op_threads: int
     virtual_devices: int
     changed: bool
+    changes: tuple[ConfigChange, ...] = field(default=(), compare=False)
 
 
 class ConfigBackend(Protocol):
-    """The few ``tf.config`` calls configuration needs; tests substitute a fake GPU machine."""
+    """The few ``tf.config`` calls configuration needs.
+
+    The real one is :class:`tfplace._tf.TFConfig` (the one TensorFlow seam, which
+    :func:`tfplace.inventory` reads devices through as well); tests substitute a fake GPU
+    machine.
+    """
 
     def runtime_started(self) -> bool: ...
     def gpus(self) -> list[Any]: ...
@@ -78,60 +173,6 @@ class ConfigBackend(Protocol):
     def logical_count(self, kind: str) -> int: ...
     def get_threads(self) -> tuple[int, int]: ...
     def set_threads(self, intra: int | None, inter: int | None) -> None: ...
-
-
-class TFConfigBackend:
-    """The real backend: thin calls into ``tf.config``."""
-
-    def __init__(self) -> None:
-        self.tf = _tf.load()
-
-    def runtime_started(self) -> bool:
-        return _tf.runtime_started()
-
-    def gpus(self) -> list[Any]:
-        return list(self.tf.config.list_physical_devices("GPU"))
-
-    def cpus(self) -> list[Any]:
-        return list(self.tf.config.list_physical_devices("CPU"))
-
-    def get_visible(self, kind: str) -> list[Any]:
-        return list(self.tf.config.get_visible_devices(kind))
-
-    def set_visible(self, devices: list[Any], kind: str) -> None:
-        self.tf.config.set_visible_devices(devices, kind)
-
-    def get_growth(self, device: Any) -> bool:
-        return bool(self.tf.config.experimental.get_memory_growth(device))
-
-    def set_growth(self, device: Any, enabled: bool) -> None:
-        self.tf.config.experimental.set_memory_growth(device, enabled)
-
-    def get_split(self, device: Any) -> list[int | None] | None:
-        split = self.tf.config.get_logical_device_configuration(device)
-        return None if split is None else [c.memory_limit for c in split]
-
-    def set_split(self, device: Any, limits: list[int | None]) -> None:
-        conf = self.tf.config.LogicalDeviceConfiguration
-        self.tf.config.set_logical_device_configuration(
-            device, [conf(memory_limit=m) for m in limits]
-        )
-
-    def logical_count(self, kind: str) -> int:
-        return len(self.tf.config.list_logical_devices(kind))
-
-    def get_threads(self) -> tuple[int, int]:
-        threading_ = self.tf.config.threading
-        return (
-            int(threading_.get_intra_op_parallelism_threads()),
-            int(threading_.get_inter_op_parallelism_threads()),
-        )
-
-    def set_threads(self, intra: int | None, inter: int | None) -> None:
-        if intra is not None:
-            self.tf.config.threading.set_intra_op_parallelism_threads(intra)
-        if inter is not None:
-            self.tf.config.threading.set_inter_op_parallelism_threads(inter)
 
 
 def _index(device: Any, position: int) -> int:
@@ -152,36 +193,10 @@ def _check_count(name: str, value: object, minimum: int = 1) -> int:
     return value
 
 
-def configure_gpus(
-    memory_growth: bool | None = None,
-    memory_limit_mb: int | Sequence[int] | None = None,
-    visible: Sequence[int] | None = None,
-    *,
-    backend: ConfigBackend | None = None,
-) -> GPUConfig:
-    """Configure every visible GPU consistently, before TensorFlow's runtime starts.
-
-    Args:
-        memory_growth: allocate GPU memory as needed instead of mapping it all up front;
-            applied to every visible GPU (TensorFlow requires growth on all or none).
-        memory_limit_mb: cap each visible GPU at this many MB: one number for all, or one
-            per visible GPU. Excludes ``memory_growth=True``.
-        visible: physical GPU indices TensorFlow may use; the others are hidden.
-        backend: for tests only: a substitute for ``tf.config``.
-
-    Returns:
-        The :class:`GPUConfig` in force afterwards. On a machine without GPUs it returns
-        cleanly with nothing applied.
-
-    Raises:
-        ValueError / TypeError: bad arguments (checked before TensorFlow is touched).
-        DeviceNotFoundError: ``visible`` names a GPU that does not exist.
-        AlreadyInitializedError: different settings after the runtime started.
-
-    Example:
-        >>> tfplace.configure_gpus(memory_growth=True)  # doctest: +SKIP
-        GPUConfig(visible=(0, 1), memory_growth=True, memory_limit_mb=None, changed=True)
-    """
+def _check_gpu_request(
+    memory_growth: object, memory_limit_mb: object, visible: object
+) -> tuple[int | tuple[int, ...] | None, tuple[int, ...] | None]:
+    """Validate ``configure_gpus``'s arguments; return (limits, visible) normalised."""
     _check_bool("memory_growth", memory_growth)
     limits: tuple[int, ...] | int | None = None
     if memory_limit_mb is not None:
@@ -200,95 +215,252 @@ def configure_gpus(
             "memory_growth=True and memory_limit_mb exclude each other: TensorFlow ignores "
             "growth on a GPU with a memory limit (TF#38367). Pass one of them."
         )
-    wanted_visible: tuple[int, ...] | None = None
+    wanted: tuple[int, ...] | None = None
     if visible is not None:
         if isinstance(visible, str) or not isinstance(visible, Sequence):
             raise TypeError(f"visible must be a list of GPU indices, found {visible!r}")
-        wanted_visible = tuple(_check_count("visible[i]", v, 0) for v in visible)
-        if len(set(wanted_visible)) != len(wanted_visible):
+        wanted = tuple(_check_count("visible[i]", v, 0) for v in visible)
+        if len(set(wanted)) != len(wanted):
             raise ValueError(f"visible lists a GPU twice: {list(visible)}")
+    return limits, wanted
 
+
+def read_gpu_facts(backend: ConfigBackend) -> tuple[GPUFacts, dict[int, Any]]:
+    """Read the GPU settings in force through ``backend``; also the devices by index."""
+    physical = backend.gpus()
+    by_index = {_index(d, i): d for i, d in enumerate(physical)}
+    visible = tuple(
+        _index(d, physical.index(d)) for d in backend.get_visible("GPU") if d in physical
+    )
+    splits = []
+    for d in physical:
+        split = backend.get_split(d)
+        splits.append(None if split is None else tuple(split))
+    facts = GPUFacts(
+        physical=tuple(by_index),
+        visible=visible,
+        growth=tuple(backend.get_growth(d) for d in physical),
+        split=tuple(splits),
+        runtime_started=backend.runtime_started(),
+    )
+    return facts, by_index
+
+
+def plan_gpus(
+    facts: GPUFacts,
+    memory_growth: bool | None = None,
+    memory_limit_mb: int | Sequence[int] | None = None,
+    visible: Sequence[int] | None = None,
+    *,
+    visible_env: str | None = None,
+) -> GPUChangeSet:
+    """Decide what ``configure_gpus`` changes. Pure: facts and request in, change set out.
+
+    Args:
+        facts: the GPU settings in force (:func:`read_gpu_facts`, or synthetic).
+        memory_growth, memory_limit_mb, visible: as for :func:`configure_gpus`.
+        visible_env: the value of ``CUDA_VISIBLE_DEVICES``, for the error message only.
+
+    Raises:
+        ValueError / TypeError: bad arguments.
+        DeviceNotFoundError: ``visible`` names a GPU that does not exist.
+
+    Example:
+        >>> facts = GPUFacts((0, 1), (0, 1), (False, False), (None, None), False)
+        >>> [str(c) for c in plan_gpus(facts, memory_growth=True).changes]
+        ['memory growth [False, False] -> True (memory_growth=True was requested)']
+    """
+    limits, wanted = _check_gpu_request(memory_growth, memory_limit_mb, visible)
+    if not facts.physical:
+        return GPUChangeSet((), None, None, ())
+    if wanted is not None:
+        missing = [i for i in wanted if i not in facts.physical]
+        if missing:
+            raise DeviceNotFoundError(
+                f"configure_gpus(visible={list(wanted)}): GPU(s) {missing} do not "
+                f"exist; TensorFlow sees physical GPU(s) {sorted(facts.physical)} "
+                f"(CUDA_VISIBLE_DEVICES={visible_env!r}). Use those indices."
+            )
+    target_visible = wanted if wanted is not None else facts.visible
+    if isinstance(limits, tuple) and len(limits) != len(target_visible):
+        raise ValueError(
+            f"memory_limit_mb has {len(limits)} value(s) but {len(target_visible)} GPU(s) "
+            f"are visible {list(target_visible)}; give one number or one per visible GPU"
+        )
+    target_limits: tuple[int, ...] | None
+    if limits is None:
+        target_limits = None
+    elif isinstance(limits, int):
+        target_limits = (limits,) * len(target_visible)
+    else:
+        target_limits = limits
+    position = {index: n for n, index in enumerate(facts.physical)}
+    growth_now = [facts.growth[position[i]] for i in target_visible]
+    split_now = [facts.split[position[i]] for i in target_visible]
+
+    changes: list[ConfigChange] = []
+    if target_visible != facts.visible:
+        changes.append(
+            ConfigChange(
+                "visible GPUs",
+                list(facts.visible),
+                list(target_visible),
+                f"visible={list(target_visible)} was requested",
+            )
+        )
+    if memory_growth is not None and any(g != memory_growth for g in growth_now):
+        changes.append(
+            ConfigChange(
+                "memory growth",
+                growth_now,
+                memory_growth,
+                f"memory_growth={memory_growth} was requested",
+            )
+        )
+    if target_limits is not None:
+        now = [s[0] if s and len(s) == 1 else None for s in split_now]
+        if now != list(target_limits):
+            changes.append(
+                ConfigChange(
+                    "memory limits (MB)",
+                    now,
+                    list(target_limits),
+                    f"memory_limit_mb={memory_limit_mb!r} was requested",
+                )
+            )
+    return GPUChangeSet(target_visible, memory_growth, target_limits, tuple(changes))
+
+
+def _apply_gpus(plan: GPUChangeSet, by_index: dict[int, Any], be: ConfigBackend) -> None:
+    """Apply a change set through the seam (the only side effects of configure_gpus)."""
+    devs = [by_index[i] for i in plan.visible]
+    settings = {c.setting for c in plan.changes}
+    try:
+        if "visible GPUs" in settings:
+            be.set_visible(devs, "GPU")
+        if "memory growth" in settings and plan.memory_growth is not None:
+            for d in devs:
+                if be.get_growth(d) != plan.memory_growth:
+                    be.set_growth(d, plan.memory_growth)
+        if "memory limits (MB)" in settings and plan.memory_limit_mb is not None:
+            for d, m in zip(devs, plan.memory_limit_mb, strict=True):
+                be.set_split(d, [m])
+    except (RuntimeError, ValueError) as err:
+        _tf.reraise_if_initialized(err, "configure_gpus", _GPU_FIX)
+        raise
+
+
+def configure_gpus(
+    memory_growth: bool | None = None,
+    memory_limit_mb: int | Sequence[int] | None = None,
+    visible: Sequence[int] | None = None,
+    *,
+    dry_run: bool = False,
+    backend: ConfigBackend | None = None,
+) -> GPUConfig:
+    """Configure every visible GPU consistently, before TensorFlow's runtime starts.
+
+    Reads the settings in force, decides the changes with the pure :func:`plan_gpus`, and
+    applies only those. The same settings twice is a no-op, also after the runtime started.
+
+    Args:
+        memory_growth: allocate GPU memory as needed instead of mapping it all up front;
+            applied to every visible GPU (TensorFlow requires growth on all or none).
+        memory_limit_mb: cap each visible GPU at this many MB: one number for all, or one
+            per visible GPU. Excludes ``memory_growth=True``.
+        visible: physical GPU indices TensorFlow may use; the others are hidden.
+        dry_run: decide and return the changes (``.changes``) without applying them.
+        backend: for tests only: a substitute for ``tf.config``.
+
+    Returns:
+        The :class:`GPUConfig` in force afterwards (with ``dry_run``: the one that would be).
+        On a machine without GPUs it returns cleanly with nothing applied.
+
+    Raises:
+        ValueError / TypeError: bad arguments (checked before TensorFlow is touched).
+        DeviceNotFoundError: ``visible`` names a GPU that does not exist.
+        AlreadyInitializedError: different settings after the runtime started.
+
+    Example:
+        >>> tfplace.configure_gpus(memory_growth=True)  # doctest: +SKIP
+        GPUConfig(visible=(0, 1), memory_growth=True, memory_limit_mb=None, changed=True)
+    """
+    _check_bool("dry_run", dry_run)
+    _check_gpu_request(memory_growth, memory_limit_mb, visible)
     with _lock:
-        be = backend or TFConfigBackend()
-        physical = be.gpus()
-        by_index = {_index(d, i): d for i, d in enumerate(physical)}
-        if not physical:
+        be = backend or _tf.TFConfig()
+        facts, by_index = read_gpu_facts(be)
+        if not facts.physical:
             log.info("configure_gpus: no GPU is visible to TensorFlow; nothing to configure")
             return GPUConfig((), None, None, changed=False)
-        if wanted_visible is not None:
-            missing = [i for i in wanted_visible if i not in by_index]
-            if missing:
-                raise DeviceNotFoundError(
-                    f"configure_gpus(visible={list(wanted_visible)}): GPU(s) {missing} do not "
-                    f"exist; TensorFlow sees physical GPU(s) {sorted(by_index)} "
-                    f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). "
-                    "Use those indices."
-                )
-        current_visible = tuple(
-            _index(d, physical.index(d)) for d in be.get_visible("GPU") if d in physical
+        decision = plan_gpus(
+            facts,
+            memory_growth,
+            memory_limit_mb,
+            visible,
+            visible_env=os.environ.get("CUDA_VISIBLE_DEVICES"),
         )
-        target_visible = wanted_visible if wanted_visible is not None else current_visible
-        if isinstance(limits, tuple) and len(limits) != len(target_visible):
-            raise ValueError(
-                f"memory_limit_mb has {len(limits)} value(s) but {len(target_visible)} GPU(s) "
-                f"are visible {list(target_visible)}; give one number or one per visible GPU"
-            )
-        target_limits: tuple[int, ...] | None
-        if limits is None:
-            target_limits = None
-        elif isinstance(limits, int):
-            target_limits = (limits,) * len(target_visible)
-        else:
-            target_limits = limits
-        devs = [by_index[i] for i in target_visible]
-        current_growth = [be.get_growth(d) for d in devs]
-        current_split = [be.get_split(d) for d in devs]
-
-        changes: list[str] = []
-        if target_visible != current_visible:
-            changes.append(f"visible GPUs {list(current_visible)} -> {list(target_visible)}")
-        if memory_growth is not None and any(g != memory_growth for g in current_growth):
-            changes.append(f"memory growth -> {memory_growth}")
-        if target_limits is not None:
-            now = [s[0] if s and len(s) == 1 else None for s in current_split]
-            if now != list(target_limits):
-                changes.append(f"memory limits (MB) {now} -> {list(target_limits)}")
-        if changes and be.runtime_started():
+        if decision.changes and facts.runtime_started and not dry_run:
             raise AlreadyInitializedError(
-                f"configure_gpus: cannot change {'; '.join(changes)}: TensorFlow's runtime has "
-                f"already started and fixes GPU settings at start-up. {_GPU_FIX}"
+                f"configure_gpus: cannot change {_describe(decision.changes)}: TensorFlow's "
+                f"runtime has already started and fixes GPU settings at start-up. {_GPU_FIX}"
             )
-        if changes:
-            try:
-                if target_visible != current_visible:
-                    be.set_visible([*devs], "GPU")
-                for d, g in zip(devs, current_growth, strict=True):
-                    if memory_growth is not None and g != memory_growth:
-                        be.set_growth(d, memory_growth)
-                if target_limits is not None:
-                    for d, m in zip(devs, target_limits, strict=True):
-                        be.set_split(d, [m])
-            except (RuntimeError, ValueError) as err:
-                _tf.reraise_if_initialized(err, "configure_gpus", _GPU_FIX)
-                raise
-            log.info("configure_gpus: %s", "; ".join(changes))
-        growth_now = [be.get_growth(d) for d in devs]
-        growth: bool | None = (
-            memory_growth
-            if memory_growth is not None
-            else (
-                growth_now[0]
-                if growth_now and len(set(growth_now)) == 1 and any(growth_now)
-                else None
-            )
+        if dry_run:
+            return _gpu_result(decision, facts, applied=False)
+        if decision.changes:
+            _apply_gpus(decision, by_index, be)
+            log.info("configure_gpus: %s", _describe(decision.changes))
+        after, _ = read_gpu_facts(be)
+        return _gpu_result(decision, after, applied=True)
+
+
+def _describe(changes: Sequence[ConfigChange]) -> str:
+    return "; ".join(f"{c.setting} {_short(c.before)} -> {_short(c.after)}" for c in changes)
+
+
+def _short(value: Any) -> Any:
+    """Growth per GPU reads as one value when all agree (``[False, False]`` -> ``False``)."""
+    if isinstance(value, list) and value and all(isinstance(v, bool) for v in value):
+        return value[0] if len(set(value)) == 1 else value
+    return value
+
+
+def _gpu_result(decision: GPUChangeSet, facts: GPUFacts, *, applied: bool) -> GPUConfig:
+    """The GPUConfig for ``decision`` given the facts after applying (or, dry, before)."""
+    position = {index: n for n, index in enumerate(facts.physical)}
+    if applied:
+        growth_now = [facts.growth[position[i]] for i in decision.visible]
+        split_now = [facts.split[position[i]] for i in decision.visible]
+    else:  # what would be in force
+        growth_now = [
+            decision.memory_growth
+            if decision.memory_growth is not None
+            else facts.growth[position[i]]
+            for i in decision.visible
+        ]
+        split_now = [
+            (decision.memory_limit_mb[n],)
+            if decision.memory_limit_mb is not None
+            else facts.split[position[i]]
+            for n, i in enumerate(decision.visible)
+        ]
+    growth: bool | None = (
+        decision.memory_growth
+        if decision.memory_growth is not None
+        else (
+            growth_now[0] if growth_now and len(set(growth_now)) == 1 and any(growth_now) else None
         )
-        split_now = [be.get_split(d) for d in devs]
-        limits_now = (
-            tuple(int(s[0]) for s in split_now if s and s[0] is not None)
-            if all(s and len(s) == 1 and s[0] is not None for s in split_now) and split_now
-            else None
-        )
-        return GPUConfig(target_visible, growth, limits_now, changed=bool(changes))
+    )
+    limits: tuple[int, ...] | None = None
+    if split_now and all(s and len(s) == 1 and s[0] is not None for s in split_now):
+        limits = tuple(int(s[0]) for s in split_now if s and s[0] is not None)
+    return GPUConfig(
+        decision.visible,
+        growth,
+        limits,
+        changed=applied and bool(decision.changes),
+        changes=decision.changes,
+    )
 
 
 def auto_threads(usable_cores: int) -> tuple[int, int]:
@@ -297,9 +469,69 @@ def auto_threads(usable_cores: int) -> tuple[int, int]:
     TensorFlow sizes both pools from the host's cores; "auto" sizes them from the cores this
     process may really use (affinity and cgroup quota), so a ``--cpus 4`` container on a
     64-core host runs 4 + 4 threads instead of 64 + 64.
+
+    Example:
+        >>> auto_threads(4), auto_threads(0)
+        ((4, 4), (1, 1))
     """
     usable = max(1, usable_cores)
     return usable, usable
+
+
+def read_cpu_facts(backend: ConfigBackend) -> CPUFacts:
+    """Read the CPU settings in force through ``backend``; never starts the runtime."""
+    intra, inter = backend.get_threads()
+    return CPUFacts(intra, inter, _tf.cpu_device_count(backend), backend.runtime_started())
+
+
+def plan_cpus(
+    facts: CPUFacts,
+    intra_op_threads: int | None,
+    inter_op_threads: int | None,
+    virtual_devices: int | None,
+    *,
+    why: str = "was requested",
+) -> CPUChangeSet:
+    """Decide what ``configure_cpus`` changes. Pure: facts and resolved request in.
+
+    Args:
+        facts: the CPU settings in force (:func:`read_cpu_facts`, or synthetic).
+        intra_op_threads, inter_op_threads, virtual_devices: the wanted values (None: leave).
+        why: how the thread counts were chosen, for the reasons.
+
+    Example:
+        >>> plan = plan_cpus(CPUFacts(0, 0, 1, False), 2, 2, 2, why="from 2 usable cores")
+        >>> [str(c) for c in plan.changes]  # doctest: +NORMALIZE_WHITESPACE
+        ['intra-op threads default -> 2 (from 2 usable cores)',
+         'inter-op threads default -> 2 (from 2 usable cores)',
+         'virtual CPU devices 1 -> 2 (virtual_devices=2 was requested)']
+    """
+    changes: list[ConfigChange] = []
+    intra = intra_op_threads
+    inter = inter_op_threads
+    if intra is not None and intra != facts.intra_op_threads:
+        changes.append(
+            ConfigChange("intra-op threads", facts.intra_op_threads or "default", intra, why)
+        )
+    if inter is not None and inter != facts.inter_op_threads:
+        changes.append(
+            ConfigChange("inter-op threads", facts.inter_op_threads or "default", inter, why)
+        )
+    if virtual_devices is not None and virtual_devices != facts.virtual_devices:
+        changes.append(
+            ConfigChange(
+                "virtual CPU devices",
+                facts.virtual_devices,
+                virtual_devices,
+                f"virtual_devices={virtual_devices} was requested",
+            )
+        )
+    return CPUChangeSet(
+        intra if intra != facts.intra_op_threads else None,
+        inter if inter != facts.inter_op_threads else None,
+        virtual_devices if virtual_devices != facts.virtual_devices else None,
+        tuple(changes),
+    )
 
 
 def configure_cpus(
@@ -307,9 +539,13 @@ def configure_cpus(
     inter_op_threads: int | None = None,
     virtual_devices: int | None = None,
     *,
+    dry_run: bool = False,
     backend: ConfigBackend | None = None,
 ) -> CPUConfig:
     """Size TensorFlow's CPU thread pools and optionally split the CPU into virtual devices.
+
+    Reads the settings in force, decides the changes with the pure :func:`plan_cpus`, and
+    applies only those.
 
     Args:
         threads: intra-op threads: ``"auto"`` (the cores this process may use, from the
@@ -319,10 +555,11 @@ def configure_cpus(
             ``"auto"``, else TensorFlow's default.
         virtual_devices: split the CPU into this many logical devices (``/CPU:0`` ...), for
             running multi-replica code (MirroredStrategy) on one CPU.
+        dry_run: decide and return the changes (``.changes``) without applying them.
         backend: for tests only: a substitute for ``tf.config``.
 
     Returns:
-        The :class:`CPUConfig` in force afterwards.
+        The :class:`CPUConfig` in force afterwards (with ``dry_run``: the one that would be).
 
     Raises:
         ValueError / TypeError: bad arguments.
@@ -338,8 +575,10 @@ def configure_cpus(
         _check_count("inter_op_threads", inter_op_threads)
     if virtual_devices is not None:
         _check_count("virtual_devices", virtual_devices)
+    _check_bool("dry_run", dry_run)
     intra: int | None
     inter: int | None = inter_op_threads
+    why = "was requested"
     if threads == "auto":
         from tfplace._inventory import inventory
 
@@ -350,46 +589,45 @@ def configure_cpus(
         intra = None if env_intra else auto_intra
         if inter is None and not env_inter:
             inter = auto_inter
+        why = f'threads="auto": {inv.cpu.usable_cores} usable core(s)'
     else:
         intra = threads
 
     with _lock:
-        be = backend or TFConfigBackend()
-        started = be.runtime_started()
-        cur_intra, cur_inter = be.get_threads()
-        cpus = be.cpus()
-        if started:
-            cur_virtual = be.logical_count("CPU")
-        else:
-            split = be.get_split(cpus[0]) if cpus else None
-            cur_virtual = len(split) if split else 1
-        changes: list[str] = []
-        if intra is not None and intra != cur_intra:
-            changes.append(f"intra-op threads {cur_intra or 'default'} -> {intra}")
-        if inter is not None and inter != cur_inter:
-            changes.append(f"inter-op threads {cur_inter or 'default'} -> {inter}")
-        if virtual_devices is not None and virtual_devices != cur_virtual:
-            changes.append(f"virtual CPU devices {cur_virtual} -> {virtual_devices}")
-        if changes and started:
-            raise AlreadyInitializedError(
-                f"configure_cpus: cannot change {'; '.join(changes)}: TensorFlow's runtime has "
-                f"already started and fixes thread pools and devices at start-up. {_CPU_FIX}"
+        be = backend or _tf.TFConfig()
+        facts = read_cpu_facts(be)
+        decision = plan_cpus(facts, intra, inter, virtual_devices, why=why)
+        if dry_run:
+            return CPUConfig(
+                intra_op_threads=intra if intra is not None else facts.intra_op_threads,
+                inter_op_threads=inter if inter is not None else facts.inter_op_threads,
+                virtual_devices=virtual_devices or facts.virtual_devices,
+                changed=False,
+                changes=decision.changes,
             )
-        if changes:
+        if decision.changes and facts.runtime_started:
+            raise AlreadyInitializedError(
+                f"configure_cpus: cannot change {_describe(decision.changes)}: TensorFlow's "
+                "runtime has already started and fixes thread pools and devices at start-up. "
+                f"{_CPU_FIX}"
+            )
+        if decision.changes:
             try:
-                be.set_threads(
-                    intra if intra != cur_intra else None, inter if inter != cur_inter else None
-                )
-                if virtual_devices is not None and virtual_devices != cur_virtual and cpus:
-                    be.set_split(cpus[0], [None] * virtual_devices)
+                be.set_threads(decision.intra_op_threads, decision.inter_op_threads)
+                cpus = be.cpus()
+                if decision.virtual_devices is not None and cpus:
+                    be.set_split(cpus[0], [None] * decision.virtual_devices)
             except (RuntimeError, ValueError) as err:
                 _tf.reraise_if_initialized(err, "configure_cpus", _CPU_FIX)
                 raise
-            log.info("configure_cpus: %s", "; ".join(changes))
+            log.info("configure_cpus: %s", _describe(decision.changes))
         new_intra, new_inter = be.get_threads()
         return CPUConfig(
             intra_op_threads=new_intra,
             inter_op_threads=new_inter,
-            virtual_devices=virtual_devices if virtual_devices is not None else cur_virtual,
-            changed=bool(changes),
+            virtual_devices=virtual_devices
+            if virtual_devices is not None
+            else facts.virtual_devices,
+            changed=bool(decision.changes),
+            changes=decision.changes,
         )

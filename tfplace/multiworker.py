@@ -214,9 +214,7 @@ def _exchange_replica_counts(strategy: Any, spec: ClusterSpec, timeout: float | 
     """Tell the other workers how many replicas this one runs, through TensorFlow's
     coordination service, and compare, before the first collective could fail on it."""
     try:
-        from tensorflow.python.eager import context
-
-        ctx = context.context()
+        ctx = _tf.coordination_context()
         mine = _local_replicas(strategy)
         prefix = "tfplace/replicas"
         with contextlib.suppress(Exception):  # already published by an earlier strategy

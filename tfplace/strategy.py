@@ -147,10 +147,5 @@ def build_strategy(
             _tf.reraise_if_initialized(err, "pick_strategy('multi_worker')", MULTI_WORKER_FIX)
             raise
     if kind == "tpu":  # pragma: no cover - needs a TPU
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-            tpu=decision.tpu_address or ""
-        )
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
+        return tf.distribute.TPUStrategy(_tf.connect_tpu(decision.tpu_address or ""))
     raise AssertionError(f"unhandled kind {kind!r}")  # pragma: no cover
