@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -52,9 +51,14 @@ def one_process(path: str) -> float:
 
 def two_workers(path: str) -> float:
     out = io.StringIO()
-    result = launch([sys.executable, path], 2, env=ENV, out=out)
-    assert result.returncode == 0, out.getvalue()
-    rates = [float(m) for m in re.findall(r'"steps_per_second": ([0-9.]+)', out.getvalue())]
+    rates: list[float] = []
+
+    def on_line(_worker: int, line: str) -> None:
+        if line.startswith("RESULT "):
+            rates.append(float(json.loads(line.removeprefix("RESULT "))["steps_per_second"]))
+
+    result = launch([sys.executable, path], 2, env=ENV, out=out, on_line=on_line)
+    assert result.returncode == 0 and len(rates) == 2, out.getvalue()
     return min(rates)  # synchronous training: the slowest worker sets the pace
 
 
