@@ -140,11 +140,40 @@ class TouchedTensorFlow(BaseException):
 
 
 @pytest.fixture
-def no_tensorflow(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse() -> None:
-        raise TouchedTensorFlow
+def no_tensorflow(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make every function of the TensorFlow seam (``tfplace._tf``) raise TouchedTensorFlow.
 
-    monkeypatch.setattr(_tf, "load", refuse)
+    Returns the names replaced. TensorFlow may already be imported in this process, so
+    guarding ``load`` alone would miss helpers that reach TensorFlow another way.
+    """
+    replaced = []
+    for name in _tf.__all__:
+        if not callable(getattr(_tf, name)):
+            continue  # constants and tables
+
+        def refuse(*_args: Any, _name: str = name, **_kwargs: Any) -> None:
+            raise TouchedTensorFlow(f"tfplace._tf.{_name} was called")
+
+        monkeypatch.setattr(_tf, name, refuse)
+        replaced.append(name)
+    return replaced
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: tfplace.memory_info("CPU:0"),
+        lambda: tfplace.global_batch_size(4),
+        lambda: tfplace.pick_strategy("default", inventory=fake_inventory()),
+    ],
+    ids=["memory_info", "global_batch_size", "pick_strategy"],
+)
+def test_the_guard_catches_valid_calls_that_need_tensorflow(
+    no_tensorflow: list[str], call: Callable[[], Any]
+) -> None:
+    assert "load" in no_tensorflow
+    with pytest.raises(TouchedTensorFlow):
+        call()
 
 
 junk = st.one_of(
