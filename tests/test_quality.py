@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -36,5 +38,8 @@ def test_mypy_strict() -> None:
 
 
 def test_py_typed_is_shipped() -> None:
-    assert (ROOT / "tfplace" / "py.typed").exists()
-    assert 'tfplace = ["py.typed"]' in (ROOT / "pyproject.toml").read_text()
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    assert (ROOT / "tfplace" / "py.typed").is_file()
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "py.typed" in config["tool"]["setuptools"]["package-data"]["tfplace"]
+    assert "Typing :: Typed" in config["project"]["classifiers"]
