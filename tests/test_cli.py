@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
-from helpers import QUIET_ENV
+from helpers import CHILD_GPU_ENV, CPU_ONLY_ENV, QUIET_ENV
+
+import tfplace
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
-    full = {**os.environ, **QUIET_ENV, **(env or {})}
+    """``python -m tfplace ARGS`` in a fresh process that allocates GPU memory on demand."""
+    full = {**os.environ, **QUIET_ENV, **CHILD_GPU_ENV, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "tfplace", *args],
         capture_output=True,
@@ -24,24 +26,27 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def test_report_text() -> None:
-    proc = run_cli()
-    assert proc.returncode == 0, proc.stderr
-    assert "TensorFlow    2." in proc.stdout
-    assert "CPU-only build" in proc.stdout
+    # Pinned to the CPU, so the strategy line is the same on a GPU host.
+    proc = run_cli(env=CPU_ONLY_ENV)
+    assert proc.returncode == (1 if "[error]" in proc.stdout else 0), proc.stderr
+    tf = tfplace.inventory().tensorflow
+    assert tf is not None, "the report test needs TensorFlow"
+    build = "CUDA build" if tf.is_cuda_build else "ROCm build" if tf.is_rocm_build else "CPU-only"
+    assert f"TensorFlow    {tf.version} ({build}" in proc.stdout
     assert "Strategy      default on /CPU:0" in proc.stdout
 
 
 def test_report_json_names_cuda_visible_devices() -> None:
-    proc = run_cli("doctor", "--json", env={"CUDA_VISIBLE_DEVICES": "-1"})
-    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("doctor", "--json", env=CPU_ONLY_ENV)
     data = json.loads(proc.stdout)
-    for key in ("tensorflow", "keras", "platform", "cpu", "env", "strategy"):
-        assert key in data
-    assert data["env"]["CUDA_VISIBLE_DEVICES"] == "-1"
-    assert any("CUDA_VISIBLE_DEVICES='-1'" in r for r in data["strategy"]["reasons"])
+    assert proc.returncode == data["exit_code"], proc.stderr
+    assert data["inventory"]["env"]["CUDA_VISIBLE_DEVICES"] == "-1"
+    assert any("CUDA_VISIBLE_DEVICES='-1'" in r for r in data["plan"]["reasons"])
 
 
 def test_report_with_bad_tf_config_explains_instead_of_crashing() -> None:
     proc = run_cli(env={"TF_CONFIG": "{broken"})
     assert proc.returncode == 1  # an error finding (F3)
     assert "cannot decide: TF_CONFIG: JSON" in proc.stdout
+    data = json.loads(run_cli("--json", env={"TF_CONFIG": "{broken"}).stdout)
+    assert data["plan"] is None and data["plan_error"].startswith("TF_CONFIG: JSON")

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import QUIET_ENV
+from helpers import CHILD_GPU_ENV, CPU_ONLY_ENV, QUIET_ENV
 
+import tfplace
+from tfplace import _tf
+from tfplace._doctor_explain import KNOWN_ERRORS
+from tfplace._hardware import BFLOAT16_MIN_CC, FLOAT16_MIN_CC
 from tfplace._inventory import GPUInfo, Inventory
+from tfplace.config import auto_threads
 from tfplace.doctor import (
-    _KNOWN_ERRORS,
     EXIT_ERROR,
     EXIT_OK,
     EXIT_VERIFY_FAILED,
     RULES,
+    SCHEMA_VERSION,
     DoctorReport,
     Finding,
     VerifyResult,
@@ -28,6 +35,7 @@ from tfplace.doctor import (
     findings,
     verify,
 )
+from tfplace.precision import choose_precision
 from tfplace.testing import fake_inventory
 
 ROOT = Path(__file__).parents[1]
@@ -175,35 +183,60 @@ def test_explain_known_errors(text: str, fid: str) -> None:
     assert explain_error("something else entirely") is None
 
 
-def test_every_finding_links_to_an_existing_troubleshooting_anchor() -> None:
+#: For each rule, a synthetic machine (and requested precision) on which it must fire.
+TRIGGERS: dict[str, tuple[Inventory, str | None]] = {
+    "_tensorflow_missing": (fake_inventory(tf_version=None), None),
+    "_keras_missing": (fake_inventory(keras="missing"), None),
+    "_conflicting": (fake_inventory(packages={"tensorflow": "2", "tf-nightly": "2"}), None),
+    "_windows": (fake_inventory(platform="win32"), None),
+    "_cpu_only_build": (fake_inventory(), None),
+    "_cvd": (fake_inventory(env={"CUDA_VISIBLE_DEVICES": "-1"}), None),
+    "_gpu_not_found": (fake_inventory(cuda_build=True, nvidia_driver=None), None),
+    "_gpu_newer": (fake_inventory(gpus=(GPUInfo(0, "g", (12, 0)),)), None),
+    "_slow_precision": (fake_inventory(), "mixed_float16"),
+    "_tf_config": (fake_inventory(tf_config="[]"), None),
+    "_quota": (fake_inventory(cores=64, quota_cores=2), None),
+    "_eager": (fake_inventory(functions_run_eagerly=True), None),
+    "_onednn": (fake_inventory(), None),
+}
+#: A machine where nothing is wrong and nothing needs saying, with a policy it runs fast.
+HEALTHY = (fake_inventory(gpus=2, env={"TF_ENABLE_ONEDNN_OPTS": "0"}), "mixed_bfloat16")
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.__name__)
+def test_every_rule_fires_on_its_machine_and_is_silent_on_a_healthy_one(
+    rule: Callable[[Inventory, str | None], Finding | None],
+) -> None:
+    assert rule.__name__ in TRIGGERS, f"add a synthetic machine on which {rule.__name__} fires"
+    inv, precision = TRIGGERS[rule.__name__]
+    fired = rule(inv, precision)
+    assert fired is not None
+    assert fired.what and fired.why and fired.fix
+    assert fired in findings(inv, precision=precision)  # findings() applies every rule
+    assert rule(*HEALTHY) is None
+
+
+def test_findings_are_most_severe_first() -> None:
+    inv = fake_inventory(tf_config="[]", functions_run_eagerly=True)  # F3 error, G3 warning
+    order = [f.severity for f in findings(inv)]
+    assert order == sorted(order, key=["error", "warning", "info"].index)
+    assert order[0] == "error" and "warning" in order and "info" in order
+
+
+def produced_ids() -> set[str]:
+    """Every finding id the rules (on their trigger machines) and the explainer can produce."""
+    from_rules = {f.id for inv, p in TRIGGERS.values() for f in findings(inv, precision=p)}
+    return from_rules | {fid for _, fid, _, _ in KNOWN_ERRORS}
+
+
+def test_every_finding_is_documented_in_troubleshooting_and_doctor_pages() -> None:
     text = (ROOT / "docs" / "troubleshooting.md").read_text()
     anchors = set(re.findall(r'<span id="([a-z]\d+)">', text))
-    produced = {
-        f.id.lower()
-        for inv in (
-            fake_inventory(tf_version=None),
-            fake_inventory(
-                platform="win32",
-                cores=64,
-                quota_cores=2,
-                functions_run_eagerly=True,
-                packages={"tensorflow": "1", "tf-nightly": "2"},
-            ),
-            fake_inventory(cuda_build=True, nvidia_driver=None, env={"CUDA_VISIBLE_DEVICES": "-1"}),
-            fake_inventory(cuda_build=True, nvidia_driver="x", packages={"nvidia-cudnn-cu12": "9"}),
-            fake_inventory(cuda_build=True, nvidia_driver="x", packages={}),
-            fake_inventory(gpus=(GPUInfo(0, "g", (12, 0)),), tf_config="[]"),
-            fake_inventory(keras="missing", env={"TF_USE_LEGACY_KERAS": "1"}),
-        )
-        for f in findings(inv, precision="mixed_float16")
-    }
-    produced |= {x[1].lower() for x in _KNOWN_ERRORS}
-    assert len(produced) >= 17
+    produced = {fid.lower() for fid in produced_ids()}
     assert produced <= anchors, produced - anchors
     doc = (ROOT / "docs" / "doctor.md").read_text()
-    for fid in produced:
-        assert f"troubleshooting.md#{fid}" in doc, fid
-    assert len(RULES) == 13
+    listed = set(re.findall(r"\(troubleshooting\.md#([a-z]\d+)\)", doc))
+    assert listed == produced  # the doctor page lists exactly what the doctor can say
 
 
 def test_exit_codes() -> None:
@@ -218,79 +251,155 @@ def test_exit_codes() -> None:
 
 def test_verify_runs_on_every_device() -> None:
     results = verify()
-    assert [r.device.rsplit("/", 1)[-1] for r in results] == ["device:CPU:0"]
-    assert all(r.ok and r.seconds > 0 and r.error is None for r in results)
+    tf = _tf.load()
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    assert [r.device for r in results[:-1]] == gpus  # every visible GPU, then one CPU
+    assert results[-1].device.endswith("device:CPU:0")
+    assert all(r.ok and r.seconds > 0 and r.error is None for r in results), results
+
+
+# ------------------------------------------------------------ shared hardware thresholds
+
+
+#: Compute capabilities around each shared threshold (just below, at, above).
+CCS = sorted({(m, n) for m in range(5, 11) for n in (0, 5)} | {FLOAT16_MIN_CC, BFLOAT16_MIN_CC})
+
+
+@pytest.mark.parametrize("cc", CCS, ids=lambda cc: f"{cc[0]}.{cc[1]}")
+@pytest.mark.parametrize("tpu", [False, True], ids=["gpus", "gpus+tpu"])
+def test_auto_precision_and_the_doctor_agree(cc: tuple[int, int], tpu: bool) -> None:
+    inv = fake_inventory(gpus=2, compute_capability=cc, tpu=tpu)
+    chosen, _ = choose_precision(inv)
+    assert "H1" not in ids(inv, precision=chosen)  # auto never picks what the doctor calls slow
+    ladder = ["float32", "mixed_float16", "mixed_bfloat16"]
+    for faster in ladder[ladder.index(chosen) + 1 :]:  # what auto passed over is slow here
+        assert "H1" in ids(inv, precision=faster), (cc, tpu, chosen, faster)
+
+
+def test_unknown_compute_capability_is_neither_chosen_nor_trusted() -> None:
+    inv = fake_inventory(gpus=(GPUInfo(0, "a", (8, 0)), GPUInfo(1, "b", None)))
+    assert choose_precision(inv)[0] == "float32"
+    assert "compute capability is unknown" in ids(inv, precision="mixed_float16")["H1"].what
+
+
+# ------------------------------------------------------------ the report: one schema
+
+
+def test_report_json_is_the_inventory_and_the_plan_themselves() -> None:
+    inv = fake_inventory(gpus=2, quota_cores=3.0, env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    report = diagnose(inv, precision="mixed_float16")
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["inventory"] == json.loads(json.dumps(inv.to_dict()))
+    assert report.plan is not None
+    assert data["plan"] == json.loads(json.dumps(report.plan.to_dict()))
+    assert data["plan_error"] is None
+    assert data["findings"] == [f.to_dict() for f in report.findings]
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert data["tfplace"] == tfplace.__version__
+    assert data["exit_code"] == report.exit_code
+    intra, inter = auto_threads(inv.cpu.usable_cores)  # what configure_cpus("auto") would set
+    assert data["auto_threads"] == {"intra_op": intra, "inter_op": inter}
+
+
+def test_report_without_a_plan_says_why() -> None:
+    data = diagnose(fake_inventory(tf_config='{"cluster": 3}')).to_dict()
+    assert data["plan"] is None
+    assert "TF_CONFIG" in data["plan_error"]
+    assert data["exit_code"] == EXIT_ERROR
+
+
+def documented_keys() -> set[str]:
+    """The top-level keys in docs/doctor.md's table for the current schema version."""
+    doc = (ROOT / "docs" / "doctor.md").read_text()
+    title = f"## `--json` schema (version {SCHEMA_VERSION})"
+    assert title in doc, f"docs/doctor.md must document schema version {SCHEMA_VERSION}"
+    section = doc.split(title, 1)[1].split("\n#", 1)[0]  # up to the next heading
+    return set(re.findall(r"^\| `(\w+)` \|", section, flags=re.MULTILINE))
+
+
+def check_schema(data: dict[str, Any]) -> None:
+    assert set(data) == documented_keys()
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert isinstance(data["inventory"]["cpu"]["usable_cores"], int)
+    assert isinstance(data["inventory"]["gpus"], list)
+    assert (data["plan"] is None) != (data["plan_error"] is None)
+    for f in data["findings"]:
+        assert set(f) == {"id", "severity", "what", "why", "fix", "doc"}
+        assert f["severity"] in ("error", "warning", "info")
+
+
+def test_documented_schema_is_the_one_produced() -> None:
+    check_schema(json.loads(json.dumps(diagnose(fake_inventory()).to_dict())))
+
+
+def test_diagnose_is_pure_for_a_synthetic_machine() -> None:
+    report = diagnose(fake_inventory(gpus=8, platform="win32"))
+    assert report.plan is not None and report.plan.cross_device_ops == "hierarchical_copy"
+    text = report.to_text()
+    assert "GPU 0" in text and "[warning] B1" in text
+    assert report.to_dict()["plan"]["kind"] == "mirrored"
+
+
+# ------------------------------------------------------------ end to end on this machine
 
 
 def run_doctor(
     *args: str, env: dict[str, str] | None = None, prefix: list[str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """``python -m tfplace ARGS`` in a fresh process that allocates GPU memory on demand."""
     return subprocess.run(
         [*(prefix or []), sys.executable, "-m", "tfplace", *args],
         capture_output=True,
         text=True,
         timeout=180,
         check=False,
-        env={**os.environ, **QUIET_ENV, **(env or {})},
+        env={**os.environ, **QUIET_ENV, **CHILD_GPU_ENV, **(env or {})},
     )
 
 
-SCHEMA: dict[str, type | tuple[type, ...]] = {
-    "schema_version": int,
-    "tfplace": str,
-    "platform": dict,
-    "tensorflow": dict,
-    "keras": dict,
-    "devices": dict,
-    "cpu": dict,
-    "env": dict,
-    "strategy": dict,
-    "findings": list,
-    "verify": (list, type(None)),
-    "exit_code": int,
-}
-
-
-def check_schema(data: dict[str, Any]) -> None:
-    assert set(data) == set(SCHEMA)
-    for key, kind in SCHEMA.items():
-        assert isinstance(data[key], kind), key
-    assert set(data["platform"]) == {"system", "machine", "python"}
-    assert {"installed", "version", "build", "distributions", "runtime_started"} <= set(
-        data["tensorflow"]
+def build_words() -> str:
+    """What the report calls the TensorFlow build installed here."""
+    tf = tfplace.inventory().tensorflow
+    assert tf is not None, "these end-to-end tests need TensorFlow"
+    return (
+        "CUDA build" if tf.is_cuda_build else "ROCm build" if tf.is_rocm_build else "CPU-only build"
     )
-    assert set(data["devices"]) == {"gpus", "logical_cpus", "tpu", "nvidia_driver"}
-    for f in data["findings"]:
-        assert set(f) == {"id", "severity", "what", "why", "fix", "doc"}
-        assert f["severity"] in ("error", "warning", "info")
 
 
-def test_doctor_on_this_cpu_only_machine() -> None:
+def test_doctor_names_this_machines_build() -> None:
     proc = run_doctor("doctor")
-    assert proc.returncode == 0, proc.stderr
-    assert "CPU-only build" in proc.stdout
-    assert 'pip install "tensorflow[and-cuda]"' in proc.stdout
+    words = build_words()
+    assert f"({words}" in proc.stdout
+    if words == "CPU-only build":  # finding B2 says what to install for a GPU
+        assert 'pip install "tensorflow[and-cuda]"' in proc.stdout
+    errors = "[error]" in proc.stdout
+    assert proc.returncode == (EXIT_ERROR if errors else EXIT_OK), proc.stderr
     plain = run_doctor()
     assert plain.stdout.splitlines()[0] == "tfplace doctor"
 
 
 def test_doctor_names_cuda_visible_devices_end_to_end() -> None:
-    proc = run_doctor("doctor", "--json", env={"CUDA_VISIBLE_DEVICES": "-1"})
-    assert proc.returncode == 0, proc.stderr
+    proc = run_doctor("doctor", "--json", env=CPU_ONLY_ENV)
     data = json.loads(proc.stdout)
     check_schema(data)
+    assert proc.returncode == data["exit_code"], proc.stderr
     b7 = [f for f in data["findings"] if f["id"] == "B7"]
     assert b7 and "CUDA_VISIBLE_DEVICES='-1'" in b7[0]["what"]
-    assert data["env"]["CUDA_VISIBLE_DEVICES"] == "-1"
-    assert data["tensorflow"]["build"]["cuda"] is False
+    assert data["inventory"]["env"]["CUDA_VISIBLE_DEVICES"] == "-1"
+    assert data["inventory"]["gpus"] == []  # CUDA hides every GPU before TensorFlow starts
+    assert data["plan"]["devices"] == ["/CPU:0"]
 
 
 def test_doctor_verify_and_json_end_to_end() -> None:
     proc = run_doctor("--json", "--verify")
     data = json.loads(proc.stdout)
     check_schema(data)
-    assert data["verify"][0]["ok"] is True
-    assert proc.returncode == data["exit_code"] == 0
+    assert data["verify"] and all(r["ok"] for r in data["verify"]), data["verify"]
+    devices = [r["device"].rsplit("/", 1)[-1] for r in data["verify"]]
+    visible = [g for g in data["inventory"]["gpus"] if g["visible"]]
+    assert devices == [f"device:GPU:{i}" for i in range(len(visible))] + ["device:CPU:0"]
+    errors = any(f["severity"] == "error" for f in data["findings"])
+    assert proc.returncode == data["exit_code"] == (EXIT_ERROR if errors else EXIT_OK)
 
 
 def test_doctor_error_finding_sets_exit_code() -> None:
@@ -311,12 +420,11 @@ def test_doctor_sees_a_real_cgroup_quota() -> None:
             "--json",
             prefix=["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh"],
         )
-        data = json.loads(proc.stdout)
-        assert data["cpu"]["quota_cores"] == 0.5
-        assert data["cpu"]["usable_cores"] == 1
-        host = data["cpu"]["host_cores"]
-        if host >= 2:
-            assert any(f["id"] == "G1" for f in data["findings"])
+        cpu = json.loads(proc.stdout)["inventory"]["cpu"]
+        assert cpu["quota_cores"] == 0.5
+        assert cpu["usable_cores"] == 1
+        if cpu["host_cores"] >= 2:
+            assert any(f["id"] == "G1" for f in json.loads(proc.stdout)["findings"])
     finally:
         for _ in range(50):
             try:
@@ -328,9 +436,89 @@ def test_doctor_sees_a_real_cgroup_quota() -> None:
                 time.sleep(0.1)
 
 
-def test_diagnose_is_pure_for_a_synthetic_machine() -> None:
-    report = diagnose(fake_inventory(gpus=8, platform="win32"))
-    assert report.plan is not None and report.plan.cross_device_ops == "hierarchical_copy"
-    text = report.to_text()
-    assert "GPU 0" in text and "[warning] B1" in text
-    assert report.to_dict()["strategy"]["kind"] == "mirrored"
+# ------------------------------------------------------------ no import cycles in tfplace
+
+PACKAGE = ROOT / "tfplace"
+
+
+def module_names() -> list[str]:
+    return sorted(
+        "tfplace" if p.stem == "__init__" else f"tfplace.{p.stem}" for p in PACKAGE.glob("*.py")
+    )
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Which tfplace module imports which, counting imports inside functions and under
+    ``TYPE_CHECKING`` too: a cycle hidden in a function is still a cycle."""
+    import tfplace as package
+
+    names = set(module_names())
+    graph: dict[str, set[str]] = {}
+    for name in names:
+        path = PACKAGE / ("__init__.py" if name == "tfplace" else name.split(".", 1)[1] + ".py")
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name in names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module != "tfplace":
+                    edges.add(node.module)
+                    continue
+                for alias in node.names:  # from tfplace import X: a submodule, a lazy name, or
+                    sub = f"tfplace.{alias.name}"  # something __init__ defines itself
+                    edges.add(sub if sub in names else package._EXPORTS.get(alias.name, "tfplace"))
+        graph[name] = (edges & names) - {name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start)):
+            return found
+    return None
+
+
+def test_find_cycle_finds_one() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle_among_tfplace_modules() -> None:
+    graph = import_graph()
+    assert "tfplace._doctor_rules" in graph["tfplace.doctor"]  # the graph sees real imports
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_every_module_imports_alone_in_a_fresh_process() -> None:
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", f"import {name}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **QUIET_ENV},
+        )
+        for name in module_names()
+    }
+    failed = {}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            failed[name] = err.strip().splitlines()[-1:]
+    assert not failed, failed

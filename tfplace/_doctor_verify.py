@@ -1,0 +1,94 @@
+"""The doctor's action: run a real matmul and convolution on every device (``--verify``).
+
+Detection can only say what TensorFlow registered; some faults (a cuDNN mismatch, a driver
+too old for the build) appear only when a kernel runs. This is the only doctor module that
+touches TensorFlow, through ``tfplace._tf``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tfplace import _tf
+from tfplace._doctor_explain import explain_error
+from tfplace._doctor_rules import Finding
+
+__all__ = ["VerifyResult", "verify"]
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """A real matmul and convolution on one device.
+
+    Attributes:
+        device: TensorFlow's full logical device name.
+        ok: whether both ran and their result is a number (not NaN).
+        seconds: how long both took, including TensorFlow's kernel start-up on that device.
+        error: the first line of the failure, or None.
+        finding: the known cause of the failure and its fix (:func:`explain_error`), or None.
+    """
+
+    device: str
+    ok: bool
+    seconds: float
+    error: str | None = None
+    finding: Finding | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        return {
+            "device": self.device,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 6),
+            "error": self.error,
+            "finding": self.finding.to_dict() if self.finding else None,
+        }
+
+
+def verify() -> list[VerifyResult]:
+    """Run a 256x256 matmul and a 3x3 convolution on every visible device, with timings.
+
+    A cuDNN mismatch passes every detection check and only fails at the first convolution;
+    this finds it. Starts TensorFlow's runtime; every visible GPU and the first CPU device are
+    tried, and one device's failure does not stop the others.
+
+    Returns:
+        One result per device, GPUs first.
+
+    Example:
+        >>> [r.ok for r in verify()]  # doctest: +SKIP
+        [True]
+
+    The example is skipped under doctest: it starts TensorFlow's runtime, and the devices (so
+    the list) depend on the machine.
+    """
+    tf = _tf.load()
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+    devices += [d.name for d in tf.config.list_logical_devices("CPU")][:1]
+    results = []
+    for name in devices:
+        start = time.perf_counter()
+        try:
+            with tf.device(name):
+                a = tf.random.stateless_normal((256, 256), seed=(1, 2))
+                product = tf.linalg.matmul(a, a)
+                image = tf.random.stateless_normal((2, 32, 32, 3), seed=(3, 4))
+                kernel = tf.random.stateless_normal((3, 3, 3, 8), seed=(5, 6))
+                conv = tf.nn.conv2d(image, kernel, strides=1, padding="SAME")
+                total = float(tf.reduce_sum(product)) + float(tf.reduce_sum(conv))
+            if total != total:  # NaN: the kernels ran but computed garbage
+                raise ArithmeticError("the result is NaN")
+            results.append(VerifyResult(name, True, time.perf_counter() - start))
+        except Exception as err:  # every failure is reported, none stops the others
+            results.append(
+                VerifyResult(
+                    name,
+                    False,
+                    time.perf_counter() - start,
+                    f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}",
+                    explain_error(err),
+                )
+            )
+    return results
