@@ -32,7 +32,18 @@ __all__ = [
 
 
 class TfplaceError(Exception):
-    """Base class of every error tfplace raises on purpose."""
+    """Base class of every error tfplace raises on purpose.
+
+    Example:
+        >>> try:
+        ...     with tfplace.on_cpu(99):  # no machine has a hundredth CPU device
+        ...         pass
+        ... except tfplace.TfplaceError as err:
+        ...     print(type(err).__name__, "-", err)
+        DeviceNotFoundError - on_cpu(99): only ... CPU device(s) exist (visible: ...). Use a
+        lower index, or split the CPU with tfplace.configure_cpus(virtual_devices=N) before
+        TensorFlow starts.
+    """
 
 
 class AlreadyInitializedError(TfplaceError, RuntimeError):

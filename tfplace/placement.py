@@ -134,8 +134,11 @@ class on_device(_Scope):
         TypeError: ``name`` is not a string.
 
     Example:
-        >>> with tfplace.on_device("/CPU:0"):  # doctest: +SKIP
-        ...     y = tf.reduce_sum(x)
+        Entering gives the device name; ops created in the block run there.
+
+        >>> with tfplace.on_device("/CPU:0") as device:
+        ...     print(device)
+        /CPU:0
     """
 
     __slots__ = ()
@@ -167,8 +170,14 @@ class on_cpu(_Scope):
         DeviceNotFoundError: at enter, when ``/CPU:<index>`` does not exist.
 
     Example:
-        >>> with tfplace.on_cpu():  # doctest: +SKIP
-        ...     ds = ds.map(preprocess)
+        >>> @tfplace.on_cpu()
+        ... def preprocess(images):
+        ...     return images / 255  # runs on /CPU:0 at every call
+        >>> preprocess(510)
+        2.0
+        >>> with tfplace.on_cpu() as device:
+        ...     print(device)
+        /CPU:0
     """
 
     __slots__ = ("_index",)
@@ -209,8 +218,12 @@ class on_gpu(_Scope):
         DeviceNotFoundError: at enter, with ``strict=True``, when the GPU is not visible.
 
     Example:
-        >>> with tfplace.on_gpu(strict=True):  # doctest: +SKIP
-        ...     logits = model(x)
+        >>> @tfplace.on_gpu(strict=True)
+        ... def predict(model, x):
+        ...     return model(x)  # on /GPU:0; with no GPU visible, each call raises
+        >>> with tfplace.on_gpu() as device:  # the result depends on the machine's GPUs
+        ...     print(device)  # doctest: +SKIP
+        /GPU:0
     """
 
     __slots__ = ("_index", "_strict")
