@@ -217,9 +217,9 @@ def autotune(
     Returns:
         An :class:`AutotuneReport`; ``.results`` best first, ``.strategy`` ready to use.
 
+    Example:
         The figures (and so the order) depend on the machine's CPUs and GPUs:
 
-    Example:
         >>> report = tfplace.autotune(build_model, ds)  # doctest: +SKIP
         >>> print(report.to_text())  # doctest: +SKIP
         CPU:0                            412.0 steps/s    1.00x
