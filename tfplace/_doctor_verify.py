@@ -58,11 +58,10 @@ def verify() -> list[VerifyResult]:
         One result per device, GPUs first.
 
     Example:
+        The list has one entry per device, so it depends on the machine (skipped under doctest):
+
         >>> [r.ok for r in verify()]  # doctest: +SKIP
         [True]
-
-    The example is skipped under doctest: it starts TensorFlow's runtime, and the devices (so
-    the list) depend on the machine.
     """
     tf = _tf.load()
     devices = [d.name for d in tf.config.list_logical_devices("GPU")]

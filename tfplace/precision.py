@@ -74,6 +74,8 @@ def configure_precision(policy: str = "auto", *, inventory: Inventory | None = N
         TfplaceWarning: an explicit policy that will be slow on this hardware, with why.
 
     Example:
+        The policy chosen depends on the machine's GPUs (skipped under doctest):
+
         >>> tfplace.configure_precision()  # doctest: +SKIP
         'float32'
     """
