@@ -1,19 +1,281 @@
-"""The pytest plugin, driven through pytest itself (pytester, in subprocesses)."""
+"""The pytest plugin: its session decision on synthetic inputs, and pytest itself driving it
+(pytester, in subprocesses)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import sys
+from pathlib import Path
 
 import pytest
+from helpers import run_json
 
 import tfplace
+from tfplace import pytest_plugin
+from tfplace.pytest_plugin import Setting, session_plan
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+#: Modules a session that does not use tfplace must never import.
+HEAVY = (
+    "tensorflow",
+    "keras",
+    "tfplace._tf",
+    "tfplace._inventory",
+    "tfplace._plan",
+    "tfplace.config",
+    "tfplace.strategy",
+    "tfplace._launch",
+)
+
+#: A conftest recording, after the plugin's own clean-up, what the session imported and left.
+RECORDER = f"""
+import json, os, sys
+import pytest
+
+HEAVY = {HEAVY!r}
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    from tfplace.pytest_plugin import _STATE_KEY
+    state = config.stash.get(_STATE_KEY, None)
+    facts = {{
+        "heavy": [m for m in HEAVY if sys.modules.get(m) is not None],
+        "active": state.active_because if state else "no state",
+        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
+    }}
+    with open(os.path.join(str(config.rootpath), "facts.json"), "w") as f:
+        json.dump(facts, f)
+"""
+
+#: What the pytester children inherit; the plugin must leave it as it found it.
+CVD = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+
+NO_TENSORFLOW = 'import sys\nsys.modules["tensorflow"] = None  # import tensorflow fails\n'
+
+
+def facts(pytester: pytest.Pytester) -> dict[str, object]:
+    data: dict[str, object] = json.loads((pytester.path / "facts.json").read_text())
+    return data
+
+
+def plan_for(gpus: int, xdist: str | None = None, **settings: Setting) -> pytest_plugin.SessionPlan:
+    environ = {"PYTEST_XDIST_WORKER_COUNT": xdist} if xdist else {}
+    return session_plan(settings, visible_gpus=gpus, environ=environ)
+
+
+# ------------------------------------------------------------------ session_plan, pure
+
+
+def test_defaults_on_a_cpu_only_host_split_the_cpu_and_touch_no_gpu() -> None:
+    p = plan_for(0)
+    assert (p.virtual_cpus, p.strategies) == (2, ("default", "one_device", "mirrored"))
+    assert (p.hide_gpus, p.memory_growth, p.memory_limit_mb, p.env) == (False, False, None, ())
+    assert p.xdist_workers is None
+    assert {name for name, source in p.sources if source == "default"} == {
+        "activate",
+        "virtual_cpus",
+        "strategies",
+        "gpu_memory",
+        "hide_gpus",
+    }
+    assert p.reasons == ("no GPU visible: no GPU memory setting to apply",)
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 4])
+@pytest.mark.parametrize("xdist", [None, "1", "8"])
+@pytest.mark.parametrize("memory", ["growth", "none", "2048"])
+def test_gpu_memory_follows_the_setting_wherever_there_are_gpus(
+    gpus: int, xdist: str | None, memory: str
+) -> None:
+    p = plan_for(gpus, xdist, gpu_memory=Setting(memory, "--tfplace-gpu-memory"))
+    assert p.memory_growth == (gpus > 0 and memory == "growth")
+    assert p.memory_limit_mb == (2048 if gpus and memory == "2048" else None)
+    assert p.hide_gpus is False
+    assert p.gpu_memory == ("2048 MB" if memory == "2048" else memory)
+    assert p.xdist_workers == (int(xdist) if xdist else None)
+    assert p.source("gpu_memory") == "--tfplace-gpu-memory"
+    # processes the tests start (tfplace_workers) grow too, through the environment
+    assert p.env == ((("TF_FORCE_GPU_ALLOW_GROWTH", "true"),) if p.memory_growth else ())
+    shared = gpus and xdist == "8"
+    assert ("shared by 8 xdist workers" in p.reasons[0]) == bool(shared)
+    if shared and memory == "2048":
+        assert "together 16384 MB of each GPU" in p.reasons[0]
+    if shared and memory == "none":
+        assert "the other workers run out of memory" in p.reasons[0]
+
+
+def test_a_growth_variable_the_user_set_is_left_alone() -> None:
+    p = session_plan(
+        {}, visible_gpus=1, environ={"TF_FORCE_GPU_ALLOW_GROWTH": "false", "OTHER": "x"}
+    )
+    assert p.memory_growth is True
+    assert p.env == ()
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 4])
+@pytest.mark.parametrize("source", ["--tfplace-hide-gpus", "ini tfplace_hide_gpus"])
+def test_hiding_gpus_wins_over_memory_settings(gpus: int, source: str) -> None:
+    p = plan_for(
+        gpus,
+        "4",
+        hide_gpus=Setting("true", source),
+        gpu_memory=Setting("1024", "ini tfplace_gpu_memory"),
+    )
+    assert (p.hide_gpus, p.memory_growth, p.memory_limit_mb) == (True, False, None)
+    assert p.env == (("CUDA_VISIBLE_DEVICES", "-1"),)
+    assert p.gpu_memory == "unused (GPUs hidden)"
+    assert p.source("hide_gpus") == source
+    assert source in p.reasons[0]
+    assert "'1024' (ini tfplace_gpu_memory) ignored" in p.reasons[1]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("true", True), ("True", True), ("1", True), ("yes", True), ("off", False), ("0", False)],
+)
+def test_flags_read_as_ini_and_toml_write_them(text: str, expected: bool) -> None:
+    # pyproject's `tfplace_hide_gpus = true` reaches the plugin as the text "True"
+    assert plan_for(1, hide_gpus=Setting(text, "ini tfplace_hide_gpus")).hide_gpus is expected
+
+
+@pytest.mark.parametrize("source", ["--tfplace-x", "ini tfplace_x"])
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("virtual_cpus", "zero", "must be a positive integer, found 'zero'"),
+        ("virtual_cpus", "0", "must be a positive integer, found '0'"),
+        ("strategies", "horovod", "lists unknown strategy kind(s) ['horovod']"),
+        ("strategies", " , ", "lists unknown strategy kind(s) [' , ']"),
+        ("gpu_memory", "lots", "must be growth, none or a limit in MB per GPU"),
+        ("gpu_memory", "-5", "must be growth, none or a limit in MB per GPU"),
+        ("hide_gpus", "maybe", "must be true or false, found 'maybe'"),
+        ("activate", "sometimes", "must be auto or always, found 'sometimes'"),
+    ],
+)
+def test_bad_values_name_where_they_came_from(
+    source: str, name: str, value: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=r"^tfplace: ") as err:
+        session_plan({name: Setting(value, source)}, visible_gpus=1, environ={})
+    assert f"{source} {message}" in str(err.value)
+
+
+def test_a_bad_xdist_worker_count_names_the_environment_variable() -> None:
+    with pytest.raises(ValueError, match="environment PYTEST_XDIST_WORKER_COUNT must be"):
+        plan_for(1, "many")
+
+
+def test_the_plan_is_frozen_and_rejects_unknown_inputs() -> None:
+    p = plan_for(1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.memory_growth = False  # type: ignore[misc]
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['gpu_memroy'\]"):
+        session_plan({"gpu_memroy": Setting("none")}, visible_gpus=0, environ={})
+    with pytest.raises(ValueError, match="visible_gpus must be an int >= 0, found -1"):
+        session_plan({}, visible_gpus=-1, environ={})
+
+
+def test_this_suite_opts_in_and_gets_its_two_virtual_cpus(pytestconfig: pytest.Config) -> None:
+    state = pytestconfig.stash[pytest_plugin._STATE_KEY]
+    assert state.active_because == "ini tfplace_activate = always"
+    assert state.status["cpus"] == "applied"
+    assert tfplace.inventory().cpu.logical_devices == 2
+
+
+# ------------------------------------------------------------------ inert unless used
+
+
+@pytest.fixture
+def quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    for key in ("TF_CONFIG", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_ADDOPTS"):
+        monkeypatch.delenv(key, raising=False)
+
+
+@pytest.mark.usefixtures("quiet")
+@pytest.mark.parametrize("tensorflow", ["installed", "absent"])
+def test_a_project_not_using_tfplace_is_left_alone(
+    pytester: pytest.Pytester, tensorflow: str
+) -> None:
+    pytester.makeconftest(RECORDER + (NO_TENSORFLOW if tensorflow == "absent" else ""))
+    # settings alone do not activate the plugin; only their use does
+    pytester.makeini("[pytest]\ntfplace_virtual_cpus = 4\ntfplace_hide_gpus = true\n")
+    pytester.makepyfile(
+        test_plain="""
+        import sys
+        def test_one():
+            assert "tensorflow" not in sys.modules or sys.modules["tensorflow"] is None
+        def test_two():
+            assert 1 + 1 == 2
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    assert "tfplace:" not in result.stdout.str()
+    assert facts(pytester) == {"heavy": [], "active": None, "CUDA_VISIBLE_DEVICES": CVD}
+
+
+@pytest.mark.usefixtures("quiet")
+def test_without_tensorflow_fake_hardware_still_works_and_the_header_says_so(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(NO_TENSORFLOW)
+    pytester.makepyfile(
+        test_fake="""
+        import tfplace
+
+        def test_two_gpus(tfplace_fake_hardware):
+            tfplace_fake_hardware(gpus=2)
+            assert tfplace.plan().kind == "mirrored"
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "tfplace: devices /CPU:0; TensorFlow not installed, *; active because fixture "
+            "tfplace_fake_hardware used by test_fake.py::test_two_gpus",
+            "tfplace: virtual CPUs 2 (from default, not applied: TensorFlow is not installed)*",
+        ]
+    )
+
+
+@pytest.mark.usefixtures("quiet")
+def test_a_marker_activates_and_a_late_start_is_reported(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_late="""
+        import pytest
+        import tensorflow as tf
+
+        tf.constant(1.0)  # starts TensorFlow's runtime while the module is imported
+
+        @pytest.mark.tfplace_gpus(64)
+        def test_many_gpus():
+            raise AssertionError("no machine has 64 GPUs")
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*active because marker tfplace_gpus on test_late.py::test_many_gpus",
+            "tfplace: virtual CPUs 2 (from default, NOT applied: TensorFlow had already started*"
+            "tfplace_activate = always)*",
+            "*needs 64 GPU(s); * visible*",
+        ]
+    )
+
+
+# ------------------------------------------------------------------ using it
 
 USER_TEST = """
 import numpy as np
 import pytest
 import keras
+import tfplace
 
 
 def fit_and_loss(strategy):
@@ -33,83 +295,140 @@ def test_training_works_under_every_strategy(tfplace_strategy):
 
 @pytest.mark.tfplace_strategies("mirrored")
 def test_only_mirrored(tfplace_strategy):
-    assert tfplace_strategy.num_replicas_in_sync == 2
+    gpus = len(tfplace.inventory().visible_gpus)
+    # one replica per visible GPU; without GPUs, one per virtual CPU (the plugin makes 2)
+    assert tfplace_strategy.num_replicas_in_sync == (gpus or 2)
 
 
 @pytest.mark.tfplace_gpus(2)
 def test_needs_two_gpus():
-    raise AssertionError("must be skipped on a CPU machine")
+    assert len(tfplace.inventory().visible_gpus) >= 2
 
 
 @pytest.mark.tfplace_tpu
 def test_needs_a_tpu():
-    raise AssertionError("must be skipped without a TPU")
+    assert tfplace.inventory().tpu.present
 """
-
-
-def env() -> dict[str, str]:
-    return {"TF_CPP_MIN_LOG_LEVEL": "3"}
-
-
-@pytest.fixture
-def quiet(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("TF_CONFIG", raising=False)
 
 
 @pytest.mark.usefixtures("quiet")
 def test_user_file_runs_under_three_strategies_with_no_conftest(
     pytester: pytest.Pytester,
 ) -> None:
+    # What the child's hardware implies (it inherits this process's environment).
+    inv = tfplace.inventory()
+    gpus = len(inv.visible_gpus)
+    one_device = "GPU:0" if gpus else "CPU:0"
+    mirrored = f"{gpus}xGPU" if gpus else "2xCPU"
+    devices = ", ".join([f"/GPU:{i}" for i in range(gpus)] + ["/CPU:0", "/CPU:1"])
     pytester.makepyfile(test_user=USER_TEST)
     result = pytester.runpytest_subprocess("-v", "-rs", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=4, skipped=2)
+    result.assert_outcomes(
+        passed=4 + (gpus >= 2) + inv.tpu.present, skipped=(gpus < 2) + (not inv.tpu.present)
+    )
     out = result.stdout.str()
     assert "test_training_works_under_every_strategy[default] PASSED" in out
-    assert "test_training_works_under_every_strategy[one_device-CPU:0] PASSED" in out
-    assert "test_training_works_under_every_strategy[mirrored-2xCPU] PASSED" in out
-    assert "test_only_mirrored[mirrored-2xCPU] PASSED" in out
-    assert "needs 2 GPU(s); 0 visible" in out
-    assert "needs a TPU; none attached" in out
-    assert "tfplace: devices /CPU:0, /CPU:1" in out
-    assert "virtual CPUs 2 (from ini tfplace_virtual_cpus, applied)" in out
+    assert f"test_training_works_under_every_strategy[one_device-{one_device}] PASSED" in out
+    assert f"test_training_works_under_every_strategy[mirrored-{mirrored}] PASSED" in out
+    assert f"test_only_mirrored[mirrored-{mirrored}] PASSED" in out
+    if gpus < 2:
+        assert f"needs 2 GPU(s); {gpus} visible" in out
+    if not inv.tpu.present:
+        assert "needs a TPU; none attached" in out
+    assert f"tfplace: devices {devices};" in out
+    assert "active because fixture tfplace_strategy used by test_user.py::" in out
+    assert "virtual CPUs 2 (from default, applied)" in out
+    memory = "growth (from default); applied" if gpus else "growth (from default); nothing"
+    assert f"tfplace: GPUs {gpus} visible; hide GPUs no (from default); GPU memory {memory}" in out
 
 
 @pytest.mark.usefixtures("quiet")
 def test_options_and_ini_keys(pytester: pytest.Pytester) -> None:
-    pytester.makeini("[pytest]\ntfplace_strategies = mirrored\n")
+    pytester.makeconftest(RECORDER)
+    pytester.makeini("[pytest]\ntfplace_strategies = mirrored\ntfplace_gpu_memory = none\n")
     pytester.makepyfile(
         test_x="""
+        import os
+
         def test_x(tfplace_strategy):
-            assert tfplace_strategy.num_replicas_in_sync == 3
+            assert os.environ["CUDA_VISIBLE_DEVICES"] == "-1"  # for processes tests start
+            assert tfplace_strategy.num_replicas_in_sync == 3  # GPUs hidden: on any machine
         """
     )
-    result = pytester.runpytest_subprocess("-v", "--tfplace-virtual-cpus", "3")
+    result = pytester.runpytest_subprocess(
+        "-v", "--tfplace-virtual-cpus", "3", "--tfplace-hide-gpus"
+    )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
+            "*; active because --tfplace-virtual-cpus given",
             "*virtual CPUs 3 (from --tfplace-virtual-cpus, applied); strategies mirrored "
             "(from ini tfplace_strategies)*",
+            "*hide GPUs yes (from --tfplace-hide-gpus); GPU memory unused (GPUs hidden) "
+            "(from ini tfplace_gpu_memory)*",
+            "tfplace: GPUs hidden (--tfplace-hide-gpus)*",
+            "*'none' (ini tfplace_gpu_memory) ignored*",
             "*test_x[[]mirrored-3xCPU[]] PASSED*",
+        ]
+    )
+    assert facts(pytester)["CUDA_VISIBLE_DEVICES"] == CVD  # restored at the end
+
+
+@pytest.mark.usefixtures("quiet")
+def test_ini_opt_in_activates_before_collection(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ntfplace_activate = always\n")
+    pytester.makepyfile(test_x="def test_x(): pass")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    # shown in the header, before collection, with the split applied
+    result.stdout.fnmatch_lines(
+        [
+            "*active because ini tfplace_activate = always",
+            "*virtual CPUs 2 (from default, applied)*",
+            "collected 1 item",
         ]
     )
 
 
 @pytest.mark.usefixtures("quiet")
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "ini", "env", "message"),
     [
-        (["--tfplace-virtual-cpus", "zero"], "--tfplace-virtual-cpus must be a positive integer"),
-        (["--tfplace-strategies", "horovod"], "--tfplace-strategies lists unknown strategy"),
+        (
+            ["--tfplace-virtual-cpus", "zero"],
+            "",
+            {},
+            "tfplace: --tfplace-virtual-cpus must be a positive integer, found 'zero'",
+        ),
+        (
+            ["--tfplace-strategies", "horovod"],
+            "",
+            {},
+            "tfplace: --tfplace-strategies lists unknown strategy",
+        ),
+        ([], "tfplace_gpu_memory = lots", {}, "tfplace: ini tfplace_gpu_memory must be growth"),
+        (
+            ["--tfplace-virtual-cpus", "2"],
+            "",
+            {"PYTEST_XDIST_WORKER_COUNT": "x"},
+            "tfplace: environment PYTEST_XDIST_WORKER_COUNT must be an integer, found 'x'",
+        ),
     ],
 )
 def test_bad_option_values_say_where_they_came_from(
-    pytester: pytest.Pytester, args: list[str], message: str
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    ini: str,
+    env: dict[str, str],
+    message: str,
 ) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    pytester.makeini(f"[pytest]\n{ini}\n")
     pytester.makepyfile(test_x="def test_x(): pass")
     result = pytester.runpytest_subprocess(*args)
-    assert result.ret != 0
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert message in result.stderr.str()
 
 
@@ -243,10 +562,22 @@ def test_fake_hardware_fixture_and_restoring_the_environment(pytester: pytest.Py
     result.assert_outcomes(passed=5)
 
 
-def test_plugin_module_is_registered_as_an_entry_point() -> None:
+def test_plugin_module_is_registered_and_imports_nothing_heavy(
+    pytestconfig: pytest.Config,
+) -> None:
     from importlib.metadata import entry_points
 
     eps = [ep for ep in entry_points(group="pytest11") if ep.name == "tfplace"]
     assert eps and eps[0].value == "tfplace.pytest_plugin"
-    assert "MY_FLAG" not in os.environ
-    assert tfplace.__name__ == "tfplace"
+    assert pytestconfig.pluginmanager.get_plugin("tfplace") is pytest_plugin
+    loaded = run_json(
+        """
+        import json, sys
+        import tfplace.pytest_plugin
+        print(json.dumps(sorted(m for m in sys.modules
+                                if m.split(".")[0] in ("tfplace", "tensorflow", "keras"))))
+        """
+    )
+    assert loaded == ["tfplace", "tfplace.errors", "tfplace.pytest_plugin"]
+    assert Path(pytest_plugin.__file__).parent == Path(tfplace.__file__).parent
+    assert sys.modules["tfplace.pytest_plugin"] is pytest_plugin

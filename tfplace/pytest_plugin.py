@@ -1,11 +1,29 @@
-"""pytest plugin: test Keras code under every strategy on a CPU-only CI, with no conftest.
+"""pytest plugin: test Keras code under every strategy on any machine, with no conftest.
 
 Installing tfplace registers this module through the ``pytest11`` entry point; ``-p no:tfplace``
 disables it.
 
+Inert until used. Registering the plugin imports no TensorFlow and changes nothing. The plugin
+*activates* (imports TensorFlow, splits the CPU, configures the GPUs, adds its report lines) only
+when the session uses it: a test requests a tfplace fixture or carries a tfplace marker (seen at
+collection, before any test runs), a ``--tfplace-*`` option is given on the command line, or the
+ini key ``tfplace_activate = always`` asks for it (then it activates in ``pytest_configure``,
+before test modules are imported: use that when test modules start TensorFlow at import).
+
+On activation each test process gets (see :func:`session_plan`, which decides it from the
+settings, the visible GPUs and pytest-xdist's worker count):
+
+* the CPU split into N virtual devices, so ``mirrored`` runs on a CPU-only machine;
+* on a host with GPUs, GPU memory growth, so several test processes (pytest-xdist workers and
+  the processes tests start) share a GPU instead of the first mapping all of it;
+* with ``--tfplace-hide-gpus``, no GPU at all (a CPU-only run on a GPU host).
+
 Options (command line, or the ini key in brackets):
-    --tfplace-virtual-cpus N   [tfplace_virtual_cpus]   split the CPU into N devices (default 2)
-    --tfplace-strategies LIST  [tfplace_strategies]     kinds offered to ``tfplace_strategy``
+    --tfplace-virtual-cpus N     [tfplace_virtual_cpus]  split the CPU into N devices (default 2)
+    --tfplace-strategies LIST    [tfplace_strategies]    kinds offered to ``tfplace_strategy``
+    --tfplace-gpu-memory MODE    [tfplace_gpu_memory]    growth (default), none, or MB per GPU
+    --tfplace-hide-gpus          [tfplace_hide_gpus]     hide every GPU from the tests
+    (ini only)                   [tfplace_activate]      auto (default) or always
 
 Fixtures:
     tfplace_strategy        a tf.distribute.Strategy; the test runs once per offered kind
@@ -16,6 +34,13 @@ Markers:
     @pytest.mark.tfplace_strategies("mirrored", ...)   narrow the kinds for one test
     @pytest.mark.tfplace_gpus(n)                       skip unless n GPUs are visible
     @pytest.mark.tfplace_tpu                           skip unless a TPU is attached
+
+Example:
+    >>> from tfplace.pytest_plugin import Setting, session_plan
+    >>> p = session_plan({"gpu_memory": Setting("growth", "--tfplace-gpu-memory")},
+    ...                  visible_gpus=1, environ={"PYTEST_XDIST_WORKER_COUNT": "4"})
+    >>> p.memory_growth, p.xdist_workers, p.source("gpu_memory")
+    (True, 4, '--tfplace-gpu-memory')
 """
 
 from __future__ import annotations
@@ -29,7 +54,7 @@ import pickle
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,63 +62,294 @@ import pytest
 
 from tfplace.errors import AlreadyInitializedError
 
-__all__ = ["WorkerResult"]
+__all__ = ["SessionPlan", "Setting", "WorkerResult", "session_plan"]
 
 _KINDS = ("default", "one_device", "mirrored")
+_FIXTURES = ("tfplace_strategy", "tfplace_workers", "tfplace_fake_hardware")
+_MARKERS = ("tfplace_strategies", "tfplace_gpus", "tfplace_tpu")
+#: Setting name -> its default, as the text a user would write.
+_DEFAULTS = {
+    "activate": "auto",
+    "virtual_cpus": "2",
+    "strategies": ",".join(_KINDS),
+    "gpu_memory": "growth",
+    "hide_gpus": "false",
+}
+#: Help texts, defined once for the command-line option and its ini key.
 _HELP = {
+    "activate": "auto (default): set TensorFlow up only when the session uses a tfplace fixture, "
+    "marker or --tfplace-* option, decided after collection; always: in every session, before "
+    "test modules are imported",
     "virtual_cpus": "split the CPU into N virtual devices before TensorFlow starts, so "
     "multi-replica strategies run on a CPU-only machine (default: 2; 1 turns it off)",
     "strategies": "comma-separated strategy kinds the tfplace_strategy fixture runs each test "
     "under (default: default,one_device,mirrored)",
+    "gpu_memory": "GPU memory of each test process: growth (default: allocate as needed, so "
+    "pytest-xdist workers share a GPU), none (TensorFlow's default: map nearly all of it) or a "
+    "limit in MB per GPU",
+    "hide_gpus": "hide every GPU from the tests for a CPU-only run (TensorFlow in the test "
+    "process, and CUDA_VISIBLE_DEVICES=-1 for the processes tests start; restored at the end)",
 }
-_STATE_KEY = pytest.StashKey[dict[str, Any]]()
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+_XDIST_ENV = "PYTEST_XDIST_WORKER_COUNT"
+_STATE_KEY = pytest.StashKey["_Session"]()
 _RESULT_MARK = "@@tfplace-result@@"
+
+
+# ------------------------------------------------------------------ the session decision
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One plugin setting as written, and where it came from.
+
+    Attributes:
+        value: the text, e.g. ``"growth"`` or ``"2"``.
+        source: ``"--tfplace-gpu-memory"``, ``"ini tfplace_gpu_memory"`` or ``"default"``.
+    """
+
+    value: str
+    source: str = "default"
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    """What the plugin applies to one test process, and why. Built by :func:`session_plan`.
+
+    Attributes:
+        virtual_cpus: split the CPU into this many devices (1: no split).
+        strategies: the kinds ``tfplace_strategy`` offers.
+        hide_gpus: hide every GPU (``configure_gpus(visible=[])``).
+        gpu_memory: the GPU memory setting in words: ``growth``, ``none``, ``N MB``, or
+            ``unused (GPUs hidden)``; it applies only where GPUs are visible.
+        memory_growth: call ``configure_gpus(memory_growth=True)``.
+        memory_limit_mb: call ``configure_gpus(memory_limit_mb=...)`` with this, or None.
+        env: environment variables set for the session (and the processes tests start),
+            restored at its end.
+        visible_gpus: the GPUs TensorFlow showed this process before anything was applied.
+        xdist_workers: pytest-xdist's worker count, None outside xdist.
+        sources: ``(setting, where its value came from)`` for every setting.
+        reasons: why, one sentence per decision.
+    """
+
+    virtual_cpus: int
+    strategies: tuple[str, ...]
+    hide_gpus: bool
+    gpu_memory: str
+    memory_growth: bool
+    memory_limit_mb: int | None
+    env: tuple[tuple[str, str], ...]
+    visible_gpus: int
+    xdist_workers: int | None
+    sources: tuple[tuple[str, str], ...]
+    reasons: tuple[str, ...]
+
+    def source(self, name: str) -> str:
+        """Where setting ``name`` came from (``"default"`` when nobody set it)."""
+        return dict(self.sources).get(name, "default")
+
+
+def _count(raw: Setting, what: str) -> int:
+    text = raw.value.strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(
+            f"tfplace: {raw.source} must be {what}, found {raw.value!r}; "
+            "fix the value or remove it to use the default"
+        )
+    return int(text)
+
+
+def _flag(raw: Setting) -> bool:
+    text = raw.value.strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(
+        f"tfplace: {raw.source} must be true or false, found {raw.value!r}; "
+        f"use one of {', '.join(_TRUE + _FALSE)}"
+    )
+
+
+def _memory(raw: Setting) -> str | int:
+    text = raw.value.strip().lower()
+    if text in ("growth", "none"):
+        return text
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise ValueError(
+        f"tfplace: {raw.source} must be growth, none or a limit in MB per GPU (e.g. 4096), "
+        f"found {raw.value!r}"
+    )
+
+
+def _kinds(raw: Setting) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in raw.value.split(",") if k.strip())
+    bad = [k for k in kinds if k not in _KINDS]
+    if bad or not kinds:
+        raise ValueError(
+            f"tfplace: {raw.source} lists unknown strategy kind(s) {bad or [raw.value]}; "
+            f"expected some of {', '.join(_KINDS)}"
+        )
+    return kinds
+
+
+def _activate_always(raw: Setting) -> bool:
+    text = raw.value.strip().lower()
+    if text not in ("auto", "always"):
+        raise ValueError(f"tfplace: {raw.source} must be auto or always, found {raw.value!r}")
+    return text == "always"
+
+
+def session_plan(
+    settings: Mapping[str, Setting], *, visible_gpus: int, environ: Mapping[str, str]
+) -> SessionPlan:
+    """Decide what the plugin applies to a test process. Pure: no TensorFlow, no side effects.
+
+    GPU memory defaults to growth, also under pytest-xdist. An even per-worker share (each
+    process capped at total / workers) was considered and not taken: TensorFlow cannot report a
+    GPU's total memory before its runtime starts, which is when the cap must be set, and a fixed
+    share fails a test that needs more than 1/N of the GPU even while the other workers sit
+    idle. Growth lets each process take what it uses; concurrent tests that together exceed the
+    GPU fail either way. A hard cap stays available: ``--tfplace-gpu-memory=MB``.
+
+    Args:
+        settings: setting name (``virtual_cpus``, ``strategies``, ``gpu_memory``,
+            ``hide_gpus``, ``activate``) -> its value and source; a missing name takes the
+            default.
+        visible_gpus: GPUs TensorFlow shows this process before the plugin applies anything.
+        environ: the environment; ``PYTEST_XDIST_WORKER_COUNT`` and
+            ``TF_FORCE_GPU_ALLOW_GROWTH`` are read from it.
+
+    Returns:
+        The frozen :class:`SessionPlan`, with the source of every setting and the reasons.
+
+    Raises:
+        ValueError: a bad value; the message names where it came from.
+
+    Example:
+        >>> plan = session_plan({}, visible_gpus=0, environ={})
+        >>> plan.virtual_cpus, plan.memory_growth, plan.reasons[-1]
+        (2, False, 'no GPU visible: no GPU memory setting to apply')
+    """
+    unknown = sorted(set(settings) - set(_DEFAULTS))
+    if unknown:
+        raise ValueError(f"session_plan: unknown setting(s) {unknown}; known: {sorted(_DEFAULTS)}")
+    if isinstance(visible_gpus, bool) or not isinstance(visible_gpus, int) or visible_gpus < 0:
+        raise ValueError(f"session_plan: visible_gpus must be an int >= 0, found {visible_gpus!r}")
+    s = {name: settings.get(name, Setting(default)) for name, default in _DEFAULTS.items()}
+    _activate_always(s["activate"])
+    cpus = _count(s["virtual_cpus"], "a positive integer")
+    kinds = _kinds(s["strategies"])
+    memory = _memory(s["gpu_memory"])
+    hide = _flag(s["hide_gpus"])
+    workers: int | None = None
+    if environ.get(_XDIST_ENV):
+        workers = _count(Setting(environ[_XDIST_ENV], f"environment {_XDIST_ENV}"), "an integer")
+    reasons: list[str] = []
+    env: list[tuple[str, str]] = []
+    growth, limit = False, None
+    gpus = f"{visible_gpus} GPU{'s' if visible_gpus != 1 else ''} visible"
+    shared = f" shared by {workers} xdist workers" if workers and workers > 1 else ""
+    if hide:
+        memory = "unused (GPUs hidden)"
+        env.append(("CUDA_VISIBLE_DEVICES", "-1"))
+        reasons.append(
+            f"GPUs hidden ({s['hide_gpus'].source}): TensorFlow in this process uses none, "
+            "processes the tests start get CUDA_VISIBLE_DEVICES=-1"
+        )
+        if s["gpu_memory"].source != "default":
+            reasons.append(
+                f"GPU memory {s['gpu_memory'].value!r} ({s['gpu_memory'].source}) ignored: "
+                "the GPUs are hidden"
+            )
+    elif visible_gpus == 0:
+        reasons.append("no GPU visible: no GPU memory setting to apply")
+    elif memory == "growth":
+        growth = True
+        reasons.append(
+            f"{gpus}{shared}: memory growth, so each test process allocates only what it uses "
+            "and several processes can share a GPU"
+        )
+        if "TF_FORCE_GPU_ALLOW_GROWTH" not in environ:
+            env.append(("TF_FORCE_GPU_ALLOW_GROWTH", "true"))
+    elif memory == "none":
+        reasons.append(
+            f"{gpus}{shared}: TensorFlow's default, the first process to start TensorFlow maps "
+            "nearly all memory of each GPU"
+            + (" and the other workers run out of memory" if shared else "")
+        )
+    else:
+        limit = int(memory)
+        need = f"; together {workers * limit} MB of each GPU" if workers and workers > 1 else ""
+        reasons.append(f"{gpus}{shared}: each test process may use {limit} MB of each GPU{need}")
+    words = f"{memory} MB" if isinstance(memory, int) else memory
+    return SessionPlan(
+        virtual_cpus=cpus,
+        strategies=kinds,
+        hide_gpus=hide,
+        gpu_memory=words,
+        memory_growth=growth,
+        memory_limit_mb=limit,
+        env=tuple(env),
+        visible_gpus=visible_gpus,
+        xdist_workers=workers,
+        sources=tuple((name, value.source) for name, value in s.items()),
+        reasons=tuple(reasons),
+    )
+
+
+# ------------------------------------------------------------------ options and activation
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("tfplace", "tfplace: TensorFlow devices and strategies")
-    group.addoption(
-        "--tfplace-virtual-cpus",
-        dest="tfplace_virtual_cpus",
-        default=None,
-        metavar="N",
-        help=_HELP["virtual_cpus"],
-    )
-    group.addoption(
-        "--tfplace-strategies",
-        dest="tfplace_strategies",
-        default=None,
-        metavar="LIST",
-        help=_HELP["strategies"],
-    )
-    parser.addini("tfplace_virtual_cpus", _HELP["virtual_cpus"], default="2")
-    parser.addini("tfplace_strategies", _HELP["strategies"], default=",".join(_KINDS))
-
-
-def _setting(config: pytest.Config, name: str) -> tuple[str, str]:
-    value = config.getoption(f"tfplace_{name}")
-    if value is not None:
-        return str(value), f"--tfplace-{name.replace('_', '-')}"
-    return str(config.getini(f"tfplace_{name}")), f"ini tfplace_{name}"
-
-
-def _parse_virtual_cpus(config: pytest.Config) -> tuple[int, str]:
-    raw, source = _setting(config, "virtual_cpus")
-    if not raw.strip().isdigit() or int(raw) < 1:
-        raise pytest.UsageError(f"tfplace: {source} must be a positive integer, found {raw!r}")
-    return int(raw), source
-
-
-def _parse_kinds(config: pytest.Config) -> tuple[tuple[str, ...], str]:
-    raw, source = _setting(config, "strategies")
-    kinds = tuple(k.strip() for k in raw.split(",") if k.strip())
-    bad = [k for k in kinds if k not in _KINDS]
-    if bad or not kinds:
-        raise pytest.UsageError(
-            f"tfplace: {source} lists unknown strategy kind(s) {bad or [raw]}; "
-            f"expected some of {', '.join(_KINDS)}"
+    for name, metavar in (("virtual_cpus", "N"), ("strategies", "LIST"), ("gpu_memory", "MODE")):
+        group.addoption(
+            f"--tfplace-{name.replace('_', '-')}",
+            dest=f"tfplace_{name}",
+            default=None,
+            metavar=metavar,
+            help=_HELP[name],
         )
-    return kinds, source
+    group.addoption(
+        "--tfplace-hide-gpus",
+        dest="tfplace_hide_gpus",
+        action="store_const",
+        const="true",
+        default=None,
+        help=_HELP["hide_gpus"],
+    )
+    for name in _DEFAULTS:
+        parser.addini(f"tfplace_{name}", _HELP[name], default="")
+
+
+def _settings(config: pytest.Config) -> dict[str, Setting]:
+    """Each setting's text and source: the command line, else the ini file, else the default."""
+    out: dict[str, Setting] = {}
+    for name, default in _DEFAULTS.items():
+        given = config.getoption(f"tfplace_{name}", None)
+        ini = str(config.getini(f"tfplace_{name}") or "")
+        if given is not None:
+            out[name] = Setting(str(given), f"--tfplace-{name.replace('_', '-')}")
+        elif ini.strip():
+            out[name] = Setting(ini, f"ini tfplace_{name}")
+        else:
+            out[name] = Setting(default)
+    return out
+
+
+@dataclass
+class _Session:
+    """The plugin's per-session state (in ``config.stash``)."""
+
+    settings: dict[str, Setting]
+    plan: SessionPlan
+    active_because: str | None = None
+    status: dict[str, str] = field(default_factory=dict)
+    inventory: Any = None
+    saved_env: dict[str, str | None] = field(default_factory=dict)
+    header_shown: bool = False
+    strategies: dict[str, Any] = field(default_factory=dict)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -103,42 +359,151 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line("markers", "tfplace_gpus(n=1): skip unless n GPUs are visible")
     config.addinivalue_line("markers", "tfplace_tpu: skip unless a TPU is attached")
-    n, n_source = _parse_virtual_cpus(config)
-    kinds, k_source = _parse_kinds(config)
-    applied = "not needed"
-    if n > 1:
-        from tfplace.config import configure_cpus
+    settings = _settings(config)
+    try:  # validate the settings now, with no TensorFlow: a typo fails every session alike
+        plan = session_plan(settings, visible_gpus=0, environ={})
+    except ValueError as err:
+        raise pytest.UsageError(str(err)) from None
+    config.stash[_STATE_KEY] = _Session(settings=settings, plan=plan)
+    explicit = [s.source for s in settings.values() if s.source.startswith("--")]
+    if _activate_always(settings["activate"]):
+        _activate(config, f"{settings['activate'].source} = always")
+    elif explicit:
+        _activate(config, f"{explicit[0]} given")
 
+
+def _activate(config: pytest.Config, because: str) -> _Session:
+    """Set TensorFlow up for this test process, once; later calls return the same state."""
+    state = config.stash[_STATE_KEY]
+    if state.active_because is not None:
+        return state
+    state.active_because = because
+    from tfplace import _tf
+
+    try:
+        tf = _tf.load()
+    except ImportError:
+        tf = None
+    visible = len(tf.config.get_visible_devices("GPU")) if tf is not None else 0
+    try:
+        state.plan = plan = session_plan(state.settings, visible_gpus=visible, environ=os.environ)
+    except ValueError as err:  # only the environment can be bad here; settings were checked
+        raise pytest.UsageError(str(err)) from None
+    for key, value in plan.env:
+        state.saved_env.setdefault(key, os.environ.get(key))
+        os.environ[key] = value
+    if tf is None:
+        state.status = dict.fromkeys(("cpus", "gpus"), "not applied: TensorFlow is not installed")
+    else:
+        state.status = _apply(plan)
+    from tfplace._inventory import inventory
+
+    state.inventory = inventory()
+    return state
+
+
+def _apply(plan: SessionPlan) -> dict[str, str]:
+    """Apply ``plan`` to TensorFlow (the only place the plugin configures it)."""
+    from tfplace.config import configure_cpus, configure_gpus
+
+    late = (
+        "NOT applied: TensorFlow had already started (e.g. in a conftest or a test module at "
+        "import); set the ini key tfplace_activate = always"
+    )
+    status = {"cpus": "not needed", "gpus": "nothing to apply"}
+    if plan.virtual_cpus > 1:
         try:
-            configure_cpus(threads=None, virtual_devices=n)
-            applied = "applied"
+            configure_cpus(threads=None, virtual_devices=plan.virtual_cpus)
+            status["cpus"] = "applied"
         except AlreadyInitializedError:
-            applied = "NOT applied: TensorFlow had already started (e.g. in a conftest)"
-    config.stash[_STATE_KEY] = {
-        "virtual_cpus": n,
-        "virtual_cpus_source": n_source,
-        "virtual_cpus_applied": applied,
-        "kinds": kinds,
-        "kinds_source": k_source,
-        "strategies": {},
-    }
+            status["cpus"] = late
+    gpu_kwargs: dict[str, Any] = {}
+    if plan.hide_gpus and plan.visible_gpus:
+        gpu_kwargs = {"visible": []}
+    elif plan.memory_growth:
+        gpu_kwargs = {"memory_growth": True}
+    elif plan.memory_limit_mb is not None:
+        gpu_kwargs = {"memory_limit_mb": plan.memory_limit_mb}
+    if gpu_kwargs:
+        try:
+            configure_gpus(**gpu_kwargs)
+            status["gpus"] = "applied"
+        except AlreadyInitializedError:
+            status["gpus"] = late
+    return status
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(_STATE_KEY, None)
+    if state is None:
+        return
+    for key, old in state.saved_env.items():
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+    state.saved_env.clear()
+
+
+def _uses_tfplace(item: pytest.Item) -> str | None:
+    names = getattr(item, "fixturenames", ())
+    for fixture in _FIXTURES:
+        if fixture in names:
+            return f"fixture {fixture} used by {item.nodeid}"
+    for marker in _MARKERS:
+        if item.get_closest_marker(marker) is not None:
+            return f"marker {marker} on {item.nodeid}"
+    return None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # After collection and deselection, before any test runs: the last moment to split the CPU.
+    if config.stash[_STATE_KEY].active_because is not None:
+        return
+    for item in items:
+        because = _uses_tfplace(item)
+        if because is not None:
+            _activate(config, because)
+            return
+
+
+def _header(state: _Session) -> list[str]:
+    inv, plan = state.inventory, state.plan
+    gpus = str(plan.visible_gpus)
+    workers = (
+        f"; {plan.xdist_workers} xdist workers (from environment {_XDIST_ENV})"
+        if plan.xdist_workers
+        else ""
+    )
+    return [
+        f"tfplace: devices {', '.join(inv.local_device_names)}; TensorFlow "
+        f"{inv.tensorflow.version if inv.tensorflow else 'not installed'}, {inv.keras.flavour}; "
+        f"active because {state.active_because}",
+        f"tfplace: virtual CPUs {plan.virtual_cpus} (from {plan.source('virtual_cpus')}, "
+        f"{state.status['cpus']}); strategies {', '.join(plan.strategies)} "
+        f"(from {plan.source('strategies')})",
+        f"tfplace: GPUs {gpus} visible{workers}; hide GPUs {'yes' if plan.hide_gpus else 'no'} "
+        f"(from {plan.source('hide_gpus')}); GPU memory {plan.gpu_memory} "
+        f"(from {plan.source('gpu_memory')}); {state.status['gpus']}",
+        *(f"tfplace: {reason}" for reason in plan.reasons),
+    ]
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash.get(_STATE_KEY, None)
-    if state is None:
+    if state is None or state.active_because is None:
         return []
-    from tfplace._inventory import inventory
+    state.header_shown = True
+    return _header(state)
 
-    inv = inventory()
-    devices = inv.local_device_names
-    return [
-        f"tfplace: devices {', '.join(devices)}; TensorFlow "
-        f"{inv.tensorflow.version if inv.tensorflow else 'not installed'}, {inv.keras.flavour}",
-        f"tfplace: virtual CPUs {state['virtual_cpus']} (from {state['virtual_cpus_source']}, "
-        f"{state['virtual_cpus_applied']}); strategies {', '.join(state['kinds'])} "
-        f"(from {state['kinds_source']})",
-    ]
+
+def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
+    state = config.stash.get(_STATE_KEY, None)
+    if state is None or state.active_because is None or state.header_shown:
+        return []
+    state.header_shown = True
+    return _header(state)
 
 
 def _marker_kinds(metafunc: pytest.Metafunc, offered: Sequence[str]) -> list[str]:
@@ -155,12 +520,11 @@ def _marker_kinds(metafunc: pytest.Metafunc, offered: Sequence[str]) -> list[str
     return [k for k in offered if k in wanted] or wanted
 
 
-def _test_id(kind: str) -> str:
-    from tfplace._inventory import inventory
-    from tfplace._plan import decide
+def _test_id(kind: str, inv: Any) -> str:
+    from tfplace._plan import plan
 
     try:
-        p = decide(inventory(), kind)
+        p = plan(kind, inventory=inv)
     except Exception:  # an id must never break collection
         return kind
     if kind == "default":
@@ -174,9 +538,13 @@ def _test_id(kind: str) -> str:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "tfplace_strategy" not in metafunc.fixturenames:
         return
-    state = metafunc.config.stash[_STATE_KEY]
-    kinds = _marker_kinds(metafunc, state["kinds"])
-    metafunc.parametrize("tfplace_strategy", kinds, indirect=True, ids=[_test_id(k) for k in kinds])
+    # The ids name the devices, so the CPU split must be in place before they are computed.
+    state = _activate(
+        metafunc.config, f"fixture tfplace_strategy used by {metafunc.definition.nodeid}"
+    )
+    kinds = _marker_kinds(metafunc, state.plan.strategies)
+    ids = [_test_id(k, state.inventory) for k in kinds]
+    metafunc.parametrize("tfplace_strategy", kinds, indirect=True, ids=ids)
 
 
 @pytest.fixture
@@ -186,14 +554,22 @@ def tfplace_strategy(request: pytest.FixtureRequest) -> Any:
     Kinds: ``default``, ``one_device`` (the first GPU, else the CPU) and ``mirrored`` (over the
     GPUs when there are two or more, else over the virtual CPUs). Narrow them per test with
     ``@pytest.mark.tfplace_strategies("mirrored")``.
+
+    Example::
+
+        def test_fit(tfplace_strategy):
+            with tfplace_strategy.scope():
+                model = build_model()
     """
+    state = _activate(
+        request.config, f"fixture tfplace_strategy requested by {request.node.nodeid}"
+    )
     kind = getattr(request, "param", "default")
-    cache: dict[str, Any] = request.config.stash[_STATE_KEY]["strategies"]
-    if kind not in cache:
+    if kind not in state.strategies:
         from tfplace.strategy import pick_strategy
 
-        cache[kind] = pick_strategy(kind)
-    return cache[kind]
+        state.strategies[kind] = pick_strategy(kind)
+    return state.strategies[kind]
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -201,9 +577,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     tpu = item.get_closest_marker("tfplace_tpu")
     if gpus is None and tpu is None:
         return
-    from tfplace._inventory import inventory
-
-    inv = inventory()
+    inv = _activate(item.config, f"marker on {item.nodeid}").inventory
     if gpus is not None:
         need = int(gpus.args[0]) if gpus.args else int(gpus.kwargs.get("n", 1))
         have = len(inv.visible_gpus)
