@@ -1,20 +1,44 @@
-"""The docs and the code agree: examples run, named tests exist, the site builds."""
+"""The docs and the code agree: examples run and are shown, snippets run, the site builds.
+
+- ``docs/examples/*.py`` run as scripts, and every page that names one shows its code once
+  built (an include line that a formatter mangled shows up as text instead: that fails).
+- Every docstring example in the package runs under doctest.
+- Every ``python`` block of README.md runs as written.
+- Tests named in the troubleshooting table exist.
+"""
 
 from __future__ import annotations
 
 import ast
+import doctest
+import html
+import importlib
+import importlib.util
 import os
+import pkgutil
 import re
-import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import QUIET_ENV
+from helpers import QUIET_ENV, run_fresh
+
+import tfplace
 
 ROOT = Path(__file__).parents[1]
-EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.py"))
+DOCS = ROOT / "docs"
+EXAMPLES = sorted((DOCS / "examples").glob("*.py"))
+PAGES = sorted(DOCS.glob("*.md"))
+
+#: A pymdownx.snippets include line in any spacing, as it reads when it was not expanded
+#: (``ruff format`` turns ``--8<-- "a.py"`` into ``--8 < --"a.py"``, valid Python to it).
+INCLUDE_LINE = re.compile(r"-+\s*8\s*<\s*-+")
+EXAMPLE_REF = re.compile(r"docs/examples/(\w+\.py)")
+
+
+# ----------------------------------------------------------------------------- examples
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -29,6 +53,202 @@ def test_docs_examples_run(script: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
+
+
+# ----------------------------------------------------------------------------- the site
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site as ``mkdocs build --strict`` builds it, once for this module."""
+    return build_site(tmp_path_factory.mktemp("site"))
+
+
+def build_site(out: Path) -> Path:
+    """Build the docs into ``out`` strictly; fail on an error or any warning."""
+    if importlib.util.find_spec("mkdocs") is None:
+        pytest.fail("mkdocs is not installed: install the 'test' or 'docs' extra")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "WARNING" not in proc.stderr, proc.stderr
+    return out
+
+
+def built_page(site: Path, page: Path) -> Path:
+    """Where mkdocs writes ``docs/<name>.md`` (directory URLs)."""
+    return site / "index.html" if page.stem == "index" else site / page.stem / "index.html"
+
+
+def page_text(built: Path) -> str:
+    """What a reader sees on a built page: tags stripped, entities decoded."""
+    return html.unescape(re.sub(r"<[^>]*>", "", built.read_text(encoding="utf-8")))
+
+
+def squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def referenced_examples(page: Path) -> list[str]:
+    return sorted(set(EXAMPLE_REF.findall(page.read_text(encoding="utf-8"))))
+
+
+PAGES_WITH_EXAMPLES = [p for p in PAGES if referenced_examples(p)]
+
+
+def test_mkdocs_builds_strict(site: Path) -> None:
+    for page in PAGES:
+        assert built_page(site, page).exists(), f"{page.name} was not built"
+
+
+def test_no_built_page_shows_an_include_line(site: Path) -> None:
+    shown = {
+        str(path.relative_to(site)): match.group(0)
+        for path in sorted(site.rglob("*.html"))
+        if (match := INCLUDE_LINE.search(page_text(path)))
+    }
+    assert not shown, (
+        f"pages show a snippet include line instead of the code: {shown}. Use the block form "
+        '(--8<--, the path, --8<--) in docs/*.md: ruff format rewrites --8<-- "path" inside a '
+        "python fence."
+    )
+
+
+@pytest.mark.parametrize("page", PAGES_WITH_EXAMPLES, ids=[p.stem for p in PAGES_WITH_EXAMPLES])
+def test_page_shows_the_examples_it_references(site: Path, page: Path) -> None:
+    text = squash(page_text(built_page(site, page)))
+    for name in referenced_examples(page):
+        code = (DOCS / "examples" / name).read_text(encoding="utf-8")
+        missing = [line.strip() for line in code.splitlines() if squash(line) not in text]
+        assert not missing, (
+            f"{page.name} names docs/examples/{name} but does not show its lines {missing[:3]} "
+            f"(and {max(0, len(missing) - 3)} more)"
+        )
+        assert squash(code) in text, f"{page.name} shows docs/examples/{name} only in part"
+
+
+def test_every_example_is_shown_on_a_page() -> None:
+    shown = {name for page in PAGES for name in referenced_examples(page)}
+    assert {p.name for p in EXAMPLES} <= shown
+
+
+def test_index_shows_the_readme_snippet() -> None:
+    """docs/index.md repeats README's first snippet; the README test runs that one."""
+    assert python_blocks(DOCS / "index.md")[0] == python_blocks(ROOT / "README.md")[0]
+
+
+# ----------------------------------------------------------------------------- docstrings
+
+
+def package_modules() -> list[str]:
+    """tfplace and every submodule, by name, without importing them."""
+    found = pkgutil.walk_packages(tfplace.__path__, prefix="tfplace.")
+    return ["tfplace", *sorted(m.name for m in found)]
+
+
+DOCTEST_FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+#: A skipped example must say why, on its own lines or the line before it, naming one of these.
+SKIP_REASONS = ("GPU", "TPU", "cluster", "worker", "hardware", "machine")
+
+
+def doctests(module_name: str) -> Iterator[doctest.DocTest]:
+    module = importlib.import_module(module_name)
+    for test in doctest.DocTestFinder().find(module, module_name, extraglobs={"tfplace": tfplace}):
+        if test.examples:
+            yield test
+
+
+@pytest.mark.parametrize("module_name", package_modules())
+def test_docstring_examples_run(module_name: str) -> None:
+    """Every docstring example runs in this process (TensorFlow loaded as the suite has it).
+
+    Examples may use the name ``tfplace`` without importing it. ``# doctest: +SKIP`` is only
+    for examples whose output depends on the hardware or that need a cluster; the reason is
+    written next to it (``test_skipped_docstring_examples_say_why``).
+    """
+    runner = doctest.DocTestRunner(optionflags=DOCTEST_FLAGS)
+    report: list[str] = []
+    for test in doctests(module_name):
+        runner.run(test, out=report.append)
+    assert runner.failures == 0, "".join(report)
+
+
+def _skip_reason(test: doctest.DocTest, example: doctest.Example) -> str:
+    """The text that may say why ``example`` is skipped: the example itself, and the lines
+    above it back to the ``Example:`` heading or the end of the last example that runs."""
+    lines = (test.docstring or "").splitlines()
+    start = 0
+    for i in range(example.lineno - 1, -1, -1):
+        if re.match(r"\s*Examples?:\s*$", lines[i]):
+            start = i
+            break
+    for other in test.examples:
+        if other.lineno < example.lineno and not other.options.get(doctest.SKIP):
+            end = other.lineno + other.source.count("\n") + other.want.count("\n")
+            start = max(start, end)
+    return "\n".join(lines[start : example.lineno]) + example.source.replace("doctest: +SKIP", "")
+
+
+@pytest.mark.parametrize("module_name", package_modules())
+def test_skipped_docstring_examples_say_why(module_name: str) -> None:
+    unexplained = [
+        f"{test.name}: {example.source.strip()}"
+        for test in doctests(module_name)
+        for example in test.examples
+        if example.options.get(doctest.SKIP)
+        and not any(word.lower() in _skip_reason(test, example).lower() for word in SKIP_REASONS)
+    ]
+    assert not unexplained, (
+        "skipped docstring examples must depend on hardware or a cluster and say so in a "
+        f"comment (naming one of {SKIP_REASONS}); make the others run: {unexplained}"
+    )
+
+
+# ----------------------------------------------------------------------------- README
+
+
+def python_blocks(path: Path) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```$", path.read_text(encoding="utf-8"), re.M | re.S)
+
+
+README_BLOCKS = python_blocks(ROOT / "README.md")
+
+
+def test_readme_has_python_snippets() -> None:
+    assert len(README_BLOCKS) >= 4
+
+
+@pytest.mark.parametrize(
+    "block", README_BLOCKS, ids=[f"block{i}" for i in range(len(README_BLOCKS))]
+)
+def test_readme_snippet_runs_as_written(block: str) -> None:
+    """Each ```python block of README.md runs on its own, as written, in a fresh process.
+
+    The rule: no block relies on another (a reader copies one at a time), so each imports
+    what it uses and makes its own data; nothing is added to a block before it runs. The
+    snippets must run on any machine: CPU-only, one GPU, several GPUs.
+    """
+    run_fresh(block, timeout=300)
+
+
+def test_readme_commands_are_what_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)\n```", readme, flags=re.S)
+    assert len(blocks) >= 2
+    install_and_run, install_and_test = blocks[0].strip(), blocks[1].strip()
+    assert "python -m tfplace" in install_and_run
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert install_and_test in ci
+
+
+# ----------------------------------------------------------------------------- troubleshooting
 
 
 def _test_names() -> set[str]:
@@ -50,36 +270,3 @@ def test_every_test_named_in_troubleshooting_exists() -> None:
         assert named, f"row names no test: {row[:60]}"
         missing = [n for n in named if n not in known]
         assert not missing, f"{row[:8]} names missing tests {missing}"
-
-
-def test_readme_commands_are_what_ci_runs() -> None:
-    readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)\n```", readme, flags=re.S)
-    assert len(blocks) >= 2
-    install_and_run, install_and_test = blocks[0].strip(), blocks[1].strip()
-    assert "python -m tfplace" in install_and_run
-    ci = (ROOT / ".ci" / "run").read_text()
-    assert install_and_test in ci
-
-
-def test_mkdocs_builds_strict(tmp_path: Path) -> None:
-    if shutil.which("mkdocs") is None and not _has_module("mkdocs"):
-        pytest.fail("mkdocs is not installed: install the 'test' or 'docs' extra")
-    proc = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "WARNING" not in proc.stderr, proc.stderr
-    assert (tmp_path / "troubleshooting" / "index.html").exists()
-
-
-def _has_module(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
