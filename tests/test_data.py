@@ -141,25 +141,27 @@ import json, os, tempfile
 import tfplace
 strategy = tfplace.pick_strategy(communication_timeout=60)
 import tensorflow as tf
-# One TFRecord file with 100 records (each worker writes its own copy, as if on shared disk).
-path = os.path.join(tempfile.mkdtemp(), "only.tfrecord")
-with tf.io.TFRecordWriter(path) as writer:
-    for i in range(100):
-        writer.write(str(i).encode())
-source = tf.data.TFRecordDataset([path]).map(lambda s: tf.strings.to_number(s, tf.int64))
-if os.environ["USE_PREPARE"] == "1":
-    ds = tfplace.prepare_dataset(source, 8, strategy=strategy, preprocess=lambda x: x * 10)
-else:
-    ds = source.map(lambda x: x * 10).batch(16)
-seen = []
-try:
-    for batch in strategy.experimental_distribute_dataset(ds):
-        for part in strategy.experimental_local_results(batch):
-            seen += [int(v) // 10 for v in part.numpy().ravel()]
-except Exception as err:
-    print(json.dumps({"error": str(err).splitlines()[0]}))
-else:
-    print(json.dumps({"seen": seen}))
+# One TFRecord file with 100 records (each worker writes its own copy, as if on shared disk,
+# in its own temporary directory, removed at the end).
+with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "only.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for i in range(100):
+            writer.write(str(i).encode())
+    source = tf.data.TFRecordDataset([path]).map(lambda s: tf.strings.to_number(s, tf.int64))
+    if os.environ["USE_PREPARE"] == "1":
+        ds = tfplace.prepare_dataset(source, 8, strategy=strategy, preprocess=lambda x: x * 10)
+    else:
+        ds = source.map(lambda x: x * 10).batch(16)
+    seen = []
+    try:
+        for batch in strategy.experimental_distribute_dataset(ds):
+            for part in strategy.experimental_local_results(batch):
+                seen += [int(v) // 10 for v in part.numpy().ravel()]
+    except Exception as err:
+        print(json.dumps({"error": str(err).splitlines()[0]}))
+    else:
+        print(json.dumps({"seen": seen}))
 """
 
 
