@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
 from tfplace._inventory import Inventory
-from tfplace.cluster import ClusterSpec, parse_slurm, parse_tf_config
+from tfplace.cluster import ClusterSpec, from_env
 from tfplace.errors import ClusterConfigError, DeviceNotFoundError
 
 __all__ = [
@@ -116,10 +116,7 @@ def cluster_of(inv: Inventory) -> ClusterSpec | None:
     Raises:
         ClusterConfigError: TF_CONFIG or the SLURM variables are malformed.
     """
-    spec = parse_tf_config(inv.cluster.tf_config) if inv.cluster.tf_config else None
-    if spec is None and inv.cluster.slurm:
-        spec = parse_slurm(dict(inv.cluster.slurm))
-    return spec
+    return from_env({**dict(inv.cluster.slurm), "TF_CONFIG": inv.cluster.tf_config or ""})
 
 
 @dataclass(frozen=True)
