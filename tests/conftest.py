@@ -1,8 +1,9 @@
 """Shared test set-up.
 
-The tfplace pytest plugin (installed with the package) splits the CPU into two virtual devices
-before TensorFlow starts, so in-process tests can run multi-replica strategies. Tests needing
-other settings run in a fresh process (helpers.run_fresh).
+This suite opts in to the tfplace pytest plugin (``tfplace_activate = "always"`` in
+pyproject.toml), so the plugin splits the CPU into two virtual devices before any test module is
+imported and in-process tests can run multi-replica strategies; on a GPU host each test process
+gets GPU memory growth. Tests needing other settings run in a fresh process (helpers.run_fresh).
 """
 
 from __future__ import annotations

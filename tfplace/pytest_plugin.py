@@ -551,9 +551,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def tfplace_strategy(request: pytest.FixtureRequest) -> Any:
     """A ``tf.distribute.Strategy``; the test runs once per offered kind.
 
-    Kinds: ``default``, ``one_device`` (the first GPU, else the CPU) and ``mirrored`` (over the
-    GPUs when there are two or more, else over the virtual CPUs). Narrow them per test with
-    ``@pytest.mark.tfplace_strategies("mirrored")``.
+    Kinds: ``default``, ``one_device`` (the first GPU, else the CPU) and ``mirrored`` (one
+    replica per visible GPU, else one per virtual CPU). Narrow them per test with
+    ``@pytest.mark.tfplace_strategies("mirrored")``. Requesting it activates the plugin.
 
     Example::
 
