@@ -20,7 +20,7 @@ from tfplace import _tf
 from tfplace._doctor_explain import KNOWN_ERRORS
 from tfplace._hardware import BFLOAT16_MIN_CC, FLOAT16_MIN_CC
 from tfplace._inventory import GPUInfo, Inventory
-from tfplace.config import auto_threads
+from tfplace.config import auto_threads, plan_auto_cpus
 from tfplace.doctor import (
     EXIT_ERROR,
     EXIT_OK,
@@ -299,6 +299,7 @@ def test_report_json_is_the_inventory_and_the_plan_themselves() -> None:
     assert data["exit_code"] == report.exit_code
     intra, inter = auto_threads(inv.cpu.usable_cores)  # what configure_cpus("auto") would set
     assert data["auto_threads"] == {"intra_op": intra, "inter_op": inter}
+    assert data["configure_cpus_auto"] == [c.to_dict() for c in plan_auto_cpus(inv).changes]
 
 
 def test_report_without_a_plan_says_why() -> None:
@@ -522,3 +523,18 @@ def test_every_module_imports_alone_in_a_fresh_process() -> None:
         if proc.returncode != 0:
             failed[name] = err.strip().splitlines()[-1:]
     assert not failed, failed
+
+
+def test_doctor_shows_the_cpu_change_set_without_applying_it() -> None:
+    inv = fake_inventory(cores=2)
+    report = diagnose(inv)
+    assert [(c.setting, c.after) for c in report.cpu_changes] == [
+        ("intra-op threads", 2),
+        ("inter-op threads", 2),
+    ]
+    assert 'it would change: intra-op threads default -> 2 (threads="auto"' in report.to_text()
+    done = fake_inventory(
+        cores=2, env={"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "2"}
+    )
+    assert diagnose(done).cpu_changes == ()
+    assert "it would change: nothing (already in force)" in diagnose(done).to_text()

@@ -21,7 +21,7 @@ from tfplace._doctor_rules import Finding, findings
 from tfplace._doctor_verify import VerifyResult, verify
 from tfplace._inventory import Inventory
 from tfplace._plan import Plan, decide
-from tfplace.config import auto_threads
+from tfplace.config import ConfigChange, auto_threads, plan_auto_cpus
 from tfplace.errors import TfplaceError
 
 __all__ = [
@@ -51,6 +51,8 @@ class DoctorReport:
         plan_error: why no plan can be made (e.g. an invalid TF_CONFIG), or None.
         findings: the rules' findings, most severe first.
         verify: the ``--verify`` results, or None when verification was not asked for.
+        cpu_changes: what ``configure_cpus("auto")`` would change here, decided by the pure
+            ``tfplace.config.plan_auto_cpus`` and not applied.
     """
 
     inventory: Inventory
@@ -58,6 +60,7 @@ class DoctorReport:
     plan_error: str | None
     findings: tuple[Finding, ...]
     verify: tuple[VerifyResult, ...] | None = field(default=None)
+    cpu_changes: tuple[ConfigChange, ...] = field(default=())
 
     @property
     def exit_code(self) -> int:
@@ -82,6 +85,7 @@ class DoctorReport:
             "tfplace": __version__,
             "inventory": self.inventory.to_dict(),
             "auto_threads": {"intra_op": intra, "inter_op": inter},
+            "configure_cpus_auto": [c.to_dict() for c in self.cpu_changes],
             "plan": self.plan.to_dict() if self.plan is not None else None,
             "plan_error": self.plan_error,
             "findings": [f.to_dict() for f in self.findings],
@@ -141,6 +145,8 @@ class DoctorReport:
             f'                configure_cpus("auto") -> {intra} intra-op / {inter} inter-op '
             f"threads; {cpu.logical_devices} CPU device(s)"
         )
+        changes = "; ".join(str(c) for c in self.cpu_changes) or "nothing (already in force)"
+        lines.append(f"                it would change: {changes}")
         lines.append("  Environment   " + ("" if inv.env else "none of the relevant variables"))
         lines += [f"    {k}={v}" for k, v in inv.env]
         if self.plan is not None:
@@ -192,4 +198,11 @@ def diagnose(
     except TfplaceError as err:
         plan, plan_error = None, str(err)
     results = tuple(verify()) if run_verify else None
-    return DoctorReport(inv, plan, plan_error, tuple(findings(inv, precision=precision)), results)
+    return DoctorReport(
+        inv,
+        plan,
+        plan_error,
+        tuple(findings(inv, precision=precision)),
+        results,
+        plan_auto_cpus(inv).changes,
+    )

@@ -64,8 +64,7 @@ def verify() -> list[VerifyResult]:
         [True]
     """
     tf = _tf.load()
-    devices = [d.name for d in tf.config.list_logical_devices("GPU")]
-    devices += [d.name for d in tf.config.list_logical_devices("CPU")][:1]
+    devices = _tf.logical_device_names("GPU") + _tf.logical_device_names("CPU")[:1]
     results = []
     for name in devices:
         start = time.perf_counter()

@@ -14,10 +14,13 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from tfplace import _tf
 from tfplace.errors import AlreadyInitializedError, DeviceNotFoundError
+
+if TYPE_CHECKING:
+    from tfplace._inventory import Inventory
 
 __all__ = [
     "CPUChangeSet",
@@ -28,9 +31,11 @@ __all__ = [
     "GPUChangeSet",
     "GPUConfig",
     "GPUFacts",
+    "auto_request",
     "auto_threads",
     "configure_cpus",
     "configure_gpus",
+    "plan_auto_cpus",
     "plan_cpus",
     "plan_gpus",
     "read_cpu_facts",
@@ -478,6 +483,45 @@ def auto_threads(usable_cores: int) -> tuple[int, int]:
     return usable, usable
 
 
+def auto_request(inv: Inventory) -> tuple[int | None, int | None, str]:
+    """What ``threads="auto"`` asks for on ``inv``: ``(intra, inter, why)``. Pure.
+
+    A thread count already set through ``TF_NUM_INTRAOP_THREADS`` /
+    ``TF_NUM_INTEROP_THREADS`` is left to TensorFlow (None).
+
+    Example:
+        >>> from tfplace.testing import fake_inventory
+        >>> auto_request(fake_inventory(cores=4))
+        (4, 4, 'threads="auto": 4 usable core(s)')
+    """
+    intra, inter = auto_threads(inv.cpu.usable_cores)
+    return (
+        None if inv.env_value("TF_NUM_INTRAOP_THREADS") else intra,
+        None if inv.env_value("TF_NUM_INTEROP_THREADS") else inter,
+        f'threads="auto": {inv.cpu.usable_cores} usable core(s)',
+    )
+
+
+def plan_auto_cpus(inv: Inventory) -> CPUChangeSet:
+    """What ``configure_cpus("auto")`` would change on ``inv``, from the inventory alone.
+
+    Pure (the doctor shows it without applying anything).
+
+    Example:
+        >>> from tfplace.testing import fake_inventory
+        >>> [str(c) for c in plan_auto_cpus(fake_inventory(cores=2)).changes]
+        ... # doctest: +NORMALIZE_WHITESPACE
+        ['intra-op threads default -> 2 (threads="auto": 2 usable core(s))',
+         'inter-op threads default -> 2 (threads="auto": 2 usable core(s))']
+    """
+    cpu = inv.cpu
+    facts = CPUFacts(
+        cpu.intra_op_threads, cpu.inter_op_threads, cpu.logical_devices, inv.runtime_started
+    )
+    intra, inter, why = auto_request(inv)
+    return plan_cpus(facts, intra, inter, None, why=why)
+
+
 def read_cpu_facts(backend: ConfigBackend) -> CPUFacts:
     """Read the CPU settings in force through ``backend``; never starts the runtime."""
     intra, inter = backend.get_threads()
@@ -582,14 +626,9 @@ def configure_cpus(
     if threads == "auto":
         from tfplace._inventory import inventory
 
-        inv = inventory()
-        auto_intra, auto_inter = auto_threads(inv.cpu.usable_cores)
-        env_intra = inv.env_value("TF_NUM_INTRAOP_THREADS")
-        env_inter = inv.env_value("TF_NUM_INTEROP_THREADS")
-        intra = None if env_intra else auto_intra
-        if inter is None and not env_inter:
+        intra, auto_inter, why = auto_request(inventory())
+        if inter is None:
             inter = auto_inter
-        why = f'threads="auto": {inv.cpu.usable_cores} usable core(s)'
     else:
         intra = threads
 
