@@ -381,10 +381,10 @@ def _activate(config: pytest.Config, because: str) -> _Session:
     from tfplace import _tf
 
     try:
-        tf = _tf.load()
+        seam: _tf.TFConfig | None = _tf.TFConfig()
     except ImportError:
-        tf = None
-    visible = len(tf.config.get_visible_devices("GPU")) if tf is not None else 0
+        seam = None
+    visible = len(seam.get_visible("GPU")) if seam is not None else 0
     try:
         state.plan = plan = session_plan(state.settings, visible_gpus=visible, environ=os.environ)
     except ValueError as err:  # only the environment can be bad here; settings were checked
@@ -392,7 +392,7 @@ def _activate(config: pytest.Config, because: str) -> _Session:
     for key, value in plan.env:
         state.saved_env.setdefault(key, os.environ.get(key))
         os.environ[key] = value
-    if tf is None:
+    if seam is None:
         state.status = dict.fromkeys(("cpus", "gpus"), "not applied: TensorFlow is not installed")
     else:
         state.status = _apply(plan)
