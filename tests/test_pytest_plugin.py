@@ -345,7 +345,10 @@ def test_user_file_runs_under_three_strategies_with_no_conftest(
 @pytest.mark.usefixtures("quiet")
 def test_options_and_ini_keys(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(RECORDER)
-    pytester.makeini("[pytest]\ntfplace_strategies = mirrored\ntfplace_gpu_memory = none\n")
+    pytester.makeini(
+        "[pytest]\ntfplace_strategies = mirrored\ntfplace_gpu_memory = none\n"
+        "tfplace_virtual_cpus = 5\n"  # the command line wins
+    )
     pytester.makepyfile(
         test_x="""
         import os
@@ -430,6 +433,18 @@ def test_bad_option_values_say_where_they_came_from(
     result = pytester.runpytest_subprocess(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert message in result.stderr.str()
+
+
+@pytest.mark.usefixtures("quiet")
+def test_help_lists_the_options_and_stays_inert(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(RECORDER)
+    result = pytester.runpytest_subprocess("--help", "--tfplace-hide-gpus")
+    assert result.ret == 0
+    out = result.stdout.str()
+    for flag in ("--tfplace-virtual-cpus=N", "--tfplace-gpu-memory=MODE", "--tfplace-hide-gpus"):
+        assert flag in out
+    assert "tfplace_activate (string):" in out
+    assert facts(pytester)["heavy"] == []
 
 
 @pytest.mark.usefixtures("quiet")

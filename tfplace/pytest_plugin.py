@@ -366,6 +366,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(err)) from None
     config.stash[_STATE_KEY] = _Session(settings=settings, plan=plan)
     explicit = [s.source for s in settings.values() if s.source.startswith("--")]
+    if getattr(config.option, "help", False):
+        return  # pytest --help runs no test
     if _activate_always(settings["activate"]):
         _activate(config, f"{settings['activate'].source} = always")
     elif explicit:
