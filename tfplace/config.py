@@ -387,6 +387,8 @@ def configure_gpus(
         AlreadyInitializedError: different settings after the runtime started.
 
     Example:
+        The result depends on the machine's GPUs (skipped under doctest):
+
         >>> tfplace.configure_gpus(memory_growth=True)  # doctest: +SKIP
         GPUConfig(visible=(0, 1), memory_growth=True, memory_limit_mb=None, changed=True)
     """
@@ -610,6 +612,8 @@ def configure_cpus(
         AlreadyInitializedError: different settings after the runtime started.
 
     Example:
+        The thread counts follow the machine's usable cores (skipped under doctest):
+
         >>> tfplace.configure_cpus("auto", virtual_devices=2)  # doctest: +SKIP
         CPUConfig(intra_op_threads=2, inter_op_threads=2, virtual_devices=2, changed=True)
     """

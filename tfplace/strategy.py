@@ -75,6 +75,12 @@ def pick_strategy(
         AlreadyInitializedError: a multi-worker strategy after the runtime started.
 
     Example:
+        >>> s = tfplace.pick_strategy("one_device", devices=["/CPU:0"])
+        >>> type(s).__name__, s.num_replicas_in_sync
+        ('OneDeviceStrategy', 1)
+
+        The automatic choice depends on the machine's GPUs (skipped under doctest):
+
         >>> strategy = tfplace.pick_strategy()  # doctest: +SKIP
         >>> with strategy.scope():  # doctest: +SKIP
         ...     model = build_model()
