@@ -50,13 +50,12 @@ def memory_info(device: str = "GPU:0") -> MemoryInfo:
     from tfplace.errors import DeviceNotFoundError
 
     name = _name(device)
-    tf = _tf.load()
     try:
-        info = tf.config.experimental.get_memory_info(name)
+        info = _tf.memory_stats(name)
     except ValueError as err:
         raise DeviceNotFoundError(
             f"memory_info({device!r}): no such device ({err}). Visible: "
-            + ", ".join(d.name for d in tf.config.list_logical_devices())
+            + ", ".join(_tf.logical_device_names())
         ) from err
     return MemoryInfo(name, info["current"] / 2**20, info["peak"] / 2**20)
 
@@ -73,8 +72,7 @@ def track_memory(device: str = "GPU:0") -> Iterator[MemoryPeak]:
     """
     name = _name(device)
     memory_info(name)  # raises DeviceNotFoundError for an unknown device
-    tf = _tf.load()
-    tf.config.experimental.reset_memory_stats(name)
+    _tf.reset_memory_stats(name)
     result = MemoryPeak(name)
     try:
         yield result

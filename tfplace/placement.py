@@ -48,9 +48,8 @@ def _count(kind: str) -> int:
     """Logical devices of a kind (starts the runtime, as entering any device scope does)."""
     n = _devices.get(kind)
     if n is None:
-        tf = _tf.load()
         with _devices_lock:
-            n = len(tf.config.list_logical_devices(kind))
+            n = len(_tf.logical_device_names(kind))
             _devices[kind] = n
     return n
 

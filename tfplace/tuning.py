@@ -171,9 +171,8 @@ class AutotuneReport:
 def available_candidates() -> list[Candidate]:
     """The placements available in this process: each GPU alone, mirrored over all GPUs,
     the CPU, and mirrored over the virtual CPUs when the CPU is split. Starts the runtime."""
-    tf = _tf.load()
-    gpus = tf.config.list_logical_devices("GPU")
-    cpus = tf.config.list_logical_devices("CPU")
+    gpus = _tf.logical_device_names("GPU")
+    cpus = _tf.logical_device_names("CPU")
     found = [Candidate(f"GPU:{i}", "one_device", (f"/GPU:{i}",)) for i in range(len(gpus))]
     if len(gpus) > 1:
         found.append(Candidate(f"mirrored {len(gpus)}xGPU", "mirrored", None))
