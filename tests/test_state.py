@@ -119,7 +119,8 @@ def test_public_functions_leave_no_state_behind(tmp_path: Path) -> None:
     with tfplace.track_memory("CPU:0"):
         tf.ones(())
     tfplace.find_batch_size(start=4)(lambda batch_size: batch_size)()
-    tfplace.configure_cpus(threads=None, virtual_devices=2)  # the settings in force: a no-op
+    # The CPU split in force (the plugin's, 2 by default), asked for again: a no-op.
+    tfplace.configure_cpus(threads=None, virtual_devices=before["cpus"])
     in_force = tfplace.configure_gpus()  # no arguments: reports, changes nothing
     assert not in_force.changed
     # The settings in force again (growth where the session gave it, nothing without a GPU).
