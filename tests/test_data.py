@@ -103,7 +103,8 @@ def test_options_cache_drop_remainder_deterministic(tmp_path: Path) -> None:
 )
 def test_bad_arguments(kwargs: dict[str, object], error: type[Exception]) -> None:
     args: dict[str, object] = {"batch_size": 4, **kwargs}
-    with pytest.raises(error):
+    (name,) = kwargs  # the error names the bad argument
+    with pytest.raises(error, match=rf"^{name} must be"):
         tfplace.prepare_dataset(tf.data.Dataset.range(4), **args)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"tf\.data\.Dataset"):
         tfplace.prepare_dataset([1, 2, 3], 4)

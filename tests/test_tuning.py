@@ -224,8 +224,12 @@ def test_find_batch_size_gives_up_clearly() -> None:
 
 
 def test_find_batch_size_bad_arguments() -> None:
-    for kwargs in ({"start": 0}, {"start": 4, "factor": 1.0}, {"start": 4, "minimum": 5}):
-        with pytest.raises(ValueError):  # noqa: PT011 - each message is checked elsewhere
+    for kwargs, name in (
+        ({"start": 0}, "start"),
+        ({"start": 4, "factor": 1.0}, "factor"),
+        ({"start": 4, "minimum": 5}, "minimum"),
+    ):
+        with pytest.raises(ValueError, match=rf"^{name} must be"):
             tfplace.find_batch_size(**kwargs)
     with pytest.raises(TypeError, match="batch_size"):
         tfplace.find_batch_size(start=4)(lambda x: x)
@@ -297,7 +301,7 @@ def test_autotune_explicit_candidates_and_bad_arguments() -> None:
     only = [Candidate("cpu", "one_device", ("/CPU:1",))]
     report = tfplace.autotune(build_model, dataset(), candidates=only, steps=2, warmup=0)
     assert [m.name for m in report.results] == ["cpu"]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="build_model must be callable"):
         tfplace.autotune(3, dataset())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="steps"):
         tfplace.autotune(build_model, dataset(), steps=0)
