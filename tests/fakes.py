@@ -14,7 +14,12 @@ class FakeDevice:
 
 @dataclass
 class FakeGPUMachine:
-    """Implements tfplace.config.ConfigBackend over ``n`` fake GPUs and one CPU."""
+    """Implements tfplace.config.ConfigBackend over ``n`` fake GPUs and one CPU.
+
+    Every setting applied is recorded in ``calls`` ("growth 0 True", "split 1 [512]",
+    "visible ['0']", "intra 4", "inter 2"), so a test can assert exactly what was applied,
+    including that nothing was.
+    """
 
     n: int = 2
     started: bool = False
@@ -80,8 +85,10 @@ class FakeGPUMachine:
         if intra is not None:
             if self.started:
                 raise RuntimeError("Intra op parallelism cannot be modified after initialization.")
+            self.calls.append(f"intra {intra}")
             self._threads = (intra, self._threads[1])
         if inter is not None:
             if self.started:
                 raise RuntimeError("Inter op parallelism cannot be modified after initialization.")
+            self.calls.append(f"inter {inter}")
             self._threads = (self._threads[0], inter)
