@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from fakes import FakeGPUMachine
 from helpers import run_json
 
 import tfplace
 from tfplace._inventory import CPUInfo, cpu_quota
-from tfplace.testing import fake_inventory
+from tfplace.testing import fake_inventory, use_inventory
 
 
 def write(path: Path, text: str) -> None:
@@ -62,10 +63,18 @@ def test_usable_cores_from_quota_and_affinity(
 
 
 def test_quota_drives_configure_cpus_auto_through_the_inventory() -> None:
-    from tfplace.config import auto_threads
-
-    inv = fake_inventory(cores=64, quota_cores=4.0)
-    assert auto_threads(inv.cpu.usable_cores) == (4, 4)
+    # A 4-core quota on a 64-core host: "auto" applies 4 + 4 threads, not TensorFlow's 64.
+    machine = FakeGPUMachine(n=0)
+    with use_inventory(fake_inventory(cores=64, quota_cores=4.0)):
+        cfg = tfplace.configure_cpus("auto", backend=machine)
+    assert (cfg.intra_op_threads, cfg.inter_op_threads) == (4, 4)
+    assert machine.calls == ["intra 4", "inter 4"]
+    # A thread count set through the environment is left to TensorFlow.
+    machine = FakeGPUMachine(n=0)
+    inv = fake_inventory(cores=64, quota_cores=4.0, env={"TF_NUM_INTRAOP_THREADS": "2"})
+    with use_inventory(inv):
+        tfplace.configure_cpus("auto", backend=machine)
+    assert machine.calls == ["inter 4"]
 
 
 # The child's own decision must not depend on a cluster, TPU or Keras flavour in the caller's env.
