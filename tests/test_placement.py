@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tensorflow as tf
@@ -171,21 +173,26 @@ def test_on_gpu_without_any_gpu_in_a_cpu_only_process() -> None:
     ]
 
 
+def wrong(value: object) -> Any:
+    """``value``, typed so that the wrong-type calls below need no ``type: ignore``."""
+    return value
+
+
 @pytest.mark.parametrize(
-    ("make", "error"),
+    ("make", "error", "match"),
     [
-        (lambda: tfplace.on_gpu(-1), ValueError),
-        (lambda: tfplace.on_gpu("0"), TypeError),  # type: ignore[arg-type]
-        (lambda: tfplace.on_gpu(True), TypeError),
-        (lambda: tfplace.on_gpu(0, strict=1), TypeError),  # type: ignore[arg-type]
-        (lambda: tfplace.on_cpu(1.0), TypeError),  # type: ignore[arg-type]
-        (lambda: tfplace.on_device(0), TypeError),  # type: ignore[arg-type]
-        (lambda: tfplace.on_cpu()(42), TypeError),  # type: ignore[type-var]
+        (lambda: tfplace.on_gpu(-1), ValueError, r"on_gpu\(index\) must be >= 0, found -1"),
+        (lambda: tfplace.on_gpu(wrong("0")), TypeError, r"on_gpu\(index\) takes an int"),
+        (lambda: tfplace.on_gpu(True), TypeError, r"on_gpu\(index\) takes an int"),
+        (lambda: tfplace.on_gpu(0, strict=wrong(1)), TypeError, r"strict=\.\.\.\) takes True"),
+        (lambda: tfplace.on_cpu(wrong(1.0)), TypeError, r"on_cpu\(index\) takes an int"),
+        (lambda: tfplace.on_device(wrong(0)), TypeError, r"on_device\(name\) takes a device"),
+        (lambda: tfplace.on_cpu()(wrong(42)), TypeError, r"decorates a callable, found 42"),
     ],
 )
-def test_bad_arguments(make: object, error: type[Exception]) -> None:
-    with pytest.raises(error):
-        make()  # type: ignore[operator]
+def test_bad_arguments(make: Callable[[], object], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        make()
 
 
 def test_threads_keep_their_own_placement() -> None:

@@ -38,21 +38,25 @@ def restore_policy() -> Iterator[None]:
 
 
 @pytest.mark.parametrize(
-    ("inv", "policy"),
+    ("inv", "policy", "because"),
     [
-        (fake_inventory(), "float32"),
-        (fake_inventory(gpus=2, compute_capability=(6, 1)), "float32"),
-        (fake_inventory(gpus=2, compute_capability=(7, 5)), "mixed_float16"),
-        (fake_inventory(gpus=2, compute_capability=(8, 0)), "mixed_bfloat16"),
-        (fake_inventory(gpus=(GPUInfo(0, "a", (8, 6)), GPUInfo(1, "b", (7, 0)))), "mixed_float16"),
-        (fake_inventory(gpus=(GPUInfo(0, "a", None),)), "float32"),
-        (fake_inventory(tpu=True), "mixed_bfloat16"),
+        (fake_inventory(), "float32", "no GPU"),
+        (fake_inventory(gpus=2, compute_capability=(6, 1)), "float32", "6.1"),
+        (fake_inventory(gpus=2, compute_capability=(7, 5)), "mixed_float16", "7.5"),
+        (fake_inventory(gpus=2, compute_capability=(8, 0)), "mixed_bfloat16", "lowest 8.0"),
+        (
+            fake_inventory(gpus=(GPUInfo(0, "a", (8, 6)), GPUInfo(1, "b", (7, 0)))),
+            "mixed_float16",
+            "lowest compute capability 7.0",  # the slowest GPU decides
+        ),
+        (fake_inventory(gpus=(GPUInfo(0, "a", None),)), "float32", "unknown"),
+        (fake_inventory(tpu=True), "mixed_bfloat16", "TPU"),
     ],
 )
-def test_choose_precision(inv: object, policy: str) -> None:
-    chosen, why = choose_precision(inv)  # type: ignore[arg-type]
+def test_choose_precision(inv: Inventory, policy: str, because: str) -> None:
+    chosen, why = choose_precision(inv)
     assert chosen == policy
-    assert why
+    assert because in why
 
 
 @pytest.mark.usefixtures("restore_policy")
@@ -290,6 +294,9 @@ def test_autotune_measures_every_candidate_and_returns_the_best() -> None:
     assert rates == sorted(rates, reverse=True)
     assert all(r > 0 for r in rates)
     assert report.best.steps_per_second == max(rates)
+    table = report.to_text().splitlines()  # one row per candidate, fastest first
+    assert [row.split("  ")[0].strip() for row in table] == [m.name for m in report.results]
+    assert table[0].endswith("1.00x") and all("steps/s" in row for row in table)
     assert report.strategy.num_replicas_in_sync == report.best.replicas
     with report.strategy.scope():
         model = build_model()
