@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import signal
@@ -18,7 +19,8 @@ import pytest
 from helpers import QUIET_ENV
 
 import tfplace
-from tfplace._launch import free_ports, launch, tf_configs
+from tfplace._inventory import CPUInfo, _affinity, cpu_quota
+from tfplace._launch import free_ports, launch, plan_threads, tf_configs
 
 
 def alive(pid: int) -> bool:
@@ -350,3 +352,81 @@ def test_an_on_line_error_stops_the_workers_and_is_raised(tmp_path: Path) -> Non
     assert not [p for p in pids if alive(p)]
     with pytest.raises(TypeError, match="on_line"):
         launch([sys.executable, path], 1, on_line="print")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ core shares
+
+
+@pytest.mark.parametrize(
+    ("cores", "workers", "env", "share", "expected"),
+    [
+        (8, 2, {}, 4, {"TF_NUM_INTRAOP_THREADS": "4", "TF_NUM_INTEROP_THREADS": "4"}),
+        (2, 2, {}, 1, {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}),
+        (7, 3, {}, 2, {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "2"}),
+        (2, 5, {}, 1, {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}),
+        (4, 1, {}, 4, {"TF_NUM_INTRAOP_THREADS": "4", "TF_NUM_INTEROP_THREADS": "4"}),
+        (8, 2, {"TF_NUM_INTRAOP_THREADS": "3"}, 4, {"TF_NUM_INTEROP_THREADS": "4"}),
+        (8, 2, {"TF_NUM_INTRAOP_THREADS": "0", "TF_NUM_INTEROP_THREADS": "0"}, 4, {}),
+    ],
+)
+def test_plan_threads_gives_each_worker_its_share(
+    cores: int, workers: int, env: dict[str, str], share: int, expected: dict[str, str]
+) -> None:
+    plan = plan_threads(cores, workers, env)
+    assert plan.cores_per_worker == share
+    assert dict(plan.set_env) == expected
+    text = " ".join(plan.reasons)
+    assert f"{cores} usable core" in text and f"{workers} workers" in text
+    for var, value in env.items():  # what the user set is kept, and the log says so
+        assert f"{var}={value} is set in the environment: kept" in text
+    if cores < workers:
+        assert "take turns" in text
+    elif cores % workers:
+        assert f"{cores - share * workers} left" in text
+
+
+def test_plan_threads_refuses_bad_counts() -> None:
+    for args in [(0, 2), (2, 0), (True, 2), (2.0, 2)]:
+        with pytest.raises(ValueError, match=r"plan_threads: \w+ must be a positive int"):
+            plan_threads(*args, {})  # type: ignore[arg-type]
+
+
+def test_workers_get_their_share_of_the_usable_cores(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = script(
+        tmp_path,
+        """
+        import os
+        print(os.environ.get("TF_NUM_INTRAOP_THREADS"), os.environ.get("TF_NUM_INTEROP_THREADS"))
+        """,
+    )
+    # What this machine allows (affinity, capped by the cgroup quota), as the inventory says.
+    cpu = CPUInfo(os.cpu_count() or 1, _affinity(), cpu_quota())
+    share = str(max(1, cpu.usable_cores // 2))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TF_NUM_")}
+    lines: list[tuple[int, str]] = []
+    with caplog.at_level(logging.INFO, logger="tfplace"):
+        result = launch(
+            [sys.executable, path],
+            2,
+            env=base,
+            out=io.StringIO(),
+            on_line=lambda *a: lines.append(a),
+        )
+    assert result.returncode == 0
+    assert sorted(lines) == [(0, f"{share} {share}"), (1, f"{share} {share}")]
+    assert f"TF_NUM_INTRAOP_THREADS={share}, TF_NUM_INTEROP_THREADS={share}" in caplog.text
+    # A value the user set is left alone (and logged); the other variable still gets the share.
+    lines.clear()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tfplace"):
+        launch(
+            [sys.executable, path],
+            2,
+            env={**base, "TF_NUM_INTEROP_THREADS": "7"},
+            out=io.StringIO(),
+            on_line=lambda *a: lines.append(a),
+        )
+    assert sorted(lines) == [(0, f"{share} 7"), (1, f"{share} 7")]
+    assert "TF_NUM_INTEROP_THREADS=7 is set in the environment: kept" in caplog.text

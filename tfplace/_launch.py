@@ -5,11 +5,23 @@ loopback ports, prefixes every output line with the worker's index, forwards Ctr
 SIGTERM, and as soon as one worker fails stops the others (SIGTERM, then SIGKILL after a
 grace period) and exits with that worker's code. Each worker runs in its own process group,
 so whatever it started is stopped with it.
+
+Two things keep local workers from getting in each other's way and out of reach:
+
+- Core shares (:func:`plan_threads`, pure): each worker's TensorFlow thread pools are sized
+  to its share of the usable cores through ``TF_NUM_INTRAOP_THREADS`` /
+  ``TF_NUM_INTEROP_THREADS``, unless the environment sets them already.
+- A private network: TensorFlow's gRPC server always listens on every interface
+  (``GrpcServer::Init`` binds ``0.0.0.0:<port>``, whatever host ``TF_CONFIG`` names), and its
+  distributed runtime has no authentication. On Linux the workers therefore run in one
+  private network namespace that has only a loopback interface (as root, or through an
+  unprivileged user namespace); where that is impossible the launch log warns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -25,7 +37,7 @@ from typing import IO, Any
 from tfplace.cluster import ClusterSpec, check_host
 from tfplace.errors import ClusterConfigError
 
-__all__ = ["LaunchResult", "free_ports", "launch", "tf_configs"]
+__all__ = ["LaunchResult", "WorkerThreads", "free_ports", "launch", "plan_threads", "tf_configs"]
 
 log = logging.getLogger("tfplace")
 
@@ -95,6 +107,181 @@ def tf_configs(hosts: Sequence[str], port: int = 2222) -> list[str]:
     return [spec.for_task(i).to_tf_config() for i in range(spec.num_workers)]
 
 
+THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+@dataclass(frozen=True)
+class WorkerThreads:
+    """The thread-pool settings every local worker gets, and why.
+
+    Attributes:
+        cores_per_worker: each worker's share of the usable cores (at least 1).
+        set_env: the variables the launcher adds to each worker's environment.
+        reasons: one sentence per decision, for the launch log.
+    """
+
+    cores_per_worker: int
+    set_env: tuple[tuple[str, str], ...]
+    reasons: tuple[str, ...]
+
+
+def plan_threads(usable_cores: int, num_workers: int, env: Mapping[str, str]) -> WorkerThreads:
+    """Size each local worker's TensorFlow thread pools to its share of the cores (pure).
+
+    Each worker is configured as TensorFlow configures itself on a machine with its share of
+    the cores: both pools get ``usable_cores // num_workers`` threads (at least 1).
+    A variable the environment already sets is kept (``0`` means TensorFlow's default, so
+    ``TF_NUM_INTRAOP_THREADS=0 TF_NUM_INTEROP_THREADS=0`` turns the sharing off).
+
+    Args:
+        usable_cores: cores the workers may use together (the inventory's
+            ``cpu.usable_cores``: affinity, capped by the cgroup quota).
+        num_workers: how many workers share them.
+        env: the workers' base environment.
+
+    Raises:
+        ValueError: a count is not a positive int.
+
+    Example:
+        >>> plan_threads(8, 2, {}).set_env
+        (('TF_NUM_INTRAOP_THREADS', '4'), ('TF_NUM_INTEROP_THREADS', '4'))
+        >>> plan_threads(8, 2, {"TF_NUM_INTRAOP_THREADS": "1"}).set_env
+        (('TF_NUM_INTEROP_THREADS', '4'),)
+    """
+    for name, value in (("usable_cores", usable_cores), ("num_workers", num_workers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"plan_threads: {name} must be a positive int, found {value!r}")
+    share = max(1, usable_cores // num_workers)
+    if usable_cores < num_workers:
+        why = (
+            f"{usable_cores} usable core(s) for {num_workers} workers: 1 thread per pool "
+            "each; the workers still take turns on the cores (fewer workers would be faster)"
+        )
+    elif usable_cores % num_workers:
+        why = (
+            f"{usable_cores} usable cores / {num_workers} workers: {share} each "
+            f"({usable_cores - share * num_workers} left for the rest of the machine)"
+        )
+    else:
+        why = f"{usable_cores} usable cores / {num_workers} workers: {share} each"
+    reasons = [why]
+    set_env = []
+    for var in THREAD_VARS:
+        if var in env:
+            reasons.append(f"{var}={env[var]} is set in the environment: kept for every worker")
+        else:
+            set_env.append((var, str(share)))
+    if set_env:
+        reasons.append("each worker gets " + ", ".join(f"{k}={v}" for k, v in set_env))
+    return WorkerThreads(share, tuple(set_env), tuple(reasons))
+
+
+def _usable_cores() -> int:
+    from tfplace._inventory import CPUInfo, _affinity, cpu_quota
+
+    return CPUInfo(
+        host_cores=os.cpu_count() or 1, affinity_cores=_affinity(), quota_cores=cpu_quota()
+    ).usable_cores
+
+
+# A process that creates the workers' network namespace (with only the loopback interface,
+# brought up) and holds it open until its standard input closes. Run with ``python -I -S``.
+_HOLDER = """
+import ctypes, fcntl, os, socket, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+NEWNET, NEWUSER = 0x40000000, 0x10000000
+def fail(what):
+    print("FAIL", what + ":", os.strerror(ctypes.get_errno()), flush=True)
+    sys.exit(0)
+if libc.unshare(NEWNET) != 0:
+    uid, gid = os.getuid(), os.getgid()
+    if libc.unshare(NEWUSER | NEWNET) != 0:
+        fail("unshare(CLONE_NEWNET), also with CLONE_NEWUSER")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                       ("gid_map", f"{gid} {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, struct.pack("16sH14x", b"lo", 0)))[1]
+    fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))
+print("READY", flush=True)
+sys.stdin.read()
+"""
+
+# Joins the holder's namespaces (argv[1] is its pid), then becomes the worker (exec: same pid).
+_ENTER = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+pid = sys.argv[1]
+for kind, flag in (("user", 0x10000000), ("net", 0x40000000)):
+    if os.readlink(f"/proc/{pid}/ns/{kind}") == os.readlink(f"/proc/self/ns/{kind}"):
+        continue
+    fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY)
+    if libc.setns(fd, flag) != 0:
+        sys.exit(f"tfplace launch: cannot join the workers' {kind} namespace: "
+                 + os.strerror(ctypes.get_errno()))
+    os.close(fd)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+NETWORKS = ("auto", "private", "host")
+
+
+class _PrivateNetwork:
+    """A network namespace that only the workers share, held by a small process."""
+
+    def __init__(self, holder: subprocess.Popen[str]) -> None:
+        self.holder = holder
+
+    @classmethod
+    def open(cls) -> _PrivateNetwork | str:
+        """The namespace, or why there cannot be one here."""
+        if not sys.platform.startswith("linux"):
+            return f"network namespaces are Linux-only (this is {sys.platform})"
+        try:
+            holder = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _HOLDER],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        except OSError as err:
+            return f"cannot start the namespace holder ({err})"
+        assert holder.stdout is not None
+        first = holder.stdout.readline().strip()
+        if first == "READY":
+            return cls(holder)
+        cls(holder).close()
+        return first.removeprefix("FAIL ") or "the namespace holder ended without a word"
+
+    def wrap(self, command: Sequence[str]) -> list[str]:
+        return [sys.executable, "-I", "-S", "-c", _ENTER, str(self.holder.pid), *command]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.holder.stdin is not None:
+                self.holder.stdin.close()
+        try:
+            self.holder.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.holder.kill()
+            self.holder.wait()
+        if self.holder.stdout is not None:
+            self.holder.stdout.close()
+
+
+def _is_loopback(host: str) -> bool:
+    bare = host.strip("[]")
+    if bare == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class LaunchResult:
     """How a launch ended.
@@ -126,8 +313,10 @@ class _Launch:
         grace: float,
         out: IO[str],
         on_line: Callable[[int, str], None] | None,
+        network: _PrivateNetwork | None = None,
     ) -> None:
         self.command = list(command)
+        self.network = network
         self.cluster = cluster
         self.env = env
         self.grace = grace
@@ -161,7 +350,7 @@ class _Launch:
             env["TFPLACE_WORKER_INDEX"] = str(i)
             env.setdefault("PYTHONUNBUFFERED", "1")
             proc = subprocess.Popen(
-                self.command,
+                self.network.wrap(self.command) if self.network else self.command,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -231,6 +420,7 @@ def launch(
     host: str = "127.0.0.1",
     out: IO[str] | None = None,
     on_line: Callable[[int, str], None] | None = None,
+    network: str = "auto",
 ) -> LaunchResult:
     """Run ``command`` as ``num_workers`` local workers of one TensorFlow cluster.
 
@@ -247,13 +437,25 @@ def launch(
             and stderr, without the prefix and newline), in addition to ``out``. Calls come
             from reader threads, one at a time. If it raises, the workers are stopped and
             ``launch`` raises that error.
+        network: ``"auto"`` (default): on Linux, with a loopback ``host``, the workers run in
+            one private network namespace with only a loopback interface, so nothing outside
+            this machine can reach them (TensorFlow's gRPC servers listen on every interface
+            and have no authentication); they then have no outbound network access either.
+            Where no namespace can be made (not Linux, no privileges), the launch log warns.
+            ``"private"``: the namespace or a ``ClusterConfigError``. ``"host"``: the
+            machine's own network (outbound access; the workers' ports are reachable from
+            wherever this machine is).
+
+    Each worker's TensorFlow thread pools get its share of the usable cores (see
+    :func:`plan_threads`; variables already set in ``env`` are kept). Both decisions are
+    logged (logger ``"tfplace"``, level INFO; the fallback is a WARNING).
 
     Returns:
         A :class:`LaunchResult`; no worker process is left running.
 
     Raises:
-        ClusterConfigError: ``host`` is invalid or not an address of this machine (checked
-            before any worker starts).
+        ClusterConfigError: ``host`` is invalid or not an address of this machine, or
+            ``network="private"`` is impossible here (checked before any worker starts).
         ValueError / TypeError: bad arguments.
 
     Example:
@@ -272,11 +474,75 @@ def launch(
         raise ValueError(f"grace_seconds must be >= 0, found {grace_seconds!r}")
     if on_line is not None and not callable(on_line):
         raise TypeError(f"on_line must be a callable (index, line), found {on_line!r}")
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {NETWORKS}, found {network!r}")
     cluster = ClusterSpec.local(_free_ports(num_workers, host, "launch"), host)
     started = time.monotonic()
-    run = _Launch(
-        command, cluster, dict(env or os.environ), grace_seconds, out or sys.stdout, on_line
+    base = dict(env or os.environ)
+    threads = plan_threads(_usable_cores(), num_workers, base)
+    for reason in threads.reasons:
+        log.info("tfplace launch: %s", reason)
+    base.update(threads.set_env)
+    private = _network(network, host)
+    try:
+        return _run(command, cluster, base, grace_seconds, out, on_line, private, started)
+    finally:
+        if private is not None:
+            private.close()
+
+
+def _network(network: str, host: str) -> _PrivateNetwork | None:
+    """The private namespace the workers will share, or None (with the reason logged)."""
+    if network == "host":
+        log.info("tfplace launch: network='host': the workers' ports are open on every interface")
+        return None
+    if not _is_loopback(host):
+        if network == "private":
+            raise ClusterConfigError(
+                f"launch: network='private' needs a loopback host, found {host!r}. "
+                "Fix: use host='127.0.0.1' (or '::1'), or network='host'"
+            )
+        log.info(
+            "tfplace launch: host %r is not a loopback address: the workers use this "
+            "machine's network and listen on every interface",
+            host,
+        )
+        return None
+    opened = _PrivateNetwork.open()
+    if isinstance(opened, str):
+        if network == "private":
+            raise ClusterConfigError(
+                f"launch: network='private': expected a private network namespace, found "
+                f"none can be made here ({opened}). Fix: run as root or allow unprivileged "
+                "user namespaces (kernel.unprivileged_userns_clone=1), or use network='auto'"
+            )
+        log.warning(
+            "tfplace launch: the workers' TensorFlow servers listen on every network "
+            "interface and could not be isolated (%s): anyone who can reach this machine can "
+            "connect to them, and TensorFlow's runtime has no authentication. Run on a "
+            "trusted network or behind a firewall (docs: multi-worker.md, 'Network exposure')",
+            opened,
+        )
+        return None
+    log.info(
+        "tfplace launch: the workers share a private network namespace (loopback only): "
+        "unreachable from outside this machine, and without outbound network access; "
+        "network='host' keeps the machine's network"
     )
+    return opened
+
+
+def _run(
+    command: Sequence[str],
+    cluster: ClusterSpec,
+    env: dict[str, str],
+    grace_seconds: float,
+    out: IO[str] | None,
+    on_line: Callable[[int, str], None] | None,
+    private: _PrivateNetwork | None,
+    started: float,
+) -> LaunchResult:
+    run = _Launch(command, cluster, env, grace_seconds, out or sys.stdout, on_line, private)
     previous: dict[int, Any] = {}
 
     def on_signal(sig: int, _frame: object) -> None:
