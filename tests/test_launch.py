@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import logging
 import os
@@ -14,11 +15,13 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import QUIET_ENV
 
 import tfplace
+from tfplace import _launch
 from tfplace._inventory import CPUInfo, _affinity, cpu_quota
 from tfplace._launch import free_ports, launch, plan_threads, tf_configs
 
@@ -430,3 +433,155 @@ def test_workers_get_their_share_of_the_usable_cores(
         )
     assert sorted(lines) == [(0, f"{share} 7"), (1, f"{share} 7")]
     assert "TF_NUM_INTEROP_THREADS=7 is set in the environment: kept" in caplog.text
+
+
+# ------------------------------------------------------------------ network exposure
+
+
+def listening(text: str) -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:
+    """The (address, port) of each LISTEN socket in a /proc/net/tcp or tcp6 table."""
+    found = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if fields[3] != "0A":  # TCP_LISTEN
+            continue
+        addr, port = fields[1].split(":")
+        raw = bytes.fromhex(addr)  # 32-bit words in host byte order
+        host = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+        found.append((ipaddress.ip_address(host), int(port, 16)))
+    return found
+
+
+def test_listening_parses_the_kernel_format() -> None:
+    table = (
+        "  sl  local_address rem_address   st tx_queue rx_queue\n"
+        "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000\n"
+        "   1: 00000000:0016 00000000:0000 0A 00000000:00000000\n"
+        "   2: 0100007F:A1B2 0100007F:1F90 01 00000000:00000000\n"
+        "   3: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 0\n"
+    )
+    assert listening(table) == [
+        (ipaddress.ip_address("127.0.0.1"), 8080),
+        (ipaddress.ip_address("0.0.0.0"), 22),
+        (ipaddress.ip_address("::1"), 80),
+    ]
+
+
+def net_tables(prefix: str = "/proc/self/net") -> str:
+    return "".join(
+        Path(f"{prefix}/{n}").read_text() for n in ("tcp", "tcp6") if Path(f"{prefix}/{n}").exists()
+    )
+
+
+NETWORK_WORKER = """
+import json, os, sys, time
+import tfplace
+strategy = tfplace.pick_strategy()  # starts this worker's TensorFlow server (gRPC)
+me = json.loads(os.environ["TF_CONFIG"])
+port = int(me["cluster"]["worker"][me["task"]["index"]].rsplit(":", 1)[1])
+tables = "".join(open(f"/proc/self/net/{n}").read() for n in ("tcp", "tcp6")
+                 if os.path.exists(f"/proc/self/net/{n}"))
+interfaces = sorted(l.split(":")[0].strip() for l in open("/proc/self/net/dev").readlines()[2:])
+print("READY", json.dumps({"port": port, "tables": tables, "interfaces": interfaces,
+                          "netns": os.readlink("/proc/self/ns/net")}), flush=True)
+deadline = time.monotonic() + 120
+while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc/net")
+def test_workers_servers_are_reachable_only_from_this_machine(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = script(tmp_path, NETWORK_WORKER)
+    release = tmp_path / "release"
+    reports: dict[int, dict[str, Any]] = {}
+    here: list[tuple[object, int]] = []  # the workers' ports as this machine's network sees them
+    refused: list[bool] = []
+
+    def on_line(index: int, line: str) -> None:
+        if not line.startswith("READY "):
+            return
+        reports[index] = json.loads(line.removeprefix("READY "))
+        if len(reports) < 2:
+            return
+        # Both servers are up: look at them from here (this machine's own network).
+        ports = {int(r["port"]) for r in reports.values()}
+        here.extend((a, p) for a, p in listening(net_tables()) if p in ports)
+        for port in ports:
+            with socket.socket() as s:
+                s.settimeout(5)
+                refused.append(s.connect_ex(("127.0.0.1", port)) != 0)
+        release.touch()
+
+    env = {**os.environ, **QUIET_ENV, "CUDA_VISIBLE_DEVICES": "-1"}  # about the network only
+    with caplog.at_level(logging.INFO, logger="tfplace"):
+        result = launch(
+            [sys.executable, path, str(release)], 2, env=env, out=io.StringIO(), on_line=on_line
+        )
+    assert result.returncode == 0, caplog.text
+    assert sorted(reports) == [0, 1]
+    for report in reports.values():  # each server really listens on its port, where it runs
+        mine = [a for a, p in listening(str(report["tables"])) if p == report["port"]]
+        assert mine, report
+    private = "share a private network namespace" in caplog.text
+    if private:
+        # Seen from this machine, nothing listens on the workers' ports at all ...
+        assert here == [] and refused == [True, True]
+        # ... and where the servers do listen, the only interface is the loopback one.
+        for report in reports.values():
+            assert report["interfaces"] == ["lo"]
+            assert report["netns"] != os.readlink("/proc/self/ns/net")
+        assert reports[0]["netns"] == reports[1]["netns"]  # one namespace for the cluster
+    else:  # the documented fallback: the launch log says why and what it means
+        warning = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert warning and "could not be isolated" in warning[0].getMessage(), caplog.text
+        assert "no authentication" in warning[0].getMessage()
+
+
+def run_netns_probe(tmp_path: Path, **kwargs: object) -> list[str]:
+    path = script(tmp_path, "import os; print(os.readlink('/proc/self/ns/net'))")
+    lines: list[tuple[int, str]] = []
+    result = launch(
+        [sys.executable, path],
+        2,
+        out=io.StringIO(),
+        on_line=lambda *a: lines.append(a),
+        **kwargs,  # type: ignore[arg-type]
+    )
+    assert result.returncode == 0
+    return [line for _, line in sorted(lines)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux network namespaces")
+def test_when_no_namespace_can_be_made_the_launch_warns_and_still_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        _launch._PrivateNetwork, "open", classmethod(lambda cls: "not allowed here")
+    )
+    with caplog.at_level(logging.INFO, logger="tfplace"):
+        namespaces = run_netns_probe(tmp_path)
+    assert namespaces == [os.readlink("/proc/self/ns/net")] * 2  # the machine's own network
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "could not be isolated (not allowed here)" in warnings[0]
+    assert "Network exposure" in warnings[0]  # where the docs explain what to do
+    with pytest.raises(tfplace.ClusterConfigError, match=r"network='private'.*not allowed here"):
+        launch([sys.executable, "-c", "pass"], 1, network="private")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux network namespaces")
+def test_network_host_and_non_loopback_hosts_use_the_machines_network(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    here = os.readlink("/proc/self/ns/net")
+    with caplog.at_level(logging.INFO, logger="tfplace"):
+        assert run_netns_probe(tmp_path, network="host") == [here, here]
+    assert "network='host'" in caplog.text
+    with pytest.raises(ValueError, match="network must be one of"):
+        launch([sys.executable, "-c", "pass"], 1, network="none")
+    with pytest.raises(tfplace.ClusterConfigError, match="needs a loopback host"):
+        launch([sys.executable, "-c", "pass"], 1, network="private", host=socket.gethostname())
