@@ -7,13 +7,15 @@ matched here, once, and turned into tfplace errors.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from tfplace.errors import AlreadyInitializedError
+from tfplace.errors import AlreadyInitializedError, TfplaceWarning
 
 __all__ = [
     "COLLECTIVE_IMPLEMENTATIONS",
@@ -65,6 +67,9 @@ MIRRORED_REDUCTIONS: dict[str, str] = {
 }
 COLLECTIVE_IMPLEMENTATIONS: dict[str, str] = {"ring": "RING", "nccl": "NCCL", "auto": "AUTO"}
 
+#: The values of TF_USE_LEGACY_KERAS that make TensorFlow route tf.keras to tf_keras.
+_LEGACY_TRUE = ("1", "true", "True")
+
 
 def load() -> ModuleType:
     """Import TensorFlow once and return the module.
@@ -88,23 +93,76 @@ def load() -> ModuleType:
     return _tf
 
 
-def load_keras() -> ModuleType:
-    """Return the Keras module TensorFlow uses: ``tf_keras`` when legacy Keras is on."""
-    tf = load()
-    keras: ModuleType = tf.keras
-    # tf.keras is a lazy loader; touching an attribute resolves it to the real module.
-    name = getattr(keras, "__name__", "")
-    if name.startswith("tf_keras"):
-        import tf_keras
+def load_keras(*, stacklevel: int = 2) -> ModuleType:
+    """Return the Keras module ``tf.keras`` stands for: ``tf_keras`` or Keras 3.
 
-        legacy: ModuleType = tf_keras
-        return legacy
-    import keras as k3
+    TensorFlow picks ``tf_keras`` when ``TF_USE_LEGACY_KERAS`` is ``1``/``true``/``True``,
+    else the ``keras`` package. This function applies the same rule itself, without touching
+    ``tf.keras``: when that variable is set but tf_keras is not installed, ``tf.keras`` raises
+    ``ImportError: Keras cannot be imported`` and every later use raises ``RecursionError``
+    (TensorFlow's lazy loader is left half-initialised). Ray Train sets the variable in every
+    worker, and there ``import keras`` still gives Keras 3, the only Keras the process can
+    use, so that is what this returns, with a :class:`~tfplace.errors.TfplaceWarning`.
 
-    if getattr(keras, "Model", None) is getattr(k3, "Model", None):
-        modern: ModuleType = k3
-        return modern
-    return keras
+    Args:
+        stacklevel: the frame the warning points at (2: the caller; public functions that
+            call this pass 3 so that it points at the user's line).
+
+    Raises:
+        ImportError: TensorFlow, or the Keras it needs, is not installed; the message names
+            the pip command.
+
+    Warns:
+        TfplaceWarning: ``TF_USE_LEGACY_KERAS`` asks for tf_keras, which is not installed;
+            Keras 3 is used instead.
+
+    Example:
+        >>> from tfplace import _tf
+        >>> _tf.load_keras().__name__ in ("keras", "tf_keras")
+        True
+    """
+    load()
+    # The variable TensorFlow's own KerasLazyLoader reads, read here at the same moment so
+    # both agree; the inventory reports it (Inventory.keras) but may have been taken earlier.
+    legacy = os.environ.get("TF_USE_LEGACY_KERAS")
+    if legacy in _LEGACY_TRUE:
+        try:
+            import tf_keras
+        except ImportError as err:
+            legacy_error: ImportError | None = err
+        else:
+            module: ModuleType = tf_keras
+            return module
+    else:
+        legacy_error = None
+    try:
+        import keras
+    except ImportError as err:
+        if legacy_error is not None:
+            raise ImportError(
+                f"TF_USE_LEGACY_KERAS={legacy} asks TensorFlow for tf_keras, which is not "
+                f"installed ({legacy_error}), and Keras 3 is not installed either ({err}). "
+                'Fix: pip install "tf-keras" for legacy Keras, or pip install "keras>=3" '
+                "and unset TF_USE_LEGACY_KERAS."
+            ) from err
+        raise ImportError(
+            f"TensorFlow needs the keras package, which is not installed ({err}). "
+            'Fix: pip install "keras>=3" (or pip install "tf-keras" and set '
+            "TF_USE_LEGACY_KERAS=1 for legacy Keras)."
+        ) from err
+    if legacy_error is not None:
+        warnings.warn(
+            f"TF_USE_LEGACY_KERAS={legacy} asks for legacy Keras (tf_keras), but tf_keras is "
+            "not installed, so tf.keras cannot be used in this process (Ray Train sets this "
+            "variable in every worker). tfplace uses Keras 3 (import keras) instead. Fix: "
+            'pip install "tf-keras" if your code uses tf.keras; if it uses import keras, '
+            'remove the variable first (os.environ.pop("TF_USE_LEGACY_KERAS", None) at the '
+            "top of the training function).",
+            TfplaceWarning,
+            stacklevel=stacklevel,
+        )
+    modern: ModuleType = keras
+    return modern
 
 
 class TFConfig:

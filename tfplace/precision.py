@@ -69,9 +69,13 @@ def configure_precision(policy: str = "auto", *, inventory: Inventory | None = N
 
     Raises:
         ValueError: an unknown policy.
+        ImportError: the Keras that TensorFlow needs is not installed (the message names the
+            pip command).
 
     Warns:
-        TfplaceWarning: an explicit policy that will be slow on this hardware, with why.
+        TfplaceWarning: an explicit policy that will be slow on this hardware, with why; or
+            ``TF_USE_LEGACY_KERAS=1`` (set by Ray Train in its workers) without tf_keras
+            installed, in which case the policy is set on Keras 3 (``import keras``).
 
     Example:
         The policy chosen depends on the machine's GPUs (skipped under doctest):
@@ -95,7 +99,7 @@ def configure_precision(policy: str = "auto", *, inventory: Inventory | None = N
         slow = slow_policy(policy, inventory.visible_gpus, tpu=inventory.tpu.present)
         if slow is not None:  # the same verdict as the doctor's finding H1
             warnings.warn(f"{slow.what} {slow.why} {slow.fix}", TfplaceWarning, stacklevel=2)
-    keras = _tf.load_keras()
+    keras = _tf.load_keras(stacklevel=3)  # a warning points at the caller's line
     if hasattr(keras, "config") and hasattr(keras.config, "set_dtype_policy"):
         keras.config.set_dtype_policy(chosen)
     else:  # tf_keras
