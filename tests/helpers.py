@@ -92,7 +92,7 @@ def run_cluster(
     cluster = ClusterSpec.local(free_ports(n))
     procs = []
     for i in range(n):
-        env = {**os.environ, **QUIET_ENV, **(extra_env or {})}
+        env = {**os.environ, **QUIET_ENV, **CHILD_GPU_ENV, **(extra_env or {})}
         env["TF_CONFIG"] = cluster.for_task(i).to_tf_config()
         args = [sys.executable, "-c", textwrap.dedent(code)]
         procs.append(

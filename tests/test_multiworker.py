@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import QUIET_ENV, run_json, run_workers
+from helpers import CPU_ONLY_ENV, QUIET_ENV, run_json, run_workers
 
 TRAIN = """
 import json, os
@@ -67,8 +67,10 @@ def test_two_workers_match_one_process_with_two_replicas(flavour: str) -> None:
     env = {"TF_USE_LEGACY_KERAS": "1" if flavour == "tf_keras" else "0"}
     if flavour == "tf_keras":
         pytest.importorskip("tf_keras")
-    single = run_json(TRAIN, env={"TF_CONFIG": None, **env})
-    workers = run_workers(TRAIN, extra_env=env)
+    # The comparison is about the strategies, not the hardware: every process runs on the CPU
+    # (two workers on one GPU host would share its GPU, which NCCL refuses).
+    single = run_json(TRAIN, env={"TF_CONFIG": None, **env}, cpu_only=True)
+    workers = run_workers(TRAIN, extra_env={**env, **CPU_ONLY_ENV})
     assert single["replicas"] == 2
     assert single["keras"].startswith("tf_keras" if flavour == "tf_keras" else "keras")
     for w in workers:

@@ -529,7 +529,9 @@ def test_multi_worker_fixture_runs_a_function_in_two_workers(pytester: pytest.Py
             tfplace_workers(fail, n=2)
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    # Two workers on one host share it; on a GPU host they would share one GPU, which NCCL
+    # refuses, so the workers run on the CPU (what the replica count above assumes).
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--tfplace-hide-gpus")
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["*tfplace_workers: a worker failed (exit 4)*", "*--- worker 0*"])
 
