@@ -598,3 +598,22 @@ def test_plugin_module_is_registered_and_imports_nothing_heavy(
     assert loaded == ["tfplace", "tfplace.errors", "tfplace.pytest_plugin"]
     assert Path(pytest_plugin.__file__).parent == Path(tfplace.__file__).parent
     assert sys.modules["tfplace.pytest_plugin"] is pytest_plugin
+
+
+def test_a_project_runs_under_pytest_xdist(pytester: pytest.Pytester) -> None:
+    """Each xdist worker process activates the plugin on its own and runs its share."""
+    pytest.importorskip("xdist")
+    pytester.makepyfile(
+        test_par="""
+        import os
+        import pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_each(tfplace_strategy, i):
+            assert tfplace_strategy.num_replicas_in_sync >= 1
+            assert os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw")
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    # 4 cases x the three default strategy kinds, spread over two worker processes
+    result.assert_outcomes(passed=12)
