@@ -4,6 +4,7 @@ Commands:
     tfplace [doctor] [--json] [--verify] the machine report and findings (default)
     tfplace launch -n N SCRIPT [ARGS]   N local workers of one cluster
     tfplace tf-config HOST [HOST ...]   the TF_CONFIG of each host of a cluster
+    tfplace tf-config --k8s -n N --subdomain S   this Kubernetes pod's TF_CONFIG
 """
 
 from __future__ import annotations
@@ -55,11 +56,27 @@ def _parser() -> argparse.ArgumentParser:
     tfc = sub.add_parser(
         "tf-config",
         help="print the TF_CONFIG of each host of a multi-machine cluster",
-        description="Print one line per host: the TF_CONFIG to export on that host.",
+        description="Print one line per host: the TF_CONFIG to export on that host. With "
+        "--k8s, print only this pod's TF_CONFIG, derived from its Indexed Job (JobSet, "
+        "Kubeflow TrainJob): JOB_COMPLETION_INDEX and the pod's host name, e.g. "
+        'TF_CONFIG="$(tfplace tf-config --k8s -n 2 --subdomain train)" && export TF_CONFIG',
     )
-    tfc.add_argument("hosts", nargs="+", help="host or host:port, one per worker, in order")
+    tfc.add_argument("hosts", nargs="*", help="host or host:port, one per worker, in order")
     tfc.add_argument("--port", type=int, default=2222, help="port for hosts without one")
     tfc.add_argument("--json", action="store_true", help="print a JSON list instead")
+    k8s = tfc.add_argument_group("in a Kubernetes pod (--k8s)")
+    k8s.add_argument(
+        "--k8s",
+        action="store_true",
+        help="print this pod's TF_CONFIG, from JOB_COMPLETION_INDEX and its host name",
+    )
+    k8s.add_argument(
+        "-n", "--num-workers", type=int, help="pods that train together (the Job's completions)"
+    )
+    k8s.add_argument(
+        "--subdomain",
+        help="the pods' headless Service (a JobSet's name, or its spec.network.subdomain)",
+    )
     return parser
 
 
@@ -90,6 +107,32 @@ def _doctor(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _k8s_tf_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``tf-config --k8s``: this pod's TF_CONFIG on one line, nothing else on stdout."""
+    import os
+    import socket
+
+    from tfplace._kubernetes import indexed_job_cluster
+    from tfplace.errors import ClusterConfigError
+
+    if args.hosts or args.json:
+        parser.error("--k8s derives the hosts and prints JSON: drop the HOST arguments/--json")
+    if args.num_workers is None or args.subdomain is None:
+        parser.error("--k8s needs -n/--num-workers N and --subdomain NAME")
+    try:
+        spec = indexed_job_cluster(
+            args.num_workers,
+            args.subdomain,
+            port=args.port,
+            hostname=os.environ.get("HOSTNAME") or socket.gethostname(),
+        )
+    except (ClusterConfigError, ValueError) as err:
+        print(f"tfplace tf-config --k8s: {err}", file=sys.stderr)
+        return 2
+    print(spec.to_tf_config())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the exit code."""
     parser = _parser()
@@ -116,6 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tfplace._launch import tf_configs
         from tfplace.errors import ClusterConfigError
 
+        if args.k8s:
+            return _k8s_tf_config(parser, args)
+        if not args.hosts:
+            parser.error("tf-config needs the workers' hosts, or --k8s inside a Kubernetes pod")
+        if args.num_workers is not None or args.subdomain is not None:
+            parser.error("-n/--num-workers and --subdomain go with --k8s")
         try:
             configs = tf_configs(args.hosts, args.port)
         except ClusterConfigError as err:
