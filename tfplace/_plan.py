@@ -110,13 +110,20 @@ class Plan:
         }
 
 
-def cluster_of(inv: Inventory) -> ClusterSpec | None:
+def cluster_of(inv: Inventory, *, port: int | None = None) -> ClusterSpec | None:
     """The cluster the environment describes (TF_CONFIG first, then SLURM), validated.
+
+    Args:
+        inv: the facts.
+        port: the first port of a SLURM step's workers (see :func:`tfplace.cluster.slurm_port`;
+            by default ``TFPLACE_PORT``, else derived from the job and step ids). TF_CONFIG
+            names its own ports, so it does not apply there.
 
     Raises:
         ClusterConfigError: TF_CONFIG or the SLURM variables are malformed.
     """
-    return from_env({**dict(inv.cluster.slurm), "TF_CONFIG": inv.cluster.tf_config or ""})
+    env = {**dict(inv.env), **dict(inv.cluster.slurm), "TF_CONFIG": inv.cluster.tf_config or ""}
+    return from_env(env, port=port)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 from tfplace import _tf
 from tfplace._inventory import Inventory
-from tfplace._plan import REDUCTIONS, Plan, plan
-from tfplace.cluster import ClusterSpec
+from tfplace._plan import REDUCTIONS, Plan, cluster_of, plan
+from tfplace.cluster import ClusterSpec, slurm_port
 from tfplace.multiworker import MULTI_WORKER_FIX
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ def pick_strategy(
     communication_timeout: float | None = DEFAULT_COMMUNICATION_TIMEOUT,
     startup_timeout: float | None = DEFAULT_STARTUP_TIMEOUT,
     inventory: Inventory | None = None,
+    port: int | None = None,
 ) -> tf.distribute.Strategy:
     """Return the best ``tf.distribute.Strategy`` for this machine (or the one asked for).
 
@@ -64,6 +65,11 @@ def pick_strategy(
             (SIGKILL) instead of letting it wait forever (None: wait forever, TensorFlow's
             behaviour).
         inventory: decide on these facts instead of the real ones (tests).
+        port: the first port of a SLURM step's workers; a node's k-th task listens on
+            ``port + k``. By default the ``TFPLACE_PORT`` environment variable, else a port
+            derived from ``SLURM_JOB_ID`` and ``SLURM_STEP_ID``, so that two jobs sharing a
+            node do not collide (see :func:`tfplace.cluster.slurm_port`). TF_CONFIG names its
+            own ports, so it does not apply there.
 
     Returns:
         A ``tf.distribute.Strategy``; use ``with strategy.scope():`` to build models.
@@ -95,6 +101,14 @@ def pick_strategy(
             raise ValueError(
                 f"{name} must be a positive number of seconds or None, found {value!r}"
             )
+    if port is not None:
+        slurm_port({}, port)  # a bad port is a ValueError before anything else happens
+        if cluster is None:
+            if inventory is None:
+                from tfplace._inventory import inventory as gather
+
+                inventory = gather()
+            cluster = cluster_of(inventory, port=port)
     decision = plan(
         kind,
         devices=devices,
