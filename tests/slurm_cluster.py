@@ -61,6 +61,10 @@ class SlurmCluster:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.node = socket.gethostname().split(".")[0]
+        try:  # workers reach each other by the node's name, as on a real cluster
+            socket.gethostbyname(self.node)
+        except OSError:  # a machine whose own name does not resolve
+            self.node = "localhost"
         self.cpus = max(4, os.cpu_count() or 1)
         self.conf = root / "slurm.conf"
         self.munge_socket = root / "munge" / "munge.socket"
