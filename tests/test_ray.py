@@ -14,14 +14,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import QUIET_ENV, run_json
+from helpers import CPU_ONLY_ENV, QUIET_ENV, run_json
 
 from tfplace.cluster import parse_tf_config
 
@@ -155,7 +157,16 @@ def _ray_daemons() -> set[int]:
 def test_ray_train_two_workers_train_through_pick_strategy_and_agree(tmp_path: Path) -> None:
     pytest.importorskip("ray.train.tensorflow", reason='needs pip install "ray[train]"')
     before = _ray_daemons()
-    env = {**os.environ, **QUIET_ENV, "RAY_USAGE_STATS_ENABLED": "0"}
+    # CPU only on any machine (Ray workers inherit it): one replica per worker. Ray's session
+    # files go to a short private directory (its sockets must fit in 107 bytes), removed after.
+    ray_tmp = tempfile.mkdtemp(prefix="tfp-ray-")
+    env = {
+        **os.environ,
+        **QUIET_ENV,
+        **CPU_ONLY_ENV,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_TMPDIR": ray_tmp,
+    }
     proc = subprocess.Popen(
         [sys.executable, str(RAY_EXAMPLE), str(tmp_path)],
         env=env,
@@ -175,6 +186,7 @@ def test_ray_train_two_workers_train_through_pick_strategy_and_agree(tmp_path: P
         for pid in left:  # started by this test: stop them before failing
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 0, err[-5000:]
     assert not left, f"Ray daemons still running after the example: {sorted(left)}"
     assert "workers end with the same weights: True" in out
@@ -185,7 +197,9 @@ def test_ray_train_two_workers_train_through_pick_strategy_and_agree(tmp_path: P
         assert spec is not None and spec.num_workers == 2
         assert (spec.task_type, spec.task_index) == ("worker", rank) == ("worker", result["rank"])
         assert all(a.startswith("127.0.0.1:") for a in spec.addresses("worker")), spec
-        assert result["replicas"] == 2  # one CPU each: only a two-worker strategy gives 2
+        assert result["multi_worker"]  # pick_strategy built the cluster from Ray's TF_CONFIG
+        assert result["local_replicas"] == 1  # the CPU: GPUs are hidden from this run
+        assert result["replicas"] == 2  # so two replicas in sync means two workers
         assert result["losses"][-1] < result["losses"][0]  # it trained
     assert results[0]["losses"] == pytest.approx(results[1]["losses"], rel=1e-6)
     for w0, w1 in zip(results[0]["weights"], results[1]["weights"], strict=True):

@@ -32,6 +32,7 @@ def train_func(config: dict) -> None:
     strategy = tfplace.pick_strategy()  # reads the TF_CONFIG Ray set for this worker
 
     import keras
+    import tensorflow as tf
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(512, 8)).astype("float32")
@@ -47,7 +48,9 @@ def train_func(config: dict) -> None:
     result = {
         "rank": rank,
         "tf_config": os.environ["TF_CONFIG"],
+        "multi_worker": isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy),
         "replicas": strategy.num_replicas_in_sync,
+        "local_replicas": len(strategy.extended.worker_devices),
         "losses": history.history["loss"],
         "weights": [w.tolist() for w in model.get_weights()],
     }
@@ -55,9 +58,8 @@ def train_func(config: dict) -> None:
         json.dump(result, f)
 
 
-if __name__ == "__main__":
-    out_dir = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp())
-    os.makedirs(out_dir, exist_ok=True)
+def main(out_dir: str) -> bool:
+    """Train on two local Ray workers; True when both end with the same weights."""
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         trainer = TensorflowTrainer(
@@ -77,4 +79,14 @@ if __name__ == "__main__":
     print(f"{len(results)} workers, {results[0]['replicas']} replicas in sync")
     print("final losses:", [round(r["losses"][-1], 4) for r in results])
     print("workers end with the same weights:", same)
-    sys.exit(0 if same else 1)
+    return same
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        os.makedirs(sys.argv[1], exist_ok=True)
+        ok = main(os.path.abspath(sys.argv[1]))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            ok = main(tmp)
+    sys.exit(0 if ok else 1)
