@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 import warnings
@@ -379,12 +380,25 @@ def worker_ports(result: dict[str, Any]) -> list[int]:
     return [int(a.rpartition(":")[2]) for a in result["cluster"]["worker"]]
 
 
+def two_free_ports() -> int:
+    """A port P such that P and P + 1 are both free on this machine now."""
+    for _ in range(50):
+        port = free_ports(1)[0]
+        with socket.socket() as s:
+            try:
+                s.bind(("", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports found")
+
+
 @pytest.mark.slow
 def test_srun_two_tasks_train_exactly_like_one_process_with_two_replicas(
     slurm: SlurmCluster, tmp_path: Path
 ) -> None:
     (tmp_path / "train.py").write_text(TRAIN)
-    port = free_ports(1)[0]
+    port = two_free_ports()
     proc = slurm.run(
         ["srun", "-n2", "-o", "out-%t.txt", "-e", "err-%t.txt", "python", "train.py"],
         env=job_env(TEST_PORT=str(port)),
