@@ -142,6 +142,7 @@ def test_any_text_parses_or_raises_cluster_config_error(value: str) -> None:
 
 SLURM_TWO_NODES = {
     "SLURM_JOB_ID": "42",
+    "SLURM_STEP_ID": "0",
     "SLURM_PROCID": "1",
     "SLURM_NTASKS": "4",
     "SLURM_JOB_NODELIST": "gpu[07-08]",
@@ -151,7 +152,7 @@ SLURM_TWO_NODES = {
 
 
 def test_slurm_two_nodes_two_tasks_each() -> None:
-    spec = parse_slurm(SLURM_TWO_NODES)
+    spec = parse_slurm(SLURM_TWO_NODES, port=8888)
     assert spec is not None
     assert spec.addresses("worker") == ("gpu07:8888", "gpu07:8889", "gpu08:8888", "gpu08:8889")
     assert spec.task_index == 1

@@ -41,7 +41,20 @@ EXAMPLE_REF = re.compile(r"docs/examples/(\w+\.py)")
 # ----------------------------------------------------------------------------- examples
 
 
-@pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+#: Examples that need an engine are run by that engine's test, under it, instead of here.
+RUN_ELSEWHERE = {"ray_train.py": "test_ray.py"}
+RUN_HERE = [p for p in EXAMPLES if p.name not in RUN_ELSEWHERE]
+
+
+def test_examples_run_elsewhere_are_run_there() -> None:
+    for example, test_file in RUN_ELSEWHERE.items():
+        assert (DOCS / "examples" / example).exists(), example
+        assert f"docs/examples/{example}" in (ROOT / "tests" / test_file).read_text().replace(
+            '"docs" / "examples" / "', "docs/examples/"
+        ), (example, test_file)
+
+
+@pytest.mark.parametrize("script", RUN_HERE, ids=[p.stem for p in RUN_HERE])
 def test_docs_examples_run(script: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(script)],

@@ -244,12 +244,6 @@ def test_the_plan_and_pick_strategy_take_the_port() -> None:
         tfplace.pick_strategy(port=0, inventory=inv)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tfplace.inventory() does not carry TFPLACE_PORT yet: add it to "
-    "tfplace._inventory.ENV_VARS (cluster_of already reads the inventory's env); then drop "
-    "this marker",
-)
 def test_the_real_inventory_carries_tfplace_port(monkeypatch: pytest.MonkeyPatch) -> None:
     slurm = step(SLURM_PROCID="0", SLURM_STEP_NUM_TASKS="2", SLURM_STEP_NODELIST="n[1-2]")
     for key, value in {**slurm, "TFPLACE_PORT": "4300"}.items():

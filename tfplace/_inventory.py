@@ -42,6 +42,7 @@ ENV_VARS: tuple[str, ...] = (
     "TF_FORCE_GPU_ALLOW_GROWTH",
     "TF_GPU_ALLOCATOR",
     "TF_CONFIG",
+    "TFPLACE_PORT",
     "TF_USE_LEGACY_KERAS",
     "KERAS_BACKEND",
     "TF_ENABLE_ONEDNN_OPTS",
