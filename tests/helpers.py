@@ -125,3 +125,17 @@ def run_workers(
         assert proc.returncode == 0, f"worker {i} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return results
+
+
+#: Set by ``.ci/run``: an engine test (SLURM, Ray) that cannot run there fails instead of
+#: skipping, so a missing install step cannot pass CI silently.
+REQUIRE_ENGINES = os.environ.get("TFPLACE_REQUIRE_ENGINES") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with ``reason``, or fail with it where ``TFPLACE_REQUIRE_ENGINES=1`` (CI)."""
+    import pytest
+
+    if REQUIRE_ENGINES:
+        pytest.fail(f"{reason} (TFPLACE_REQUIRE_ENGINES=1: this run must have it)")
+    pytest.skip(reason)

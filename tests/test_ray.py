@@ -12,6 +12,7 @@ not installed). The engine test runs ``docs/examples/ray_train.py`` on a local R
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CPU_ONLY_ENV, QUIET_ENV, run_json
+from helpers import CPU_ONLY_ENV, QUIET_ENV, run_json, skip_or_fail
 
 from tfplace.cluster import parse_tf_config
 
@@ -155,7 +156,8 @@ def _ray_daemons() -> set[int]:
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads Ray's processes from /proc")
 def test_ray_train_two_workers_train_through_pick_strategy_and_agree(tmp_path: Path) -> None:
-    pytest.importorskip("ray.train.tensorflow", reason='needs pip install "ray[train]"')
+    if importlib.util.find_spec("ray") is None:
+        skip_or_fail('Ray is not installed: pip install "ray[train]" (the test extra has it)')
     before = _ray_daemons()
     # CPU only on any machine (Ray workers inherit it): one replica per worker. Ray's session
     # files go to a short private directory (its sockets must fit in 107 bytes), removed after.

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import run_json
+from helpers import run_json, skip_or_fail
 from slurm_cluster import SlurmCluster, missing_binaries
 
 import tfplace
@@ -288,12 +288,12 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     """A single-node SLURM for this module; nothing of it is left running afterwards."""
     missing = missing_binaries()
     if missing:
-        pytest.skip(
+        skip_or_fail(
             f"SLURM is not installed (missing {', '.join(missing)}); "
             "apt-get install slurm-wlm (CI's .ci/run does)"
         )
     if os.geteuid() != 0:
-        pytest.skip("starting slurmd needs root (CI runs as root)")
+        skip_or_fail("starting slurmd needs root (CI runs as root)")
     cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
     try:
         cluster.start()
