@@ -20,7 +20,12 @@ import tfplace
 from tfplace._inventory import GPUInfo, Inventory
 from tfplace.precision import choose_precision
 from tfplace.testing import fake_inventory
-from tfplace.tuning import Candidate, available_candidates
+from tfplace.tuning import (
+    Candidate,
+    auto_jit_compile,
+    available_candidates,
+    expand_candidates,
+)
 
 
 def logical_count(kind: str) -> int:
@@ -294,7 +299,7 @@ def test_autotune_measures_every_candidate_and_returns_the_best() -> None:
     assert rates == sorted(rates, reverse=True)
     assert all(r > 0 for r in rates)
     assert report.best.steps_per_second == max(rates)
-    table = report.to_text().splitlines()  # one row per candidate, fastest first
+    table = report.to_text().split("\n\n")[0].splitlines()  # one row each, fastest first
     assert [row.split("  ")[0].strip() for row in table] == [m.name for m in report.results]
     assert table[0].endswith("1.00x") and all("steps/s" in row for row in table)
     assert report.strategy.num_replicas_in_sync == report.best.replicas
@@ -316,6 +321,193 @@ def test_autotune_explicit_candidates_and_bad_arguments() -> None:
         tfplace.autotune(build_model, [1, 2])
     with pytest.raises(ValueError, match="no candidates"):
         tfplace.autotune(build_model, dataset(), candidates=[])
+
+
+class NoXLA(keras.layers.Layer):  # type: ignore[misc]
+    """Identity with a string op inside: XLA has no kernel for AsString on any device."""
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        chars = tf.strings.length(tf.strings.as_string(x))
+        return x + 0.0 * tf.cast(chars, x.dtype)
+
+
+def build_no_xla_model() -> keras.Model:
+    model = keras.Sequential([keras.Input((8,)), NoXLA(), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+CPU0 = Candidate("CPU:0", "one_device", ("/CPU:0",))
+
+
+def test_autotune_over_xla_reports_a_failing_compilation_and_ranks_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The string op trains in graph mode and fails only when XLA compiles the step.
+    with caplog.at_level(logging.WARNING, logger="tfplace"):
+        report = tfplace.autotune(
+            build_no_xla_model, dataset(), candidates=[CPU0], jit_compile=(False, True), steps=2
+        )
+    assert [(m.name, m.jit_compile) for m in report.results] == [("CPU:0 xla=off", False)]
+    assert [(m.name, m.steps_per_second) for m in report.failed] == [("CPU:0 xla=on", 0.0)]
+    error = report.failed[0].error or ""
+    assert error.startswith("InvalidArgumentError") and "AsString" in error
+    assert report.best.compile_kwargs == {"jit_compile": False}
+    assert "CPU:0 xla=on failed and is skipped" in caplog.text
+    text = report.to_text()
+    assert "CPU:0 xla=on" in text and "failed: InvalidArgumentError" in text
+    assert report.to_dict()["failed"][0]["error"] == error
+    assert report.xla_speedups() == {}  # nothing to compare: XLA never ran
+
+
+def test_autotune_when_every_candidate_fails_raises_the_first_error() -> None:
+    with pytest.raises(tf.errors.InvalidArgumentError, match="AsString"):
+        tfplace.autotune(
+            build_no_xla_model, dataset(), candidates=[CPU0], jit_compile=(True,), steps=1
+        )
+
+
+def test_autotune_over_xla_and_precision_measures_each_setting() -> None:
+    inv = tfplace.inventory()
+    policy = choose_precision(inv)[0]  # float32 here on a CPU; mixed_* on a recent GPU
+    report = tfplace.autotune(
+        build_model,
+        dataset(),
+        candidates=[CPU0],
+        jit_compile=(False, True),
+        precision=("float32", "auto"),
+        steps=3,
+        warmup=1,
+    )
+    assert report.failed == ()
+    settings = {(m.jit_compile, m.precision) for m in report.results}
+    assert settings == {(j, p) for j in (False, True) for p in {"float32", policy}}
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is put back
+    best = report.best
+    assert best.compile_kwargs == {"jit_compile": best.jit_compile}
+    speedups = report.xla_speedups()
+    assert set(speedups) == {"one_device /CPU:0"} and speedups["one_device /CPU:0"] > 0
+    # What Keras's "auto" would do: off on any machine (only CPUs here, or, with a GPU,
+    # because the model is built under a strategy); the reason follows the machine.
+    reason = auto_jit_compile("one_device", inv)[1]
+    auto = {(m.auto_jit_compile, m.auto_jit_reason) for m in report.results}
+    assert auto == {(False, reason)}
+    assert f"XLA off ({reason})" in report.to_text()
+    assert f"measured XLA on/off: {speedups['one_device /CPU:0']:.2f}x" in report.to_text()
+
+
+@pytest.mark.parametrize(
+    ("kind", "inv", "on", "because"),
+    [
+        ("default", fake_inventory(), False, "only CPUs"),
+        ("default", fake_inventory(gpus=1), True, "accelerator"),
+        ("default", fake_inventory(tpu=True), True, "accelerator"),
+        ("one_device", fake_inventory(gpus=1), False, "strategy (one_device)"),
+        ("mirrored", fake_inventory(gpus=2), False, "strategy (mirrored)"),
+        ("multi_worker", fake_inventory(gpus=1), False, "strategy (multi_worker)"),
+        ("default", fake_inventory(gpus=1, keras="tf_keras"), False, "tf_keras"),
+        ("default", fake_inventory(gpus=1, platform="darwin"), True, "accelerator"),
+    ],
+)
+def test_auto_jit_compile_mirrors_keras(kind: str, inv: Inventory, on: bool, because: str) -> None:
+    assert auto_jit_compile(kind, inv)[0] is on
+    assert because in auto_jit_compile(kind, inv)[1]
+
+
+def test_auto_jit_compile_layers_and_apple_silicon() -> None:
+    gpu = fake_inventory(gpus=1)
+    assert auto_jit_compile("default", gpu, model_supports_jit=False) == (
+        False,
+        "a layer of this model does not support XLA (supports_jit=False)",
+    )
+    assert auto_jit_compile("default", gpu, keras="tf_keras")[0] is False
+    from dataclasses import replace
+
+    apple = replace(gpu, platform="darwin", machine="arm64")
+    assert auto_jit_compile("default", apple) == (
+        False,
+        "Keras turns XLA off on Apple-silicon GPUs",
+    )
+
+
+@pytest.mark.parametrize("kind", ["default", "one_device", "mirrored"])
+def test_auto_jit_compile_agrees_with_keras_on_this_machine(kind: str) -> None:
+    # Keras itself resolves jit_compile="auto" at compile time; the pure rule must agree,
+    # whatever this machine has (off everywhere on a CPU-only box; on for "default" on a GPU).
+    strategy = tfplace.pick_strategy(kind)
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse", jit_compile="auto")
+    assert model.jit_compile is auto_jit_compile(kind, tfplace.inventory())[0]
+
+
+def test_expand_candidates() -> None:
+    cpu = fake_inventory()
+    same = expand_candidates([CPU0], precision=("float32", "auto"), inventory=cpu)
+    assert [(c.name, c.precision) for c in same] == [("CPU:0", "float32")]  # auto is float32
+    both = expand_candidates([CPU0], jit_compile=(False, True))
+    assert [(c.name, c.jit_compile, c.precision) for c in both] == [
+        ("CPU:0 xla=off", False, None),
+        ("CPU:0 xla=on", True, None),
+    ]
+    gpu = fake_inventory(gpus=1, compute_capability=(7, 5))
+    mixed = expand_candidates([CPU0], precision=("auto",), inventory=gpu)
+    assert [c.precision for c in mixed] == ["mixed_float16"]
+    assert expand_candidates([CPU0]) == [CPU0]
+    with pytest.raises(TypeError, match="jit_compile must be"):
+        expand_candidates([CPU0], jit_compile=True)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"precision must be .*\('float32',\)"):
+        expand_candidates([CPU0], precision="float32")
+    with pytest.raises(ValueError, match="unknown precision policy 'half'"):
+        expand_candidates([CPU0], precision=("half",))
+
+
+def test_autotune_over_xla_under_tf_keras() -> None:
+    pytest.importorskip("tf_keras")
+    out = run_json(
+        """
+        import json
+        import numpy as np
+        import tensorflow as tf
+        import tf_keras
+        import tfplace
+        from tfplace.tuning import Candidate
+
+        class NoXLA(tf_keras.layers.Layer):
+            def call(self, x):
+                return x + 0.0 * tf.cast(tf.strings.length(tf.strings.as_string(x)), x.dtype)
+
+        def build(no_xla):
+            layers = [NoXLA()] if no_xla else []
+            m = tf_keras.Sequential([tf_keras.Input((8,)), *layers, tf_keras.layers.Dense(1)])
+            m.compile(optimizer="sgd", loss="mse")
+            return m
+
+        x = np.ones((64, 8), "float32")
+        ds = tf.data.Dataset.from_tensor_slices((x, x[:, :1])).batch(16)
+        cpu = [Candidate("CPU:0", "one_device", ("/CPU:0",))]
+        out = {}
+        for no_xla in (False, True):
+            r = tfplace.autotune(lambda: build(no_xla), ds, candidates=cpu,
+                                 jit_compile=(False, True), steps=2, warmup=1)
+            out[str(no_xla)] = {
+                "ok": [[m.name, m.jit_compile, m.auto_jit_compile] for m in r.results],
+                "failed": [[m.name, "AsString" in m.error] for m in r.failed],
+                "reason": r.results[0].auto_jit_reason,
+            }
+        print(json.dumps(out))
+        """,
+        env={"TF_USE_LEGACY_KERAS": "1"},
+        cpu_only=True,
+    )
+    assert sorted(out["False"]["ok"]) == [
+        ["CPU:0 xla=off", False, False],
+        ["CPU:0 xla=on", True, False],
+    ]
+    assert out["False"]["failed"] == []
+    assert out["True"]["ok"] == [["CPU:0 xla=off", False, False]]
+    assert out["True"]["failed"] == [["CPU:0 xla=on", True]]
+    assert "tf_keras" in out["True"]["reason"]
 
 
 def test_scale_loss_custom_loop() -> None:
