@@ -32,6 +32,8 @@ _EXPORTS: dict[str, str] = {
     "LaunchResult": "tfplace._launch",
     "launch": "tfplace._launch",
     "tf_configs": "tfplace._launch",
+    "TrainingDiagnosis": "tfplace._diagnose",
+    "diagnose_training": "tfplace._diagnose",
     "ClusterSpec": "tfplace.cluster",
     "parse_slurm": "tfplace.cluster",
     "parse_tf_config": "tfplace.cluster",
@@ -51,6 +53,7 @@ _EXPORTS: dict[str, str] = {
     "MemoryInfo": "tfplace.memory",
     "memory_info": "tfplace.memory",
     "track_memory": "tfplace.memory",
+    "barrier": "tfplace.multiworker",
     "is_chief": "tfplace.multiworker",
     "worker_save_path": "tfplace.multiworker",
     "on_cpu": "tfplace.placement",
@@ -81,11 +84,14 @@ __all__ = [
     "Plan",
     "TfplaceError",
     "TfplaceWarning",
+    "TrainingDiagnosis",
     "__version__",
     "autotune",
+    "barrier",
     "configure_cpus",
     "configure_gpus",
     "configure_precision",
+    "diagnose_training",
     "find_batch_size",
     "global_batch_size",
     "inventory",
@@ -106,6 +112,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # static view for type checkers and IDEs; no cost at run time
+    from tfplace._diagnose import TrainingDiagnosis, diagnose_training
     from tfplace._inventory import Inventory, inventory
     from tfplace._launch import LaunchResult, launch, tf_configs
     from tfplace._plan import KINDS, PRIORITY, Plan, plan
@@ -122,7 +129,7 @@ if TYPE_CHECKING:  # static view for type checkers and IDEs; no cost at run time
         TfplaceWarning,
     )
     from tfplace.memory import MemoryInfo, memory_info, track_memory
-    from tfplace.multiworker import is_chief, worker_save_path
+    from tfplace.multiworker import barrier, is_chief, worker_save_path
     from tfplace.placement import on_cpu, on_device, on_gpu
     from tfplace.precision import configure_precision
     from tfplace.strategy import pick_strategy

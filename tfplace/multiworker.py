@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,13 +33,15 @@ from typing import TYPE_CHECKING, Any
 from tfplace import _tf
 from tfplace._plan import Plan
 from tfplace.cluster import ClusterSpec
-from tfplace.errors import AlreadyInitializedError, ClusterConfigError
+from tfplace.errors import AlreadyInitializedError, ClusterConfigError, TfplaceError
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
 __all__ = [
     "MULTI_WORKER_FIX",
+    "BarrierTimeoutError",
+    "barrier",
     "compare_replica_counts",
     "is_chief",
     "make_multi_worker",
@@ -300,3 +303,103 @@ def worker_save_path(
         yield str(Path(private) / target.name)
     finally:
         shutil.rmtree(private, ignore_errors=True)
+
+
+class BarrierTimeoutError(TfplaceError, TimeoutError):
+    """Raised when :func:`barrier` gives up: some worker did not arrive within the timeout.
+
+    The message names the barrier, the workers the coordination service reported as not
+    arrived (when TensorFlow says), and the fix.
+    """
+
+
+_barrier_lock = threading.Lock()
+_barrier_counts: dict[str, int] = {}
+
+
+def barrier(timeout: float | None = 300.0, *, name: str = "tfplace") -> None:
+    """Wait until every worker of the cluster has reached this call (a no-op with one worker).
+
+    Use it where one worker reads what another wrote: the chief saves, ``barrier()``, then the
+    others load. Every worker must call it the same number of times with the same ``name``
+    (the n-th call of each worker meets the n-th call of the others). It goes through
+    TensorFlow's coordination service, which the multi-worker strategy starts, so call
+    :func:`tfplace.pick_strategy` first; it runs no collective op and needs no device.
+
+    Outside a cluster (no ``TF_CONFIG``/SLURM, or a single worker) it returns at once.
+
+    Args:
+        timeout: seconds to wait for the other workers (``None``: one day).
+        name: separates independent sequences of barriers (a library's from the user's).
+
+    Raises:
+        BarrierTimeoutError: a worker did not arrive in time (it died, hangs, or runs a
+            different program).
+        TfplaceError: in a cluster, but the multi-worker strategy was not built in this
+            process, so there is no coordination service to meet in.
+        ValueError: ``timeout`` is not positive.
+
+    Example:
+        >>> import tfplace
+        >>> tfplace.barrier(timeout=5)  # no cluster here: returns at once
+    """
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"barrier(timeout={timeout!r}): expected a positive number of seconds")
+    spec = _current_cluster(None)
+    if spec is None or spec.num_workers <= 1:
+        return
+    with _barrier_lock:
+        count = _barrier_counts.get(name, 0)
+        _barrier_counts[name] = count + 1
+    barrier_id = f"tfplace/barrier/{name}/{count}"
+    if not _tf.runtime_started():
+        raise TfplaceError(
+            f"barrier(): this process is {spec.task_type} {spec.task_index} of a "
+            f"{spec.num_workers}-worker cluster ({spec.source}), but TensorFlow has not started "
+            "the multi-worker strategy, whose coordination service barriers use. Fix: call "
+            "tfplace.pick_strategy() before barrier()."
+        )
+    ctx = _tf.coordination_context()
+    if getattr(ctx, "coordination_service", None) is None:
+        raise TfplaceError(
+            f"barrier(): {spec.task_type} {spec.task_index} of a {spec.num_workers}-worker "
+            "cluster has no TensorFlow coordination service (the multi-worker strategy starts "
+            "it). Fix: build the strategy with tfplace.pick_strategy() first, in every worker."
+        )
+    wait = 86_400.0 if timeout is None else timeout
+    started = time.monotonic()
+    with contextlib.suppress(Exception):  # only for naming the missing workers on failure
+        ctx.set_config_key_value(f"{barrier_id}/{spec.task_type}/{spec.task_index}", "1")
+    try:
+        ctx.wait_at_barrier(barrier_id, int(wait * 1000))
+    except Exception as err:
+        waited = time.monotonic() - started
+        missing = _not_arrived(ctx, barrier_id, spec)
+        who = f"missing: {', '.join(missing)}" if missing else "every worker had arrived"
+        raise BarrierTimeoutError(
+            f"barrier({name!r}, call {count}): not every worker arrived within {wait:g} s "
+            f"({who}; this is {spec.task_type} {spec.task_index}, waited {waited:.1f} s; "
+            f"TensorFlow says: {_first_line(err)}). Every worker must call barrier() the same "
+            "number of times: check that none died or took another branch, or raise the "
+            "timeout."
+        ) from err
+    log.debug("tfplace: passed barrier %s in %.3f s", barrier_id, time.monotonic() - started)
+
+
+def _not_arrived(ctx: Any, barrier_id: str, spec: ClusterSpec) -> list[str]:
+    """The workers whose arrival mark for ``barrier_id`` is absent (best effort)."""
+    missing = []
+    for job, addrs in spec.jobs:
+        if job not in ("chief", "worker"):
+            continue
+        for i in range(len(addrs)):
+            try:
+                ctx.get_config_key_value(f"{barrier_id}/{job}/{i}", 200)
+            except Exception:
+                missing.append(f"{job} {i}")
+    return missing
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:500] if text else type(err).__name__
