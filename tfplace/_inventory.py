@@ -15,11 +15,11 @@ import os
 import sys
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from tfplace import _tf
+from tfplace import _nvidia, _tf
 
 __all__ = [
     "ENV_VARS",
@@ -28,16 +28,19 @@ __all__ = [
     "GPUInfo",
     "Inventory",
     "KerasInfo",
+    "NvidiaInfo",
     "TFInfo",
     "TPUInfo",
     "cpu_quota",
     "inventory",
+    "merge_gpus",
     "use_inventory",
 ]
 
 #: Environment variables that change how TensorFlow uses the hardware.
 ENV_VARS: tuple[str, ...] = (
     "CUDA_VISIBLE_DEVICES",
+    "CUDA_DEVICE_ORDER",
     "NVIDIA_VISIBLE_DEVICES",
     "TF_FORCE_GPU_ALLOW_GROWTH",
     "TF_GPU_ALLOCATOR",
@@ -71,19 +74,39 @@ ENV_VARS: tuple[str, ...] = (
 )
 
 _TPU_ENV = ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE")
-_PACKAGE_PREFIXES = ("tensorflow", "tf-", "tf_", "keras", "nvidia-", "libtpu", "tensorrt")
+_PACKAGE_PREFIXES = (
+    "tensorflow",
+    "tf-",
+    "tf_",
+    "keras",
+    "nvidia-",
+    "libtpu",
+    "tensorrt",
+    "tensorboard",
+)
 
 
 @dataclass(frozen=True)
 class GPUInfo:
     """One physical GPU.
 
+    In :attr:`Inventory.gpus` these are TensorFlow's GPUs, with the NVIDIA driver's facts
+    (NVML, nvidia-smi or ``/proc``) merged in; in :attr:`NvidiaInfo.gpus` every GPU the driver
+    sees, whether or not TensorFlow does.
+
     Attributes:
-        index: TensorFlow's physical index (``/physical_device:GPU:<index>``).
-        name: the device model, e.g. ``"NVIDIA A100-SXM4-40GB"``, when TensorFlow reports it.
-        compute_capability: ``(major, minor)`` when TensorFlow reports it.
-        memory_mb: total memory when known.
-        visible: False when hidden by ``configure_gpus(visible=...)``.
+        index: TensorFlow's physical index (``/physical_device:GPU:<index>``); in
+            :attr:`NvidiaInfo.gpus`, the driver's index (``nvidia-smi -i``, PCI order).
+        name: the device model, e.g. ``"NVIDIA A100-SXM4-40GB"``.
+        compute_capability: ``(major, minor)`` when known.
+        memory_mb: total memory in MiB when known (from the driver; TensorFlow does not say).
+        visible: in :attr:`Inventory.gpus`, False when hidden by ``configure_gpus(visible=...)``;
+            in :attr:`NvidiaInfo.gpus`, whether TensorFlow lists this GPU.
+        uuid: the driver's ``GPU-...`` identifier.
+        pci_bus_id: ``"0000:00:06.0"`` (lower case, 4-digit domain, as CUDA writes it).
+        memory_free_mb: free memory in MiB when the facts were read.
+        utilization_percent: GPU utilization (0-100) when the facts were read.
+        processes: compute processes on this GPU, each ``"pid name used_mb"``.
     """
 
     index: int
@@ -91,6 +114,36 @@ class GPUInfo:
     compute_capability: tuple[int, int] | None = None
     memory_mb: int | None = None
     visible: bool = True
+    uuid: str | None = None
+    pci_bus_id: str | None = None
+    memory_free_mb: int | None = None
+    utilization_percent: int | None = None
+    processes: tuple[str, ...] = ()
+
+
+GPUSource = Literal["nvml", "nvidia-smi", "proc", "tensorflow", "none"]
+
+
+@dataclass(frozen=True)
+class NvidiaInfo:
+    """What the NVIDIA driver says, read without TensorFlow (``tfplace._nvidia``).
+
+    Attributes:
+        driver_version: e.g. ``"580.159.04"``; None without an NVIDIA driver.
+        cuda_driver_version: the newest CUDA the driver supports, e.g. ``"13.0"``.
+        gpu_source: where the GPU facts came from: ``"nvml"``, ``"nvidia-smi"``, ``"proc"``,
+            ``"tensorflow"`` (TensorFlow lists GPUs, the driver could not be asked) or
+            ``"none"``.
+        gpus: every GPU the driver sees, in its order; ``visible`` says whether TensorFlow
+            lists it (False for all of them when TensorFlow is absent or a CPU-only build).
+        mig_gpus: driver indexes of the GPUs in MIG mode.
+    """
+
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None
+    gpu_source: GPUSource = "none"
+    gpus: tuple[GPUInfo, ...] = ()
+    mig_gpus: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,6 +235,7 @@ class Inventory:
     soft_placement: bool | None = None
     functions_run_eagerly: bool | None = None
     nvidia_driver: str | None = None
+    nvidia: NvidiaInfo = field(default_factory=NvidiaInfo)
 
     @property
     def visible_gpus(self) -> tuple[GPUInfo, ...]:
@@ -325,6 +379,106 @@ def _nvidia_driver() -> str | None:
     return None
 
 
+def _cuda_order(facts: _nvidia.NvidiaFacts, env: Mapping[str, str]) -> list[_nvidia.NvidiaGPU]:
+    """The driver's GPUs in the order CUDA numbers them after ``CUDA_VISIBLE_DEVICES``.
+
+    Entries are indexes or ``GPU-`` UUID prefixes; like CUDA, the list stops at the first entry
+    that names no GPU (a ``MIG-`` entry is not mapped to its parent).
+    """
+    cvd = env.get("CUDA_VISIBLE_DEVICES")
+    if cvd is None:
+        return list(facts.gpus)
+    order: list[_nvidia.NvidiaGPU] = []
+    for entry in (e.strip() for e in cvd.split(",")):
+        found = [
+            g
+            for g in facts.gpus
+            if (entry.isdigit() and g.index == int(entry))
+            or (entry.startswith("GPU-") and (g.uuid or "").startswith(entry))
+        ]
+        if len(found) != 1 or found[0] in order:
+            break
+        order.append(found[0])
+    return order
+
+
+def merge_gpus(
+    tf_gpus: tuple[GPUInfo, ...], facts: _nvidia.NvidiaFacts, env: Mapping[str, str]
+) -> tuple[tuple[GPUInfo, ...], tuple[GPUInfo, ...]]:
+    """Match TensorFlow's GPUs to the driver's and merge the driver's facts into them.
+
+    TensorFlow's physical GPU ``i`` is CUDA's device ``i``: the ``i``-th GPU after
+    ``CUDA_VISIBLE_DEVICES`` (:func:`_cuda_order`). The model names must agree; when they do
+    not (``CUDA_DEVICE_ORDER=FASTEST_FIRST`` on a machine with mixed models numbers the fastest
+    first), the first unmatched driver GPU with the same name is taken. TensorFlow does not
+    report PCI bus ids before its runtime starts, so the order is the only link.
+
+    Returns:
+        ``(TensorFlow's GPUs with the driver's facts, every driver GPU with visible = matched)``.
+    """
+    order = _cuda_order(facts, env)
+    used: set[int] = set()
+    merged = []
+    for pos, g in enumerate(tf_gpus):
+        nv = order[pos] if pos < len(order) else None
+        if nv is None or nv.index in used or (g.name and nv.name and nv.name != g.name):
+            nv = next(
+                (c for c in order if c.index not in used and (not g.name or c.name == g.name)),
+                None,
+            )
+        if nv is None:
+            merged.append(g)
+            continue
+        used.add(nv.index)
+        merged.append(
+            replace(
+                g,
+                name=g.name or nv.name,
+                compute_capability=g.compute_capability or nv.compute_capability,
+                memory_mb=nv.memory_mb,
+                uuid=nv.uuid,
+                pci_bus_id=nv.pci_bus_id,
+                memory_free_mb=nv.memory_free_mb,
+                utilization_percent=nv.utilization_percent,
+                processes=nv.processes,
+            )
+        )
+    driver_gpus = tuple(
+        GPUInfo(
+            index=nv.index,
+            name=nv.name,
+            compute_capability=nv.compute_capability,
+            memory_mb=nv.memory_mb,
+            visible=nv.index in used,
+            uuid=nv.uuid,
+            pci_bus_id=nv.pci_bus_id,
+            memory_free_mb=nv.memory_free_mb,
+            utilization_percent=nv.utilization_percent,
+            processes=nv.processes,
+        )
+        for nv in facts.gpus
+    )
+    return tuple(merged), driver_gpus
+
+
+def _nvidia_info(
+    tf_gpus: tuple[GPUInfo, ...], env: Mapping[str, str]
+) -> tuple[tuple[GPUInfo, ...], NvidiaInfo]:
+    facts = _nvidia.nvidia_facts()
+    gpus, driver_gpus = merge_gpus(tf_gpus, facts, env)
+    source: GPUSource = facts.source
+    if source == "none" and tf_gpus:
+        source = "tensorflow"
+    info = NvidiaInfo(
+        driver_version=facts.driver_version,
+        cuda_driver_version=facts.cuda_driver_version,
+        gpu_source=source,
+        gpus=driver_gpus,
+        mig_gpus=tuple(g.index for g in facts.gpus if g.mig),
+    )
+    return gpus, info
+
+
 def _tpu_info(env: Mapping[str, str]) -> TPUInfo:
     hints = [f"{k}={env[k]}" for k in _TPU_ENV if env.get(k)]
     with contextlib.suppress(OSError):
@@ -393,7 +547,8 @@ def inventory() -> Inventory:
     import platform
 
     env = os.environ
-    tf_info, gpus, extra = _tf_facts()
+    tf_info, tf_gpus, extra = _tf_facts()
+    gpus, nvidia = _nvidia_info(tf_gpus, env)
     cpu = CPUInfo(
         host_cores=os.cpu_count() or 1,
         affinity_cores=_affinity(),
@@ -419,6 +574,7 @@ def inventory() -> Inventory:
         soft_placement=extra.get("soft_placement"),
         functions_run_eagerly=extra.get("eager"),
         nvidia_driver=_nvidia_driver(),
+        nvidia=nvidia,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from tfplace._inventory import (
@@ -18,12 +19,19 @@ from tfplace._inventory import (
     GPUInfo,
     Inventory,
     KerasInfo,
+    NvidiaInfo,
     TFInfo,
     TPUInfo,
     use_inventory,
 )
+from tfplace._nvidia import cuda_for_driver, parse_driver_version
 
 __all__ = ["fake_inventory", "use_inventory"]
+
+#: ``/proc/driver/nvidia/version``'s first line on the H100 host of tests/fixtures/gpu-host.
+_H100_DRIVER_LINE = (
+    "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (nixbld@)"
+)
 
 
 def fake_inventory(
@@ -46,6 +54,11 @@ def fake_inventory(
     packages: Mapping[str, str] | None = None,
     nvidia_driver: str | None = "default",
     functions_run_eagerly: bool = False,
+    driver_version: str | None = "default",
+    cuda_driver_version: str | None = "default",
+    nvidia_gpus: Sequence[GPUInfo] | None = None,
+    gpu_source: str = "default",
+    mig_gpus: Sequence[int] = (),
 ) -> Inventory:
     """Build an :class:`~tfplace.Inventory` describing a machine that is not here.
 
@@ -65,9 +78,28 @@ def fake_inventory(
         slurm: SLURM variables.
         env: other environment variables.
         runtime_started: whether TensorFlow's runtime has started.
-        packages: installed distributions ``{name: version}``.
-        nvidia_driver: the driver version line; by default one exists when there are GPUs.
+        packages: installed distributions ``{name: version}``; by default the TensorFlow
+            distribution (``tensorflow`` for a CUDA build, else ``tensorflow-cpu``) and
+            ``tensorboard``.
+        nvidia_driver: the driver version line; by default one exists when there are GPUs
+            (the line captured on an H100 host, driver 580.159.04).
         functions_run_eagerly: whether ``tf.config.run_functions_eagerly(True)`` is in force.
+        driver_version: the parsed driver version; by default read from ``nvidia_driver``.
+        cuda_driver_version: the CUDA version the driver supports; by default the one NVIDIA's
+            table gives for ``driver_version`` (``"13.0"`` for 580.159.04).
+        nvidia_gpus: every GPU the driver sees (``inventory().nvidia.gpus``); by default the
+            generated GPUs, marked visible to TensorFlow when TensorFlow is a CUDA build.
+            Pass records with ``visible=False`` (and ``gpus=0``) for GPUs TensorFlow does not
+            see.
+        gpu_source: ``"nvml"``, ``"nvidia-smi"``, ``"proc"``, ``"tensorflow"`` or ``"none"``;
+            by default ``"nvml"`` when the driver sees a GPU, else ``"none"``.
+        mig_gpus: driver indexes of GPUs in MIG mode.
+
+    Example:
+        >>> h100 = GPUInfo(0, "NVIDIA H100", (9, 0), 81559, visible=False)
+        >>> inv = fake_inventory(tf_version=None, nvidia_gpus=[h100])
+        >>> inv.nvidia.gpus[0].visible, inv.nvidia.driver_version, inv.nvidia.cuda_driver_version
+        (False, '580.159.04', '13.0')
     """
     if isinstance(gpus, int):
         gpu_list = tuple(
@@ -96,9 +128,31 @@ def fake_inventory(
         else None
     )
     if packages is None:
+        # what pip installs for TensorFlow, with TensorBoard (its callback's companion)
         packages = (
-            {"tensorflow" if cuda else "tensorflow-cpu": tf_version or ""} if tf_version else {}
+            {"tensorflow" if cuda else "tensorflow-cpu": tf_version, "tensorboard": "2.20.0"}
+            if tf_version
+            else {}
         )
+    driver_line = (
+        (_H100_DRIVER_LINE if gpu_list or nvidia_gpus else None)
+        if nvidia_driver == "default"
+        else nvidia_driver
+    )
+    drv = parse_driver_version(driver_line) if driver_version == "default" else driver_version
+    cuda_drv = cuda_for_driver(drv) if cuda_driver_version == "default" else cuda_driver_version
+    if nvidia_gpus is None:
+        seen = tuple(replace(g, visible=cuda and g.visible) for g in gpu_list) if drv else ()
+    else:
+        seen = tuple(nvidia_gpus)
+    source = ("nvml" if seen else "none") if gpu_source == "default" else gpu_source
+    nvidia = NvidiaInfo(
+        driver_version=drv,
+        cuda_driver_version=cuda_drv,
+        gpu_source=source,  # type: ignore[arg-type]
+        gpus=seen,
+        mig_gpus=tuple(mig_gpus),
+    )
     return Inventory(
         python="3.11.7",
         platform=platform,
@@ -122,9 +176,6 @@ def fake_inventory(
         runtime_started=runtime_started,
         soft_placement=True,
         functions_run_eagerly=functions_run_eagerly,
-        nvidia_driver=(
-            ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54" if gpu_list else None)
-            if nvidia_driver == "default"
-            else nvidia_driver
-        ),
+        nvidia_driver=driver_line,
+        nvidia=nvidia,
     )
