@@ -115,9 +115,10 @@ def main() -> None:
     base, unshared = med["1 process"], med["2 workers, no shares"]
     print(f"global batch {GLOBAL_BATCH}, {STEPS} steps, MLP 64-256-256-1, {os.cpu_count()} cores,")
     print(f"median of {ROUNDS} interleaved rounds (steps/s of the slowest worker)")
-    print(f"{'':24} {'steps/s':>8} {'/1 process':>11} {'/no shares':>11}")
+    print(f"{'':24} {'steps/s':>8} {'/1 process':>11} {'/no shares':>11}   (each round)")
     for name, rate in med.items():
-        print(f"{name:24} {rate:8.1f} {rate / base:11.2f} {rate / unshared:11.2f}")
+        rounds = " ".join(f"{r:.0f}" for r in rates[name])
+        print(f"{name:24} {rate:8.1f} {rate / base:11.2f} {rate / unshared:11.2f}   ({rounds})")
     print(f"python noop.py                          {d * 1000:7.1f} ms")
     print(
         f"launch -n 1 noop.py (private network)   {private * 1000:7.1f} ms   "
