@@ -585,3 +585,10 @@ def test_network_host_and_non_loopback_hosts_use_the_machines_network(
         launch([sys.executable, "-c", "pass"], 1, network="none")
     with pytest.raises(tfplace.ClusterConfigError, match="needs a loopback host"):
         launch([sys.executable, "-c", "pass"], 1, network="private", host=socket.gethostname())
+
+
+@pytest.mark.parametrize("network", ["auto", "host"])
+def test_a_missing_program_is_an_error_before_any_worker_starts(network: str) -> None:
+    for program in ["tfplace-no-such-program", "/nonexistent/python"]:
+        with pytest.raises(FileNotFoundError, match=program):
+            launch([program, "x.py"], 2, out=io.StringIO(), network=network)

@@ -21,9 +21,11 @@ Two things keep local workers from getting in each other's way and out of reach:
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -188,22 +190,24 @@ def _usable_cores() -> int:
 # brought up) and holds it open until its standard input closes. Run with ``python -I -S``.
 _HOLDER = """
 import ctypes, fcntl, os, socket, struct, sys
-libc = ctypes.CDLL(None, use_errno=True)
 NEWNET, NEWUSER = 0x40000000, 0x10000000
-def fail(what):
-    print("FAIL", what + ":", os.strerror(ctypes.get_errno()), flush=True)
+try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(NEWNET) != 0:
+        uid, gid = os.getuid(), os.getgid()
+        if libc.unshare(NEWUSER | NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET), also with CLONE_NEWUSER")
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                           ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # bring lo up
+        ifreq = fcntl.ioctl(s, 0x8913, struct.pack("16sH14x", b"lo", 0))
+        flags = struct.unpack("16sH14x", ifreq)[1]
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))
+except Exception as err:
+    print("FAIL", err, flush=True)
     sys.exit(0)
-if libc.unshare(NEWNET) != 0:
-    uid, gid = os.getuid(), os.getgid()
-    if libc.unshare(NEWUSER | NEWNET) != 0:
-        fail("unshare(CLONE_NEWNET), also with CLONE_NEWUSER")
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
-                       ("gid_map", f"{gid} {gid} 1")):
-        with open(f"/proc/self/{name}", "w") as f:
-            f.write(text)
-with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-    flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, struct.pack("16sH14x", b"lo", 0)))[1]
-    fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))
 print("READY", flush=True)
 sys.stdin.read()
 """
@@ -256,7 +260,19 @@ class _PrivateNetwork:
         cls(holder).close()
         return first.removeprefix("FAIL ") or "the namespace holder ended without a word"
 
-    def wrap(self, command: Sequence[str]) -> list[str]:
+    def wrap(self, command: Sequence[str], env: Mapping[str, str]) -> list[str]:
+        # The worker's program is found here, as Popen would find it, so that a missing one
+        # is still FileNotFoundError in the launcher and not a failing worker.
+        program = command[0]
+        if os.sep not in program:
+            found = shutil.which(program, path=env.get("PATH", os.defpath))
+            if found is None:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        elif not os.access(program, os.X_OK):
+            kind = errno.EACCES if os.path.exists(program) else errno.ENOENT
+            raise (PermissionError if kind == errno.EACCES else FileNotFoundError)(
+                kind, os.strerror(kind), program
+            )
         return [sys.executable, "-I", "-S", "-c", _ENTER, str(self.holder.pid), *command]
 
     def close(self) -> None:
@@ -350,7 +366,7 @@ class _Launch:
             env["TFPLACE_WORKER_INDEX"] = str(i)
             env.setdefault("PYTHONUNBUFFERED", "1")
             proc = subprocess.Popen(
-                self.network.wrap(self.command) if self.network else self.command,
+                self.network.wrap(self.command, env) if self.network else self.command,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
