@@ -1,0 +1,288 @@
+"""tfplace.callbacks on two real worker processes (CPU, loopback) and in one process.
+
+A run is interrupted (a worker SIGKILLed mid-training, or preempted with SIGTERM), the whole
+group is started again by the test, as ``tfplace launch --max-restarts`` or a scheduler
+would, and the final weights must equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import CHILD_GPU_ENV, CPU_ONLY_ENV, QUIET_ENV
+
+from tfplace._launch import free_ports
+from tfplace._restart import RESTART_EXIT_CODE
+from tfplace.cluster import ClusterSpec
+
+# 64 samples, global batch 16: 4 steps per epoch, 5 epochs. The data, its order and the seeds
+# are fixed, so every start sees the same batches.
+TRAIN = """
+import json, os, signal, sys
+import numpy as np
+import tfplace
+import tfplace.callbacks
+if os.environ.get("TF_CONFIG"):
+    strategy = tfplace.pick_strategy(communication_timeout=60, startup_timeout=120)
+else:
+    strategy = None
+import tensorflow as tf
+keras = tf.keras  # Keras 3, or tf_keras under TF_USE_LEGACY_KERAS=1
+out = os.environ["OUT"]
+freq = os.environ.get("FREQ", "epoch")
+freq = freq if freq == "epoch" else int(freq)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(64, 4)).astype("float32")
+y = x @ np.array([[1.0], [-2.0], [0.5], [3.0]], dtype="float32")
+scope = strategy.scope() if strategy is not None else tf.name_scope("one")
+with scope:
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+me = int(json.loads(os.environ.get("TF_CONFIG", '{"task": {"index": 0}}'))["task"]["index"])
+
+class Interrupt(keras.callbacks.Callback):
+    # Worker FAIL_TASK kills itself (FAIL_SIGNAL) at its FAIL_AT-th batch end.
+    ends = 0
+    def on_train_batch_end(self, batch, logs=None):
+        Interrupt.ends += 1
+        fail_at = int(os.environ.get("FAIL_AT", "0"))
+        if me == int(os.environ.get("FAIL_TASK", "-1")) and Interrupt.ends == fail_at:
+            os.kill(os.getpid(), getattr(signal, os.environ["FAIL_SIGNAL"]))
+
+callbacks = [Interrupt()]
+if os.environ.get("MODE") == "checkpoint":
+    saver = tfplace.callbacks.ModelCheckpoint(os.path.join(out, "ckpt", "e{epoch}.keras"))
+else:
+    saver = tfplace.callbacks.BackupAndRestore(os.path.join(out, "backup"), save_freq=freq)
+callbacks.insert(0, saver)
+model.fit(x, y, batch_size=16, epochs=5, verbose=0, shuffle=False, callbacks=callbacks)
+loaded = None
+if os.environ.get("MODE") == "checkpoint":
+    tfplace.barrier(timeout=60)  # the chief has renamed its last file into place
+    again = keras.models.load_model(os.path.join(out, "ckpt", "e5.keras"))
+    loaded = [w.ravel().tolist() for w in again.get_weights()]
+print(json.dumps({
+    "keras": keras.__name__,
+    "weights": [w.ravel().tolist() for w in model.get_weights()],
+    "loaded": loaded,
+}))
+"""
+
+
+def run_group(
+    out: Path, n: int, env: dict[str, str], timeout: float = 300
+) -> list[tuple[int, str, str]]:
+    """Start ``n`` workers (``n`` = 1: one plain process); when one fails, stop the others
+    (as a launcher does); return each one's (exit code, stdout, stderr). Checks that no
+    process of the group is left afterwards."""
+    token = f"tfplace-test-{uuid.uuid4().hex}"
+    cluster = ClusterSpec.local(free_ports(n)) if n > 1 else None
+    procs = []
+    for i in range(n):
+        full = {**os.environ, **QUIET_ENV, **CHILD_GPU_ENV, **CPU_ONLY_ENV, **env, "OUT": str(out)}
+        full.pop("TF_CONFIG", None)
+        if cluster is not None:
+            full["TF_CONFIG"] = cluster.for_task(i).to_tf_config()
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", textwrap.dedent(TRAIN), token],
+                env=full,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    deadline = time.monotonic() + timeout
+    try:
+        while any(p.poll() is None for p in procs):
+            if any(p.returncode not in (None, 0) for p in procs):
+                time.sleep(10)  # the others may be finishing their own exit (preemption)
+                break
+            assert time.monotonic() < deadline, "the group did not finish in time"
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    results = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=60)
+        results.append((p.returncode, stdout, stderr))
+    assert not [
+        pid for pid in os.listdir("/proc") if pid.isdigit() and token.encode() in _cmdline(pid)
+    ], "a worker process was left behind"
+    return results
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def finished(results: list[tuple[int, str, str]]) -> list[dict[str, Any]]:
+    for i, (code, _, stderr) in enumerate(results):
+        assert code == 0, f"worker {i} exited {code}:\n{stderr[-3000:]}"
+    return [json.loads(stdout.strip().splitlines()[-1]) for _, stdout, _ in results]
+
+
+def assert_same_weights(a: list[Any], b: list[Any]) -> None:
+    assert len(a) == len(b)
+    for u, v in zip(a, b, strict=True):
+        np.testing.assert_allclose(np.array(u), np.array(v), atol=1e-5, rtol=0)
+
+
+_reference: dict[tuple[int, str], Any] = {}
+
+
+def reference(tmp_path: Path, n: int, flavour_env: dict[str, str]) -> Any:
+    """The final weights of an uninterrupted run (computed once per group size and Keras)."""
+    key = (n, flavour_env["TF_USE_LEGACY_KERAS"])
+    if key not in _reference:
+        out = tmp_path / "reference"
+        out.mkdir()
+        runs = finished(run_group(out, n, flavour_env))
+        for run in runs[1:]:
+            assert_same_weights(run["weights"], runs[0]["weights"])
+        assert not (out / "backup").exists()  # delete_checkpoint=True removed it
+        _reference[key] = runs[0]["weights"]
+    return _reference[key]
+
+
+def flavour(name: str) -> dict[str, str]:
+    if name == "tf_keras":
+        pytest.importorskip("tf_keras")
+    return {"TF_USE_LEGACY_KERAS": "1" if name == "tf_keras" else "0"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("keras_flavour", "freq"), [("keras3", "epoch"), ("keras3", "3"), ("tf_keras", "3")]
+)
+def test_killed_worker_group_restarts_from_the_last_backup(
+    tmp_path: Path, keras_flavour: str, freq: str
+) -> None:
+    """Worker 1 is SIGKILLed at its 10th batch end (epoch 3 of 5, 4 batches an epoch);
+    the group is stopped and started again with the same backup_dir (one folder shared by
+    both workers, the set-up that fails with Keras's own callback). With save_freq=3 the
+    last backup is mid-epoch (after batch 9 = epoch 3, batch 1), so the restart skips that
+    epoch's first batch. The final weights equal an uninterrupted run's."""
+    env = flavour(keras_flavour)
+    expected = reference(tmp_path, 2, env)
+    out = tmp_path / "run"
+    out.mkdir()
+    first = run_group(
+        out, 2, {**env, "FREQ": freq, "FAIL_TASK": "1", "FAIL_AT": "10", "FAIL_SIGNAL": "SIGKILL"}
+    )
+    assert first[1][0] == -signal.SIGKILL
+    backups = sorted((out / "backup").glob("backup-*"))
+    assert len(backups) == 1  # the newest only: older ones are removed once it is complete
+    state = json.loads((backups[0] / "state.json").read_text())
+    assert state == (
+        {"epoch": 2, "batch": -1, "save": 1}
+        if freq == "epoch"
+        else {"epoch": 2, "batch": 0, "save": 2}
+    )
+    second = finished(run_group(out, 2, {**env, "FREQ": freq}))
+    for run in second:
+        assert run["keras"].startswith("tf_keras" if keras_flavour == "tf_keras" else "keras")
+        assert_same_weights(run["weights"], expected)
+    assert not (out / "backup").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_backup_on_every_worker_and_exits_with_the_restart_code(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM to worker 1 only (as Kubernetes sends to one pod): both workers agree on a
+    step, the chief writes the backup, both exit 143, and the next start resumes to the
+    same final weights as an uninterrupted run."""
+    env = flavour("keras3")
+    expected = reference(tmp_path, 2, env)
+    out = tmp_path / "run"
+    out.mkdir()
+    first = run_group(out, 2, {**env, "FAIL_TASK": "1", "FAIL_AT": "6", "FAIL_SIGNAL": "SIGTERM"})
+    assert [code for code, _, _ in first] == [RESTART_EXIT_CODE] * 2, [e[-2000:] for *_, e in first]
+    backups = sorted((out / "backup").glob("backup-*"))
+    assert len(backups) == 1
+    state = json.loads((backups[0] / "state.json").read_text())
+    assert state["epoch"] == 1 and state["batch"] >= 1  # mid-epoch 2, after the signal
+    second = finished(run_group(out, 2, env))
+    for run in second:
+        assert_same_weights(run["weights"], expected)
+
+
+@pytest.mark.slow
+def test_model_checkpoint_on_two_workers_only_the_chief_writes(tmp_path: Path) -> None:
+    """Both workers save into one shared folder (Keras's own callback fails there with
+    FileExistsError or 'unable to lock file'): only the chief's files exist, nothing
+    temporary is left (the workers' TMPDIR is checked too), and the files load."""
+    out = tmp_path / "run"
+    out.mkdir()
+    private = tmp_path / "tmpdir"
+    private.mkdir()
+    runs = finished(
+        run_group(out, 2, {**flavour("keras3"), "MODE": "checkpoint", "TMPDIR": str(private)})
+    )
+    assert sorted(p.name for p in (out / "ckpt").iterdir()) == [f"e{i}.keras" for i in range(1, 6)]
+    assert list(private.iterdir()) == []
+    for run in runs:
+        assert_same_weights(run["loaded"], run["weights"])
+
+
+@pytest.mark.slow
+def test_one_process_resumes_mid_epoch(tmp_path: Path) -> None:
+    env = flavour("keras3")
+    expected = reference(tmp_path, 1, env)
+    out = tmp_path / "run"
+    out.mkdir()
+    ((code, _, _),) = run_group(
+        out, 1, {**env, "FREQ": "3", "FAIL_TASK": "0", "FAIL_AT": "10", "FAIL_SIGNAL": "SIGKILL"}
+    )
+    assert code == -signal.SIGKILL
+    (run,) = finished(run_group(out, 1, {**env, "FREQ": "3"}))
+    assert_same_weights(run["weights"], expected)
+
+
+@pytest.mark.slow
+def test_one_process_sigterm_saves_and_exits_with_the_restart_code(tmp_path: Path) -> None:
+    env = flavour("keras3")
+    expected = reference(tmp_path, 1, env)
+    out = tmp_path / "run"
+    out.mkdir()
+    run = {**env, "FAIL_TASK": "0", "FAIL_AT": "6", "FAIL_SIGNAL": "SIGTERM"}
+    ((code, _, stderr),) = run_group(out, 1, run)
+    assert code == RESTART_EXIT_CODE, stderr[-2000:]
+    state = json.loads(next((out / "backup").glob("backup-*/state.json")).read_text())
+    assert state == {"epoch": 1, "batch": 2, "save": 1}  # saved at the next batch end
+    (resumed,) = finished(run_group(out, 1, env))
+    assert_same_weights(resumed["weights"], expected)
+
+
+def test_arguments_are_checked_before_training() -> None:
+    import tfplace.callbacks
+
+    with pytest.raises(ValueError, match="save_freq"):
+        tfplace.callbacks.BackupAndRestore("/tmp/x", save_freq=0)
+    with pytest.raises(ValueError, match="backup_dir"):
+        tfplace.callbacks.BackupAndRestore("")
+    backup = tfplace.callbacks.BackupAndRestore("/tmp/x", save_freq=5)
+    keras = pytest.importorskip("keras")
+    if os.environ.get("TF_USE_LEGACY_KERAS") not in ("1", "true", "True"):
+        assert isinstance(backup, keras.callbacks.Callback)
+    assert isinstance(backup, tfplace.callbacks.BackupAndRestore)
