@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import re
@@ -17,9 +18,13 @@ from helpers import CHILD_GPU_ENV, CPU_ONLY_ENV, QUIET_ENV
 
 import tfplace
 from tfplace import _tf
+from tfplace._cuda_libs import LibCheck
 from tfplace._doctor_explain import KNOWN_ERRORS
+from tfplace._doctor_report import env_block
+from tfplace._doctor_rules import coverage, install_line, library_findings
 from tfplace._hardware import BFLOAT16_MIN_CC, FLOAT16_MIN_CC
-from tfplace._inventory import GPUInfo, Inventory
+from tfplace._inventory import GPUInfo, Inventory, merge_gpus
+from tfplace._nvidia import from_nvml, parse_driver_version, parse_query_gpu
 from tfplace.config import auto_threads, plan_auto_cpus
 from tfplace.doctor import (
     EXIT_ERROR,
@@ -39,6 +44,7 @@ from tfplace.precision import choose_precision
 from tfplace.testing import fake_inventory
 
 ROOT = Path(__file__).parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "gpu-host"
 
 
 def ids(inv: Inventory, precision: str | None = None) -> dict[str, Finding]:
@@ -68,10 +74,16 @@ def test_rule_native_windows() -> None:
 def test_rule_cpu_only_build() -> None:
     f = ids(fake_inventory())["B2"]
     assert "CPU-only build" in f.what
-    assert "tensorflow[and-cuda]" in f.fix
+    assert 'pip install "tfplace[gpu]"' in f.fix  # what to install on a GPU machine
     assert f.severity == "info"  # no GPU on this fake machine: nothing is lost
     with_driver = ids(fake_inventory(nvidia_driver="NVRM 550"))["B2"]
     assert with_driver.severity == "warning"
+    # the H100 of the captured host, under a tensorflow-cpu: one line, naming the GPU
+    h100 = h100_inventory(tf_version="2.21.0")
+    f = ids(h100)["B2"]
+    assert f.severity == "warning"
+    assert "NVIDIA H100 80GB HBM3 (81559 MiB, compute capability 9.0)" in f.why
+    assert f.fix == 'pip uninstall -y tensorflow-cpu && pip install "tfplace[gpu]"'
 
 
 def test_rule_conflicting_distributions() -> None:
@@ -156,6 +168,214 @@ def test_rule_invalid_tf_config() -> None:
     assert "TF_CONFIG: cluster" in f.what
 
 
+# ---------------------------------------------- machines built from the captured GPU hosts
+
+
+def h100_inventory(tf_version: str | None = None, **kw: Any) -> Inventory:
+    """Host A of tests/fixtures/gpu-host: its NVML values (through a fake pynvml), packages and
+    environment from its doctor JSON; TensorFlow absent unless ``tf_version`` (then CPU-only,
+    as TensorFlow lists no GPU)."""
+    from test_nvidia import FakeNVML
+
+    doc = json.loads((FIXTURES / "h100-no-tensorflow-doctor.json").read_text())
+    facts = from_nvml(FakeNVML())
+    assert facts is not None
+    _, seen = merge_gpus((), facts, {})
+    packages = dict(doc["tensorflow"]["distributions"])
+    if tf_version:
+        packages["tensorflow-cpu"] = tf_version
+    return fake_inventory(
+        gpus=0,
+        tf_version=tf_version,
+        packages=packages,
+        env=doc["env"],
+        nvidia_driver=doc["devices"]["nvidia_driver"],
+        driver_version=facts.driver_version,
+        cuda_driver_version=facts.cuda_driver_version,
+        nvidia_gpus=seen,
+        **kw,
+    )
+
+
+def h200_inventory(**kw: Any) -> Inventory:
+    """Host B: GPU TensorFlow 2.21 (CUDA 12.5.1, sm_60..sm_89 + compute_90) and one H200, from
+    its doctor JSON."""
+    doc = json.loads((FIXTURES / "h200-tf-gpu-doctor-verify.json").read_text())
+    build = doc["tensorflow"]["build"]
+    gpus = tuple(
+        GPUInfo(g["index"], g["name"], tuple(g["compute_capability"]), 143771)
+        for g in doc["devices"]["gpus"]
+    )
+    inv = fake_inventory(
+        gpus=gpus,
+        tf_version=doc["tensorflow"]["version"],
+        packages={**doc["tensorflow"]["distributions"], "tensorboard": "2.20.0"},
+        env={**doc["env"], "TF_ENABLE_ONEDNN_OPTS": "0"},
+        nvidia_driver=doc["devices"]["nvidia_driver"],
+        **kw,
+    )
+    assert inv.tensorflow is not None
+    tf = inv.tensorflow.__class__(
+        version=doc["tensorflow"]["version"],
+        is_cuda_build=build["cuda"],
+        cuda_version=build["cuda_version"],
+        cudnn_version=build["cudnn_version"],
+        compute_capabilities=tuple(build["compute_capabilities"]),
+    )
+    return dataclasses.replace(inv, tensorflow=tf)
+
+
+def test_h100_without_tensorflow_names_the_gpu_and_one_install_line() -> None:
+    inv = h100_inventory()
+    found = ids(inv)
+    b0 = found["B0"]
+    assert "GPU 0: NVIDIA H100 80GB HBM3 (81559 MiB, compute capability 9.0)" in b0.what
+    assert b0.fix == 'pip install "tfplace[gpu]"'  # one line, not a menu of three
+    text = diagnose(inv).to_text()
+    assert "580.159.04, supports CUDA 13.0 (read through nvml)" in text
+    assert "NVIDIA H100 80GB HBM3, compute 9.0, 81559 MiB (81079 free)" in text
+    assert "(not visible to TensorFlow)" in text
+    assert "NVRM version" not in text.split("NVIDIA driver", 1)[1].splitlines()[0]
+
+
+def test_install_line_follows_the_machine() -> None:
+    assert install_line(h100_inventory()) == 'pip install "tfplace[gpu]"'
+    assert install_line(fake_inventory(tf_version=None)) == 'pip install "tfplace[cpu]"'
+    assert install_line(fake_inventory(platform="win32")) == 'pip install "tfplace[tensorflow]"'
+
+
+def test_rule_cuda_wheels_of_another_major() -> None:
+    # host A's real packages: only CUDA 13 wheels (PyTorch's), no TensorFlow
+    f = ids(h100_inventory())["B11"]
+    assert f.severity == "warning"
+    assert "CUDA 13 wheels" in f.what and "nvidia-cublas 13.1.0.3" in f.what
+    assert "nvidia-cudnn-cu13 9.19.0.56" in f.what and "nvidia-ml-py" not in f.what
+    assert "libcublas.so.12" in f.why
+    assert 'pip install "tfplace[gpu]" installs the CUDA 12 wheels' in f.fix
+    # host B: a CUDA 12.5 TensorFlow with the same CUDA 13 wheels
+    f = ids(h200_inventory())["B11"]
+    assert "TensorFlow 2.21.0 (CUDA 12.5.1)" in f.why
+    assert 'pip install "tensorflow[and-cuda]==2.21.0"' in f.fix
+    # with the CUDA 12 wheels next to them, the others are only worth a note
+    both = fake_inventory(
+        gpus=1, packages={"tensorflow": "2.21.0", "nvidia-cublas-cu12": "12.5.3.2",
+                          "nvidia-cublas": "13.1.0.3", "tensorboard": "2.20.0"}
+    )  # fmt: skip
+    assert ids(both)["B11"].severity == "info"
+    assert "B11" not in ids(fake_inventory(gpus=1, packages={"nvidia-cublas-cu12": "12.5"}))
+
+
+def test_rule_ptx_only_architecture_on_the_h200() -> None:
+    inv = h200_inventory()
+    f = ids(inv)["B8"]
+    assert f.severity == "info"
+    assert "covered only by PTX" in f.what and "no sm_90 machine code" in f.what
+    assert "CUDA_CACHE_MAXSIZE" in f.fix
+    assert "B6" not in ids(inv)  # driver 580.159.04 (CUDA 13.0) serves a CUDA 12.5.1 build
+    # the same build on an Ampere card has machine code: nothing to say
+    ampere = fake_inventory(gpus=1, compute_capability=(8, 6))
+    assert "B8" not in ids(ampere)
+
+
+@pytest.mark.parametrize(
+    ("cc", "expected"),
+    [((6, 1), "sass"), ((7, 5), "sass"), ((8, 9), "sass"), ((9, 0), "ptx"), ((12, 0), "ptx"),
+     ((5, 2), "none")],
+)  # fmt: skip
+def test_build_coverage(cc: tuple[int, int], expected: str) -> None:
+    assert coverage(cc, ("sm_60", "sm_70", "sm_80", "sm_89", "compute_90")) == expected
+    assert coverage(cc, ("sm_60",)) == ("sass" if cc[0] == 6 else "none")
+
+
+def test_rule_gpu_older_than_every_architecture() -> None:
+    f = ids(fake_inventory(gpus=1, compute_capability=(5, 2)))["B8"]
+    assert f.severity == "warning" and "no machine code or PTX" in f.what
+
+
+def test_rule_driver_too_old_from_the_old_driver_variant() -> None:
+    line = (FIXTURES / "variant-old-driver-proc-driver-nvidia.txt").read_text()
+    driver = parse_driver_version(line)
+    assert driver == "470.82.01"
+    f = ids(h200_inventory(driver_version=driver))["B6"]  # CUDA 11.4 from NVIDIA's table
+    assert f.severity == "error"
+    assert "supports CUDA 11.4" in f.what and "CUDA 12.5.1" in f.what
+    assert "525.60.13" in f.why  # CUDA 12.x minimum (minor version compatibility)
+    assert "555.42.06" in f.fix  # CUDA 12.5 Update 1's own minimum
+    # newer than the major's minimum, older than the build's release: a warning (PTX JIT)
+    f = ids(h200_inventory(driver_version="550.54.15"))["B6"]
+    assert f.severity == "warning" and "CUDA_ERROR_UNSUPPORTED_PTX_VERSION" in f.why
+
+
+def test_rule_mig_mode_from_the_mig_variant() -> None:
+    gpus, _ = parse_query_gpu((FIXTURES / "variant-mig-query-gpu.csv").read_text())
+    inv = fake_inventory(gpus=1, mig_gpus=[g.index for g in gpus if g.mig])
+    f = ids(inv)["B12"]
+    assert "GPU 0 is in MIG mode" in f.what and "CUDA_VISIBLE_DEVICES=MIG-" in f.fix
+
+
+def test_rule_tensorboard_missing() -> None:
+    f = ids(fake_inventory(packages={"tensorflow-cpu": "2.21.0"}))["G4"]
+    assert "tensorflow-cpu 2.21.0 does not install it" in f.what
+    assert "TBNotInstalledError" in f.why
+    assert "G4" not in ids(fake_inventory())  # tensorboard installed
+
+
+def test_tensorboard_finding_matches_what_keras_does_here() -> None:
+    """On this machine: G4 fires exactly when the TensorBoard callback would fail."""
+    from helpers import run_fresh
+
+    proc = run_fresh(
+        """
+        import tempfile, numpy as np, keras
+        m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        m.compile("sgd", "mse")
+        try:
+            m.fit(np.zeros((4, 2)), np.zeros((4, 1)), epochs=1, verbose=0,
+                  callbacks=[keras.callbacks.TensorBoard(tempfile.mkdtemp())])
+            print("trained")
+        except Exception as err:
+            print(type(err).__name__)
+        """,
+        cpu_only=True,
+    )
+    outcome = proc.stdout.strip().splitlines()[-1]
+    fires = "G4" in ids(tfplace.inventory())
+    assert outcome == ("TBNotInstalledError" if fires else "trained"), proc.stdout
+
+
+def test_library_check_failures_become_findings() -> None:
+    bad = LibCheck(
+        "cublasLt",
+        "libcublasLt.so.12",
+        False,
+        error="libcublasLt.so.12: cannot open shared object file: No such file or directory",
+        searched=("/site/nvidia/cublas/lib",),
+        fix="pip install nvidia-cublas-cu12",
+    )
+    good = LibCheck("cudart", "libcudart.so.12", True, path="/site/nvidia/cuda_runtime/lib/x")
+    inv = h200_inventory()
+    (f,) = library_findings(inv, (good, bad))
+    assert f.id == "B10" and f.severity == "error"
+    assert "libcublasLt.so.12" in f.what and "/site/nvidia/cublas/lib" in f.why
+    assert f.fix == "pip install nvidia-cublas-cu12"
+    report = diagnose(inv, libraries=[good, bad])
+    assert report.findings[0] == f and report.exit_code == EXIT_ERROR
+    data = report.to_dict()
+    assert [c["soname"] for c in data["cuda_libraries"]] == ["libcudart.so.12", "libcublasLt.so.12"]
+    assert "CUDA libs     1/2 load; failing: libcublasLt.so.12" in report.to_text()
+    assert diagnose(inv).to_dict()["cuda_libraries"] is None
+
+
+def test_env_block_for_bug_reports() -> None:
+    block = env_block(h100_inventory()).splitlines()
+    assert block[0] == f"- tfplace: {tfplace.__version__}"
+    assert "- TensorFlow: not installed" in block
+    assert "- NVIDIA driver: 580.159.04, supports CUDA 13.0 (read through nvml)" in block
+    gpus = next(line for line in block if line.startswith("- GPUs:"))
+    assert "not visible to TensorFlow: NVIDIA H100 80GB HBM3, compute 9.0, 81559 MiB" in gpus
+    assert len(block) == 9
+
+
 def test_rule_keras_missing() -> None:
     inv = fake_inventory(keras="missing", env={"TF_USE_LEGACY_KERAS": "1"})
     assert "tf-keras" in ids(inv)["B9"].fix
@@ -192,7 +412,14 @@ TRIGGERS: dict[str, tuple[Inventory, str | None]] = {
     "_cpu_only_build": (fake_inventory(), None),
     "_cvd": (fake_inventory(env={"CUDA_VISIBLE_DEVICES": "-1"}), None),
     "_gpu_not_found": (fake_inventory(cuda_build=True, nvidia_driver=None), None),
+    "_driver_too_old": (fake_inventory(gpus=1, driver_version="470.82.01"), None),
+    "_other_major_wheels": (
+        fake_inventory(gpus=1, packages={"tensorflow": "2.21.0", "nvidia-cublas": "13.1.0.3"}),
+        None,
+    ),
     "_gpu_newer": (fake_inventory(gpus=(GPUInfo(0, "g", (12, 0)),)), None),
+    "_mig": (fake_inventory(gpus=1, mig_gpus=[0]), None),
+    "_tensorboard_missing": (fake_inventory(packages={"tensorflow-cpu": "2.21.0"}), None),
     "_slow_precision": (fake_inventory(), "mixed_float16"),
     "_tf_config": (fake_inventory(tf_config="[]"), None),
     "_quota": (fake_inventory(cores=64, quota_cores=2), None),
@@ -226,7 +453,9 @@ def test_findings_are_most_severe_first() -> None:
 def produced_ids() -> set[str]:
     """Every finding id the rules (on their trigger machines) and the explainer can produce."""
     from_rules = {f.id for inv, p in TRIGGERS.values() for f in findings(inv, precision=p)}
-    return from_rules | {fid for _, fid, _, _ in KNOWN_ERRORS}
+    failed = LibCheck("cublas", "libcublas.so.12", False, error="x", fix="y")
+    from_libraries = {f.id for f in library_findings(fake_inventory(gpus=1), (failed,))}
+    return from_rules | from_libraries | {fid for _, fid, _, _ in KNOWN_ERRORS}
 
 
 def test_every_finding_is_documented_in_troubleshooting_and_doctor_pages() -> None:
@@ -372,7 +601,7 @@ def test_doctor_names_this_machines_build() -> None:
     words = build_words()
     assert f"({words}" in proc.stdout
     if words == "CPU-only build":  # finding B2 says what to install for a GPU
-        assert 'pip install "tensorflow[and-cuda]"' in proc.stdout
+        assert 'pip install "tfplace[gpu]"' in proc.stdout
     errors = "[error]" in proc.stdout
     assert proc.returncode == (EXIT_ERROR if errors else EXIT_OK), proc.stderr
     plain = run_doctor()
@@ -401,6 +630,17 @@ def test_doctor_verify_and_json_end_to_end() -> None:
     assert devices == [f"device:GPU:{i}" for i in range(len(visible))] + ["device:CPU:0"]
     errors = any(f["severity"] == "error" for f in data["findings"])
     assert proc.returncode == data["exit_code"] == (EXIT_ERROR if errors else EXIT_OK)
+
+
+def test_doctor_env_block_end_to_end() -> None:
+    proc = run_doctor("doctor", "--env")
+    assert proc.returncode == EXIT_OK, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 9 and lines[0].startswith("- tfplace: ")
+    # the same facts as this process sees (the child's environment has two more variables)
+    assert lines[:8] == env_block(tfplace.inventory()).splitlines()[:8]
+    tf = tfplace.inventory().tensorflow
+    assert tf is not None and f"- TensorFlow: {tf.version}" in proc.stdout
 
 
 def test_doctor_error_finding_sets_exit_code() -> None:

@@ -2,6 +2,7 @@
 
 Commands:
     tfplace [doctor] [--json] [--verify] the machine report and findings (default)
+    tfplace doctor --env                a short block to paste into bug reports
     tfplace launch -n N SCRIPT [ARGS]   N local workers of one cluster
     tfplace tf-config HOST [HOST ...]   the TF_CONFIG of each host of a cluster
     tfplace tf-config --k8s -n N --subdomain S   this Kubernetes pod's TF_CONFIG
@@ -49,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="local address to listen on: IPv4, IPv6 or a name of this machine",
     )
+    launch.add_argument(
+        "--network",
+        choices=("auto", "private", "host"),
+        default="auto",
+        help="auto (default): workers in a private network namespace with only loopback where "
+        "the OS allows it (no outbound access), else a warning; private: that or an error; "
+        "host: the machine's network (reachable from outside; needed to download)",
+    )
     launch.add_argument("-m", dest="module", action="store_true", help="SCRIPT is a module")
     launch.add_argument("script", help="the Python script (or module with -m)")
     launch.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
@@ -93,13 +102,31 @@ def _doctor_options(parser: argparse.ArgumentParser) -> None:
         metavar="POLICY",
         help="a Keras dtype policy you intend to use, checked against the hardware",
     )
+    parser.add_argument(
+        "--env",
+        action="store_true",
+        help="print only a short block to paste into bug reports (versions, driver, GPUs)",
+    )
 
 
 def _doctor(args: argparse.Namespace) -> int:
     from tfplace._inventory import inventory
     from tfplace.doctor import diagnose
 
-    report = diagnose(inventory(), precision=args.precision, run_verify=args.verify)
+    inv = inventory()
+    if args.env:
+        from tfplace._doctor_report import env_block
+
+        print(env_block(inv))
+        return 0
+    libraries = None
+    tf = inv.tensorflow
+    if tf is not None and tf.is_cuda_build and inv.platform.startswith("linux"):
+        from tfplace._cuda_libs import check_libraries
+
+        # a child process loads each CUDA library the way the loader finds it for TensorFlow
+        libraries = check_libraries(tf.cuda_version, tf.cudnn_version, tf_version=tf.version)
+    report = diagnose(inv, precision=args.precision, run_verify=args.verify, libraries=libraries)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
@@ -150,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.num_workers,
                 grace_seconds=args.grace,
                 host=args.host,
+                network=args.network,
             )
         except ClusterConfigError as err:  # a bad --host: nothing was started
             print(f"tfplace {err}", file=sys.stderr)  # "tfplace launch: host: ..."

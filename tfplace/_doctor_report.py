@@ -14,12 +14,14 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tfplace._doctor_rules import Finding, findings
+from tfplace._cuda_libs import LibCheck
+from tfplace._doctor_rules import Finding, findings, library_findings
 from tfplace._doctor_verify import VerifyResult, verify
-from tfplace._inventory import Inventory
+from tfplace._inventory import GPUInfo, Inventory
 from tfplace._plan import Plan, decide
 from tfplace.config import ConfigChange, auto_threads, plan_auto_cpus
 from tfplace.errors import TfplaceError
@@ -31,6 +33,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "DoctorReport",
     "diagnose",
+    "env_block",
 ]
 
 #: Exit codes of ``tfplace doctor``.
@@ -53,6 +56,8 @@ class DoctorReport:
         verify: the ``--verify`` results, or None when verification was not asked for.
         cpu_changes: what ``configure_cpus("auto")`` would change here, decided by the pure
             ``tfplace.config.plan_auto_cpus`` and not applied.
+        libraries: the per-library load check (``tfplace._cuda_libs.check_libraries``) of a
+            CUDA build, or None when it did not run.
     """
 
     inventory: Inventory
@@ -61,6 +66,7 @@ class DoctorReport:
     findings: tuple[Finding, ...]
     verify: tuple[VerifyResult, ...] | None = field(default=None)
     cpu_changes: tuple[ConfigChange, ...] = field(default=())
+    libraries: tuple[LibCheck, ...] | None = field(default=None)
 
     @property
     def exit_code(self) -> int:
@@ -90,6 +96,9 @@ class DoctorReport:
             "plan_error": self.plan_error,
             "findings": [f.to_dict() for f in self.findings],
             "verify": [r.to_dict() for r in self.verify] if self.verify is not None else None,
+            "cuda_libraries": (
+                [c.to_dict() for c in self.libraries] if self.libraries is not None else None
+            ),
             "exit_code": self.exit_code,
         }
 
@@ -122,16 +131,22 @@ class DoctorReport:
             "  Packages      "
             + (", ".join(f"{n} {v}" for n, v in inv.packages) or "no tensorflow* distribution"),
             f"  Runtime       {'started' if inv.runtime_started else 'not started'}",
-            f"  NVIDIA driver {inv.nvidia_driver or 'none'}",
+            f"  NVIDIA driver {_driver_text(inv)}",
         ]
-        if inv.gpus:
-            for g in inv.gpus:
-                cc = ".".join(map(str, g.compute_capability)) if g.compute_capability else "?"
-                mem = f", {g.memory_mb} MB" if g.memory_mb else ""
-                hidden = "" if g.visible else " (hidden)"
-                lines.append(f"  GPU {g.index:<10}{g.name or 'GPU'}, compute {cc}{mem}{hidden}")
-        else:
+        for g in inv.gpus:
+            hidden = "" if g.visible else " (hidden)"
+            lines.append(f"  GPU {g.index:<10}{_gpu_text(g)}{hidden}")
+        unseen = [g for g in inv.nvidia.gpus if not g.visible]
+        for g in unseen:
+            lines.append(f"  NVIDIA GPU {g.index:<3}{_gpu_text(g)} (not visible to TensorFlow)")
+        if not inv.gpus:
             lines.append("  GPUs          none visible to TensorFlow")
+        if self.libraries is not None:
+            bad = [c for c in self.libraries if not c.ok]
+            lines.append(
+                f"  CUDA libs     {len(self.libraries) - len(bad)}/{len(self.libraries)} load"
+                + (f"; failing: {', '.join(c.soname for c in bad)}" if bad else "")
+            )
         if inv.tpu.present:
             lines.append(f"  TPU           {', '.join(inv.tpu.hints)}")
         cpu = inv.cpu
@@ -172,8 +187,71 @@ class DoctorReport:
         return "\n".join(lines)
 
 
+def _driver_text(inv: Inventory) -> str:
+    nv = inv.nvidia
+    if nv.driver_version is None:
+        return inv.nvidia_driver or "none"
+    cuda = f", supports CUDA {nv.cuda_driver_version}" if nv.cuda_driver_version else ""
+    return f"{nv.driver_version}{cuda} (read through {nv.gpu_source})"
+
+
+def _gpu_text(g: GPUInfo) -> str:
+    cc = ".".join(map(str, g.compute_capability)) if g.compute_capability else "?"
+    text = f"{g.name or 'GPU'}, compute {cc}"
+    if g.memory_mb:
+        text += f", {g.memory_mb} MiB"
+        if g.memory_free_mb is not None:
+            text += f" ({g.memory_free_mb} free)"
+    if g.utilization_percent is not None:
+        text += f", {g.utilization_percent}% busy"
+    if g.processes:
+        text += f", {len(g.processes)} process(es)"
+    return text
+
+
+def env_block(inv: Inventory) -> str:
+    """A short block to paste into bug reports (``tfplace doctor --env``).
+
+    Example:
+        >>> from tfplace.testing import fake_inventory
+        >>> print(env_block(fake_inventory(gpus=1)).splitlines()[2])
+        - TensorFlow: 2.21.0 (CUDA 12.5.1, cuDNN 9, sm_60 sm_70 sm_80 sm_89 compute_90)
+    """
+    from tfplace import __version__
+
+    tf = inv.tensorflow
+    if tf is None:
+        tf_text = "not installed"
+    elif tf.is_cuda_build:
+        archs = " ".join(tf.compute_capabilities)
+        tf_text = f"{tf.version} (CUDA {tf.cuda_version}, cuDNN {tf.cudnn_version}, {archs})"
+    else:
+        tf_text = f"{tf.version} ({'ROCm' if tf.is_rocm_build else 'CPU-only'} build)"
+    gpus = [f"/GPU:{i} {_gpu_text(g)}" for i, g in enumerate(inv.visible_gpus)]
+    gpus += [f"not visible to TensorFlow: {_gpu_text(g)}" for g in inv.nvidia.gpus if not g.visible]
+    cpu = inv.cpu
+    quota = f"{cpu.quota_cores:g}" if cpu.quota_cores is not None else "none"
+    lines = [
+        f"- tfplace: {__version__}",
+        f"- Python: {inv.python} ({inv.platform}, {inv.machine})",
+        f"- TensorFlow: {tf_text}",
+        f"- Keras: {inv.keras.flavour} {inv.keras.version or ''}".rstrip(),
+        f"- NVIDIA driver: {_driver_text(inv)}",
+        f"- GPUs: {'; '.join(gpus) if gpus else 'none'}",
+        f"- CPU: {cpu.usable_cores} usable ({cpu.host_cores} host, {cpu.affinity_cores} "
+        f"affinity, quota {quota})",
+        f"- Packages: {', '.join(f'{n} {v}' for n, v in inv.packages) or 'none'}",
+        f"- Environment: {' '.join(f'{k}={v}' for k, v in inv.env) or 'none'}",
+    ]
+    return "\n".join(lines)
+
+
 def diagnose(
-    inv: Inventory, *, precision: str | None = None, run_verify: bool = False
+    inv: Inventory,
+    *,
+    precision: str | None = None,
+    run_verify: bool = False,
+    libraries: Sequence[LibCheck] | None = None,
 ) -> DoctorReport:
     """Build the doctor's report for ``inv`` (verification, if asked, runs for real).
 
@@ -183,6 +261,8 @@ def diagnose(
         precision: a Keras dtype policy the user intends to use, checked against the hardware.
         run_verify: also run :func:`~tfplace.doctor.verify` on this machine's devices (starts
             TensorFlow's runtime; the results are about this machine, not about ``inv``).
+        libraries: the per-library load check's results (``tfplace._cuda_libs``), whose
+            failures become findings; ``tfplace doctor`` runs the check for a CUDA build.
 
     Returns:
         The report; ``exit_code`` is what ``tfplace doctor`` exits with.
@@ -198,11 +278,15 @@ def diagnose(
     except TfplaceError as err:
         plan, plan_error = None, str(err)
     results = tuple(verify()) if run_verify else None
+    checks = tuple(libraries) if libraries is not None else None
+    found = library_findings(inv, checks) + findings(inv, precision=precision)
+    order = {"error": 0, "warning": 1, "info": 2}
     return DoctorReport(
         inv,
         plan,
         plan_error,
-        tuple(findings(inv, precision=precision)),
+        tuple(sorted(found, key=lambda f: order[f.severity])),
         results,
         plan_auto_cpus(inv).changes,
+        checks,
     )

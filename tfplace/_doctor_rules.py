@@ -17,17 +17,38 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from tfplace._cuda_libs import LibCheck, wheel_cuda_major
 from tfplace._hardware import cc_text, parse_arch, slow_policy
-from tfplace._inventory import Inventory
+from tfplace._inventory import GPUInfo, Inventory
+from tfplace._nvidia import (
+    CUDA_MAJOR_MIN_DRIVER,
+    cuda_for_driver,
+    driver_at_least,
+    min_driver,
+)
 from tfplace._plan import cluster_of
 from tfplace.config import auto_threads
 from tfplace.errors import TfplaceError
 
-__all__ = ["RULES", "Finding", "Rule", "Severity", "findings"]
+__all__ = [
+    "GPU_BUILD_CUDA_MAJOR",
+    "RULES",
+    "Finding",
+    "Rule",
+    "Severity",
+    "coverage",
+    "findings",
+    "install_line",
+    "library_findings",
+]
 
 Severity = Literal["error", "warning", "info"]
 
 _DOCS = "troubleshooting.md"
+#: The CUDA major version of the Linux GPU builds ``tfplace[gpu]`` installs
+#: (``tensorflow[and-cuda]``: CUDA 12 from TensorFlow 2.15 through 2.21), used to judge CUDA
+#: wheels when TensorFlow is absent or a CPU-only build.
+GPU_BUILD_CUDA_MAJOR = 12
 _FLAVOURS = (
     "tensorflow",
     "tensorflow-cpu",
@@ -91,19 +112,66 @@ def _nvidia_wheels(inv: Inventory) -> list[str]:
     return [name for name, _ in inv.packages if name.startswith("nvidia-")]
 
 
+def _driver_gpus(inv: Inventory) -> tuple[GPUInfo, ...]:
+    """Every GPU the NVIDIA driver sees, else the ones TensorFlow lists."""
+    return inv.nvidia.gpus or inv.gpus
+
+
+def _gpu_here(inv: Inventory) -> bool:
+    return bool(_driver_gpus(inv)) or inv.nvidia_driver is not None
+
+
+def _gpu_words(g: GPUInfo) -> str:
+    """``NVIDIA H100 80GB HBM3 (81559 MiB, compute capability 9.0)``."""
+    facts = [f"{g.memory_mb} MiB"] if g.memory_mb else []
+    if g.compute_capability:
+        facts.append(f"compute capability {cc_text(g.compute_capability)}")
+    return f"{g.name or 'GPU'}" + (f" ({', '.join(facts)})" if facts else "")
+
+
+def _gpus_words(gpus: tuple[GPUInfo, ...]) -> str:
+    return "; ".join(f"GPU {g.index}: {_gpu_words(g)}" for g in gpus)
+
+
+def install_line(inv: Inventory) -> str:
+    """The one pip command that installs TensorFlow right for this machine.
+
+    ``tfplace[gpu]`` (``tensorflow[and-cuda]`` with its CUDA 12 wheels, and NVML) on Linux with
+    an NVIDIA GPU or driver, ``tfplace[cpu]`` (``tensorflow-cpu``) on Linux without one, and
+    ``tfplace[tensorflow]`` elsewhere (macOS, Windows: the plain ``tensorflow`` wheel).
+
+    Example:
+        >>> from tfplace.testing import fake_inventory
+        >>> install_line(fake_inventory(gpus=1)), install_line(fake_inventory(platform="darwin"))
+        ('pip install "tfplace[gpu]"', 'pip install "tfplace[tensorflow]"')
+    """
+    if inv.platform.startswith("linux"):
+        extra = "gpu" if _gpu_here(inv) else "cpu"
+        return f'pip install "tfplace[{extra}]"'
+    return 'pip install "tfplace[tensorflow]"'
+
+
 # ------------------------------------------------------------------------------ rules
 
 
 def _tensorflow_missing(inv: Inventory, _p: str | None) -> Finding | None:
     if inv.tensorflow is not None:
         return None
+    gpus = _driver_gpus(inv)
+    here = f" The NVIDIA driver sees {_gpus_words(gpus)}." if gpus else ""
+    line = install_line(inv)
     return Finding(
         "B0",
         "error",
-        "TensorFlow is not installed (import tensorflow failed).",
-        "Nothing can run without it.",
-        'pip install "tfplace[cpu]" (CPU-only), "tfplace[gpu]" (Linux with NVIDIA GPUs) '
-        'or "tfplace[tensorflow]".',
+        "TensorFlow is not installed (import tensorflow failed)." + here,
+        "Nothing can run without it."
+        + (
+            " tfplace[gpu] installs TensorFlow with the CUDA libraries it loads "
+            "(tensorflow[and-cuda]) and NVML for the GPU facts."
+            if "[gpu]" in line
+            else ""
+        ),
+        line,
     )
 
 
@@ -126,17 +194,26 @@ def _cpu_only_build(inv: Inventory, _p: str | None) -> Finding | None:
     tf = inv.tensorflow
     if tf is None or tf.is_cuda_build or tf.is_rocm_build:
         return None
-    gpu_here = inv.nvidia_driver is not None
+    gpu_here = _gpu_here(inv)
+    gpus = _driver_gpus(inv)
+    seen = (
+        f", and the NVIDIA driver sees {_gpus_words(gpus)}."
+        if gpus
+        else ", and an NVIDIA driver is loaded on this machine."
+    )
+    installed = [n for n, _ in inv.packages if n in _FLAVOURS] or ["tensorflow-cpu"]
+    line = f"pip uninstall -y {' '.join(installed)} && {install_line(inv)}"
     return Finding(
         "B2",
         "warning" if gpu_here else "info",
         f"This TensorFlow {tf.version} is a CPU-only build (is_built_with_cuda() is False).",
         "It cannot use a GPU"
-        + (", and an NVIDIA driver is loaded on this machine." if gpu_here else ".")
+        + (seen if gpu_here else ".")
         + (" It is usually 'tensorflow-cpu', or 'tensorflow' on a platform without GPU builds."),
-        "For NVIDIA GPUs on Linux: pip uninstall tensorflow-cpu, then pip install "
-        '"tensorflow[and-cuda]" (or "tfplace[gpu]"). On a machine without a GPU nothing needs '
-        "to change.",
+        line
+        if gpu_here and inv.platform.startswith("linux")
+        else "Nothing needs to change on a machine without a GPU. On Linux with an NVIDIA GPU: "
+        'pip install "tfplace[gpu]" (it installs "tensorflow[and-cuda]").',
     )
 
 
@@ -216,28 +293,192 @@ def _gpu_not_found(inv: Inventory, _p: str | None) -> Finding | None:
     )
 
 
+def coverage(cc: tuple[int, int], archs: tuple[str, ...]) -> str:
+    """How a build's architectures cover a GPU: ``"sass"``, ``"ptx"`` or ``"none"``.
+
+    Machine code (``sm_XY``) runs on GPUs of the same major version and an equal or higher
+    minor one; PTX (``compute_XY``) is compiled by the driver for any GPU at or above XY (CUDA
+    C Programming Guide, "Binary Compatibility" and "PTX Compatibility").
+
+    Example:
+        >>> archs = ("sm_60", "sm_70", "sm_80", "sm_89", "compute_90")
+        >>> coverage((8, 6), archs), coverage((9, 0), archs), coverage((5, 2), archs)
+        ('sass', 'ptx', 'none')
+    """
+    sass = [a for c in archs if c.startswith("sm_") and (a := parse_arch(c))]
+    ptx = [a for c in archs if c.startswith("compute_") and (a := parse_arch(c))]
+    if any(a[0] == cc[0] and a <= cc for a in sass):
+        return "sass"
+    if any(a <= cc for a in ptx):
+        return "ptx"
+    return "none"
+
+
+_CACHE_FIX = (
+    "Keep the driver's JIT cache between runs and large enough for TensorFlow's kernels: "
+    "CUDA_CACHE_MAXSIZE=4294967296 (4 GiB; the default is 1 GiB in recent drivers and too "
+    "small), and a persistent CUDA_CACHE_PATH in containers (default ~/.nv/ComputeCache)."
+)
+
+
 def _gpu_newer(inv: Inventory, _p: str | None) -> Finding | None:
     tf = inv.tensorflow
     if tf is None or not tf.compute_capabilities:
         return None
-    built = [cc for cc in (parse_arch(c) for c in tf.compute_capabilities) if cc]
+    archs = tuple(tf.compute_capabilities)
+    built = [cc for cc in (parse_arch(c) for c in archs) if cc]
     if not built:
         return None
     newest = max(built)
-    newer = [(g, cc) for g in inv.visible_gpus if (cc := g.compute_capability) and cc > newest]
-    if not newer:
+    judged = [
+        (g, cc, coverage(cc, archs)) for g in inv.visible_gpus if (cc := g.compute_capability)
+    ]
+    for g, cc, cov in judged:
+        if cov == "none":
+            return Finding(
+                "B8",
+                "warning",
+                f"GPU {g.index} ({g.name or 'GPU'}) has compute capability {cc_text(cc)}; this "
+                f"TensorFlow carries no machine code or PTX that can run on it "
+                f"({', '.join(archs)}).",
+                "TensorFlow ignores the GPU (or fails with 'no kernel image is available for "
+                "execution on the device').",
+                "Use a TensorFlow build that lists this compute capability, or another GPU.",
+            )
+    for g, cc, cov in judged:
+        if cov == "ptx" and cc > newest:
+            return Finding(
+                "B8",
+                "warning",
+                f"GPU {g.index} ({g.name or 'GPU'}) has compute capability "
+                f"{cc_text(cc)}; this TensorFlow was built for up to "
+                f"{cc_text(newest)} ({', '.join(archs)}).",
+                "TensorFlow then JIT-compiles its kernels from PTX at start-up, which can take "
+                "up to 30 minutes, and may fail for some kernels (TF#62320).",
+                "Use a newer TensorFlow built for this GPU; meanwhile "
+                + _CACHE_FIX[0].lower()
+                + _CACHE_FIX[1:],
+            )
+    for g, cc, cov in judged:
+        if cov == "ptx":
+            return Finding(
+                "B8",
+                "info",
+                f"GPU {g.index} ({g.name or 'GPU'}, compute capability {cc_text(cc)}) is "
+                f"covered only by PTX in this build ({', '.join(archs)}): there is no "
+                f"sm_{cc[0]}{cc[1]} machine code.",
+                "The driver compiles every kernel from PTX on its first use: the first run of "
+                "each model is slow (minutes), later runs read the compiled kernels from the "
+                "driver's JIT cache if it is large enough to keep them.",
+                _CACHE_FIX,
+            )
+    return None
+
+
+def _driver_too_old(inv: Inventory, _p: str | None) -> Finding | None:
+    tf = inv.tensorflow
+    driver = inv.nvidia.driver_version
+    if tf is None or not tf.is_cuda_build or not tf.cuda_version or driver is None:
         return None
-    g, cc = newer[0]
+    need = tuple(int(p) for p in re.findall(r"\d+", tf.cuda_version)[:2])
+    supported = inv.nvidia.cuda_driver_version or cuda_for_driver(driver)
+    have = tuple(int(p) for p in re.findall(r"\d+", supported or "")[:2])
+    full = min_driver(tf.cuda_version)
+    major_min = CUDA_MAJOR_MIN_DRIVER.get(need[0])
+    source = "NVIDIA CUDA Toolkit Release Notes, driver tables"
+    too_old_major = (have and have[0] < need[0]) or (
+        major_min is not None and not driver_at_least(driver, major_min)
+    )
+    if too_old_major:
+        return Finding(
+            "B6",
+            "error",
+            f"NVIDIA driver {driver} supports CUDA {supported or 'older than ' + str(need[0])}; "
+            f"this TensorFlow {tf.version} was built with CUDA {tf.cuda_version}.",
+            f"CUDA {need[0]}.x programs need driver {major_min} or newer ({source}); with an "
+            "older one TensorFlow fails with 'CUDA driver version is insufficient for CUDA "
+            "runtime version' and uses no GPU.",
+            f"Install NVIDIA driver {full or major_min} or newer (then nvidia-smi shows CUDA "
+            f"Version {need[0]}.{need[1]} or higher), or a TensorFlow built for CUDA "
+            f"{have[0] if have else 'your driver'}.",
+        )
+    if have and have < need[:2] and full is not None:
+        return Finding(
+            "B6",
+            "warning",
+            f"NVIDIA driver {driver} supports CUDA {supported}; this TensorFlow {tf.version} "
+            f"was built with CUDA {tf.cuda_version}, which wants driver {full} or newer.",
+            "CUDA minor version compatibility lets it run, but PTX newer than the driver "
+            "cannot be JIT-compiled (CUDA_ERROR_UNSUPPORTED_PTX_VERSION): GPUs covered only "
+            f"by PTX, and XLA without ptxas, fail ({source}).",
+            f"Install NVIDIA driver {full} or newer.",
+        )
+    return None
+
+
+def _other_major_wheels(inv: Inventory, _p: str | None) -> Finding | None:
+    tf = inv.tensorflow
+    if tf is not None and tf.is_cuda_build and tf.cuda_version:
+        need = int(re.findall(r"\d+", tf.cuda_version)[0])
+        whose = f"This TensorFlow {tf.version} (CUDA {tf.cuda_version})"
+    elif inv.platform.startswith("linux") and _gpu_here(inv):
+        need, whose = GPU_BUILD_CUDA_MAJOR, 'The TensorFlow that "tfplace[gpu]" installs'
+    else:
+        return None
+    majors = {n: wheel_cuda_major(n, v) for n, v in inv.packages}
+    other = [f"{n} {v}" for n, v in inv.packages if majors[n] is not None and majors[n] != need]
+    if not other:
+        return None
+    right = [n for n, m in majors.items() if m == need]
+    found = sorted({m for m in majors.values() if m is not None and m != need})
+    if tf is not None and tf.is_cuda_build:
+        install = f'pip install "tensorflow[and-cuda]=={tf.version}"'
+    else:
+        install = install_line(inv)
     return Finding(
-        "B8",
-        "warning",
-        f"GPU {g.index} ({g.name or 'GPU'}) has compute capability "
-        f"{cc_text(cc)}; this TensorFlow was built for up to "
-        f"{cc_text(newest)} ({', '.join(tf.compute_capabilities)}).",
-        "TensorFlow then JIT-compiles its kernels from PTX at start-up, which can take up to "
-        "30 minutes, and may fail for some kernels (TF#62320).",
-        "Use a newer TensorFlow built for this GPU; meanwhile keep the JIT cache between runs "
-        "(CUDA_CACHE_MAXSIZE=4294967296) so the compilation happens once.",
+        "B11",
+        "info" if right else "warning",
+        f"CUDA {'/'.join(map(str, found))} wheels are installed ({', '.join(other)}); they do "
+        "not serve TensorFlow.",
+        f"{whose} loads CUDA {need} libraries (libcudart.so.{need}, libcublas.so.{need}, "
+        f"...); wheels of another CUDA major carry other sonames, so TensorFlow never opens "
+        "them (they usually belong to PyTorch or another framework).",
+        (
+            "Nothing to remove: keep them for the framework that uses them."
+            if right
+            else f"{install} installs the CUDA {need} wheels (nvidia-*-cu{need}) next to them; "
+            "the two sets have different sonames and coexist."
+        ),
+    )
+
+
+def _mig(inv: Inventory, _p: str | None) -> Finding | None:
+    if not inv.nvidia.mig_gpus:
+        return None
+    which = ", ".join(str(i) for i in inv.nvidia.mig_gpus)
+    return Finding(
+        "B12",
+        "info",
+        f"GPU {which} is in MIG mode (Multi-Instance GPU).",
+        "A CUDA process sees one MIG instance per GPU, with that instance's memory and "
+        "compute, not the whole card (NVIDIA MIG User Guide, 'CUDA Device Enumeration'); "
+        "the GPU totals shown here are the card's.",
+        "Choose the instance before TensorFlow starts: CUDA_VISIBLE_DEVICES=MIG-<uuid> (nvidia-smi "
+        "-L lists them); run one process per instance for several.",
+    )
+
+
+def _tensorboard_missing(inv: Inventory, _p: str | None) -> Finding | None:
+    if inv.tensorflow is None or any(n == "tensorboard" for n, _ in inv.packages):
+        return None
+    dist = next((f"{n} {v}" for n, v in inv.packages if n in _FLAVOURS), "this TensorFlow")
+    return Finding(
+        "G4",
+        "info",
+        f"TensorBoard is not installed ({dist} does not install it).",
+        "Keras's TensorBoard callback (keras.callbacks.TensorBoard) fails at the start of "
+        "fit with TBNotInstalledError; training without it is unaffected.",
+        "pip install tensorboard, if you use the TensorBoard callback or tf.summary.",
     )
 
 
@@ -342,11 +583,15 @@ RULES: tuple[Rule, ...] = (
     _cpu_only_build,
     _cvd,
     _gpu_not_found,
+    _driver_too_old,
+    _other_major_wheels,
     _gpu_newer,
+    _mig,
     _slow_precision,
     _tf_config,
     _quota,
     _eager,
+    _tensorboard_missing,
     _onednn,
 )
 
@@ -372,3 +617,39 @@ def findings(inv: Inventory, *, precision: str | None = None) -> list[Finding]:
     """
     found = [f for rule in RULES if (f := rule(inv, precision)) is not None]
     return sorted(found, key=lambda f: _ORDER[f.severity])
+
+
+def library_findings(inv: Inventory, checks: tuple[LibCheck, ...] | None) -> list[Finding]:
+    """Findings from the per-library load check (:func:`tfplace._cuda_libs.check_libraries`).
+
+    One error per library that does not load, naming the file, where it was looked for, the
+    loader's message and the fix. Pure: the check ran before.
+
+    Example:
+        >>> from tfplace.testing import fake_inventory
+        >>> bad = LibCheck("cublasLt", "libcublasLt.so.12", False, fix="pip install x")
+        >>> [f.id for f in library_findings(fake_inventory(gpus=1), (bad,))]
+        ['B10']
+    """
+    if not checks:
+        return []
+    tf = inv.tensorflow
+    build = f"TensorFlow {tf.version} (CUDA {tf.cuda_version})" if tf else "TensorFlow"
+    found = []
+    for c in checks:
+        if c.ok:
+            continue
+        where = f" ({c.path})" if c.path else ""
+        looked = ", ".join(c.searched) if c.searched else "no wheel folder"
+        found.append(
+            Finding(
+                "B10",
+                "error",
+                f"{c.soname}{where} does not load: {c.error or 'not found'}.",
+                f"{build} opens {c.soname} when it starts; if it cannot, it logs 'Cannot "
+                "dlopen some GPU libraries' and registers no GPU. Looked in LD_LIBRARY_PATH "
+                f"and the CUDA wheels' folders ({looked}), then the loader's cache.",
+                c.fix,
+            )
+        )
+    return found
