@@ -592,3 +592,30 @@ def test_a_missing_program_is_an_error_before_any_worker_starts(network: str) ->
     for program in ["tfplace-no-such-program", "/nonexistent/python"]:
         with pytest.raises(FileNotFoundError, match=program):
             launch([program, "x.py"], 2, out=io.StringIO(), network=network)
+
+
+def _interfaces(text: str) -> set[str]:
+    """Interface names from ``/proc/net/dev`` text (the reader's network namespace)."""
+    return {line.split(":", 1)[0].strip() for line in text.splitlines()[2:] if ":" in line}
+
+
+@pytest.mark.parametrize("network", ["host", "auto"])
+def test_the_command_line_chooses_the_network(tmp_path: Path, network: str) -> None:
+    path = script(
+        tmp_path,
+        """
+        print("interfaces", ",".join(sorted(
+            line.split(":", 1)[0].strip()
+            for line in open("/proc/net/dev").read().splitlines()[2:] if ":" in line
+        )))
+        """,
+    )
+    proc = cli("-n", "1", "--network", network, path)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    seen = set(next(x for x in out.splitlines() if "interfaces" in x).split()[-1].split(","))
+    mine = _interfaces(Path("/proc/net/dev").read_text())
+    if network == "host" or "could not be isolated" in out:  # host, or the warned fallback
+        assert seen == mine
+    else:
+        assert seen == {"lo"}, out
