@@ -270,22 +270,23 @@ def _placement_name(m: Measurement) -> str:
     return m.kind if m.devices is None else f"{m.kind} {','.join(m.devices)}"
 
 
-def error_summary(text: str, width: int = 160) -> str:
-    """One line out of an error text: its longest line among the first ten, shortened.
+def error_summary(text: str, width: int = 240) -> str:
+    """One line out of an error text: its first line and its longest message line, shortened.
 
-    TensorFlow's graph errors start with a generic line ("Graph execution error:") and say
-    what went wrong further down; the longest early line is the informative one.
+    TensorFlow's graph errors start with a generic line ("Graph execution error:"), then a
+    Python stack, and say what went wrong further down; the longest line that is not a stack
+    frame (``File "..."``) is the informative one.
 
     Example:
-        >>> error_summary("InvalidArgumentError: Graph error:\\n\\nNo XLA kernel: AsString")
-        'InvalidArgumentError: Graph error: | No XLA kernel: AsString'
+        >>> error_summary('Graph error:\\n  File "x.py", line 1\\nNo XLA kernel: AsString')
+        'Graph error: | No XLA kernel: AsString'
     """
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return "(no message)"
-    first, rest = lines[0], lines[1:10]
+    rest = [line for line in lines[1:40] if not line.startswith('File "')]
     detail = max(rest, key=len) if rest else ""
-    summary = f"{first} | {detail}" if detail else first
+    summary = f"{lines[0]} | {detail}" if detail else lines[0]
     return summary if len(summary) <= width else summary[: width - 3] + "..."
 
 
