@@ -244,6 +244,8 @@ def diagnose_training(
     (``profile_steps`` steps each, step-annotated) is written there in a separate pass after
     the timings; several workers each write their own ``worker-<i>`` subfolder.
 
+    Not :func:`tfplace.doctor.diagnose`, which checks the installation without training.
+
     Args:
         model: a compiled Keras model (Keras 3 or tf_keras).
         dataset: a batched ``tf.data.Dataset`` as given to ``fit`` (repeated as needed).
