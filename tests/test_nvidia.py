@@ -427,6 +427,15 @@ def test_this_machine_facts_are_consistent_and_fast() -> None:
     assert len(inv.nvidia.gpus) == len(facts.gpus)
 
 
+def test_answer_is_reused_for_max_age_seconds() -> None:
+    first = nvidia_facts(max_age=0)  # asked now
+    assert nvidia_facts() is first  # within 5 s: the same answer, nothing asked
+    again = nvidia_facts(max_age=0)
+    assert again is not first and again == first  # asked again: same machine, same facts
+    fake = nvidia_facts(nvml=FakeNVML())  # injected sources are never cached
+    assert fake.source == "nvml" and nvidia_facts() is again
+
+
 def test_nvml_values_fixture_shape() -> None:
     driver, cuda, gpus = nvml_values()
     assert (driver, cuda, len(gpus)) == ("580.159.04", 13000, 1)

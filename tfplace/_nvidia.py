@@ -28,6 +28,7 @@ import contextlib
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -505,18 +506,29 @@ def _import_nvml() -> ModuleType | None:
 # ------------------------------------------------------------------------- all together
 
 
+_PROC = Path("/proc/driver/nvidia")
+_cache: tuple[float, NvidiaFacts] | None = None
+
+
 def nvidia_facts(
     *,
     nvml: Any = None,
     run: Runner | None = None,
-    proc_root: Path = Path("/proc/driver/nvidia"),
+    proc_root: Path = _PROC,
+    max_age: float = 5.0,
 ) -> NvidiaFacts:
     """What the NVIDIA driver says about this machine: NVML, else nvidia-smi, else ``/proc``.
+
+    The answer from the real sources is reused for ``max_age`` seconds: ``inventory()`` runs
+    many times while a program configures itself, and ``nvmlInit`` or an ``nvidia-smi`` start
+    can take long on a host without the persistence daemon.
 
     Args:
         nvml: an NVML binding to use instead of importing ``pynvml`` (tests pass a fake).
         run: the command runner for nvidia-smi (tests pass captured output).
         proc_root: where the driver's ``/proc`` files are.
+        max_age: seconds a previous answer of the real sources stays good (0: ask again, e.g.
+            for free memory right now).
 
     Returns:
         The facts; ``source="none"`` (and no GPU) when no source answers: no NVIDIA driver.
@@ -525,6 +537,17 @@ def nvidia_facts(
         >>> nvidia_facts().source in ("nvml", "nvidia-smi", "proc", "none")
         True
     """
+    global _cache
+    real = nvml is None and run is None and proc_root == _PROC
+    if real and _cache is not None and time.monotonic() - _cache[0] < max_age:
+        return _cache[1]
+    facts = _ask(nvml, run, proc_root)
+    if real:
+        _cache = (time.monotonic(), facts)
+    return facts
+
+
+def _ask(nvml: Any, run: Runner | None, proc_root: Path) -> NvidiaFacts:
     module = nvml if nvml is not None else _import_nvml()
     if module is not None and (facts := from_nvml(module)) is not None:
         return facts
