@@ -195,6 +195,7 @@ class BackupAndRestore(_KerasFlavoured):
         self._flagged = False
         self._stop_at: int | None = None
         self._previous_handler: Any = None
+        self._sigterms = 0
         self._preempt_key = ""
         self._original_train_function: Any = None
 
@@ -253,7 +254,7 @@ class BackupAndRestore(_KerasFlavoured):
                 f"{type(model).__name__}). Fix: give it an Input, or call it on a batch first."
             )
         self._reset_run_state()
-        type(self)._fits += 1
+        BackupAndRestore._fits += 1  # the base class: one count whatever the subclass
         self._preempt_key = f"tfplace/preempt/{BackupAndRestore._fits}"
         _meet(model, self.timeout)  # nobody reads while the chief may still be writing
         backups = self._backups()
@@ -293,9 +294,8 @@ class BackupAndRestore(_KerasFlavoured):
         model = self.model
         original = model.train_function
         self._original_train_function = original
-        per_call = int(getattr(model, "steps_per_execution", 1) or 1)
-        if hasattr(per_call, "numpy"):
-            per_call = int(per_call.numpy())
+        value: Any = getattr(model, "steps_per_execution", None)  # tf_keras: a tf.Variable
+        per_call = int(value.numpy() if hasattr(value, "numpy") else (value or 1))
         calls = max(1, batches // per_call)
 
         def skipping(iterator: Any, *args: Any, **kwargs: Any) -> Any:
@@ -378,6 +378,11 @@ class BackupAndRestore(_KerasFlavoured):
                 _tf.coordination_context().set_config_key_value(self._preempt_key, "done")
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
+        if self._sigterms:  # a second SIGTERM (or fit() died without on_train_end): give up
+            signal.signal(signal.SIGTERM, self._previous_handler or signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        self._sigterms += 1
         log.warning("tfplace: SIGTERM received; saving a backup at the next step")
         if not _multi_worker(self.model):
             self._flagged = True
