@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         help="run a training script as N local workers of one TensorFlow cluster",
         description="Start N workers of this Python, each with its TF_CONFIG on free loopback "
         "ports. Output lines are prefixed with the worker index. When a worker fails, the "
-        "others are stopped and its exit code is returned.",
+        "others are stopped and its exit code is returned, or with --max-restarts the whole "
+        "group is started again on new ports (TFPLACE_RESTART_COUNT=1, 2, ... in each "
+        "worker's environment).",
     )
     launch.add_argument("-n", "--num-workers", type=int, required=True, help="workers (>= 1)")
     launch.add_argument(
@@ -57,6 +59,21 @@ def _parser() -> argparse.ArgumentParser:
         help="auto (default): workers in a private network namespace with only loopback where "
         "the OS allows it (no outbound access), else a warning; private: that or an error; "
         "host: the machine's network (reachable from outside; needed to download)",
+    )
+    launch.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start the whole group again up to N times when a worker fails (default 0)",
+    )
+    launch.add_argument(
+        "--restart-on",
+        choices=("retryable", "any"),
+        default="retryable",
+        help="retryable (default): restart when a worker dies of a signal or exits with the "
+        "restart code 143; any other code (1: an exception) ends the launch. any: restart "
+        "on every failure",
     )
     launch.add_argument("-m", dest="module", action="store_true", help="SCRIPT is a module")
     launch.add_argument("script", help="the Python script (or module with -m)")
@@ -170,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.num_workers < 1:
             parser.error(f"-n must be >= 1, found {args.num_workers}")
+        if args.max_restarts < 0:
+            parser.error(f"--max-restarts must be >= 0, found {args.max_restarts}")
         target = ["-m", args.script] if args.module else [args.script]
         try:
             result = launch(
@@ -178,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 grace_seconds=args.grace,
                 host=args.host,
                 network=args.network,
+                max_restarts=args.max_restarts,
+                restart_on=args.restart_on,
             )
         except ClusterConfigError as err:  # a bad --host: nothing was started
             print(f"tfplace {err}", file=sys.stderr)  # "tfplace launch: host: ..."

@@ -6,6 +6,15 @@ SIGTERM, and as soon as one worker fails stops the others (SIGTERM, then SIGKILL
 grace period) and exits with that worker's code. Each worker runs in its own process group,
 so whatever it started is stopped with it.
 
+With ``max_restarts=N`` a failed group is started again, whole (a single restarted
+MultiWorkerMirroredStrategy worker could deadlock the collectives of the others), on new
+ports and with ``TFPLACE_RESTART_COUNT`` set, up to N times. What is retried follows
+Kubeflow's ``restartPolicy: ExitCode`` (kubeflow/training-operator,
+``pkg/util/train/train_util.go``, ``IsRetryableExitCode``): a death by a signal and the
+restart exit code 143 are retried, an ordinary error code (1, 2, ...) is permanent, since the
+same program would fail the same way again; ``restart_on="any"`` retries every failure.
+A signal to the launcher itself (Ctrl-C, SIGTERM) is never a reason to restart.
+
 Two things keep local workers from getting in each other's way and out of reach:
 
 - Core shares (:func:`plan_threads`, pure): each worker's TensorFlow thread pools are sized
@@ -36,6 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
+from tfplace._restart import RESTART_COUNT_ENV, RESTART_EXIT_CODE, is_retryable
 from tfplace.cluster import ClusterSpec, check_host
 from tfplace.errors import ClusterConfigError
 
@@ -304,20 +314,52 @@ class LaunchResult:
 
     Attributes:
         returncode: 0 when every worker succeeded, else the first failing worker's code
-            (128 + signal number for a worker killed by a signal).
-        worker_codes: each worker's exit code (None if it had to be killed).
-        failed_worker: the index of the first worker that failed, or None.
-        seconds: wall time of the launch.
+            (128 + signal number for a worker killed by a signal) in the last attempt.
+        worker_codes: each worker's exit code in the last attempt (None if it had to be
+            killed).
+        failed_worker: the index of the first worker that failed in the last attempt, or None.
+        seconds: wall time of the launch, all attempts together.
+        attempts: how many times the group was started (1 + the restarts).
     """
 
     returncode: int
     worker_codes: tuple[int | None, ...]
     failed_worker: int | None
     seconds: float
+    attempts: int = 1
 
 
 def _code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
+
+
+RESTART_ON = ("retryable", "any")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _cause(worker: int, returncode: int) -> str:
+    """Why a worker failed, in words: ``worker 1 was killed by SIGKILL (exit code 137)``."""
+    code = _code(returncode)
+    if returncode < 0:
+        return f"worker {worker} was killed by {_signal_name(-returncode)} (exit code {code})"
+    if code == RESTART_EXIT_CODE:
+        return f"worker {worker} exited with the restart exit code {code}"
+    if is_retryable(code):
+        return f"worker {worker} exited with code {code} (128 + {_signal_name(code - 128)})"
+    return f"worker {worker} exited with code {code}"
+
+
+class _Interrupt:
+    """The signal the launcher itself received (Ctrl-C, SIGTERM), shared by every attempt."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
 
 
 class _Launch:
@@ -330,6 +372,7 @@ class _Launch:
         out: IO[str],
         on_line: Callable[[int, str], None] | None,
         network: _PrivateNetwork | None = None,
+        interrupt: _Interrupt | None = None,
     ) -> None:
         self.command = list(command)
         self.network = network
@@ -341,7 +384,7 @@ class _Launch:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.readers: list[threading.Thread] = []
         self.out_lock = threading.Lock()
-        self.stop_signal: int | None = None
+        self.interrupt = interrupt or _Interrupt()
         self.callback_error: BaseException | None = None
 
     def _pump(self, index: int, stream: IO[bytes]) -> None:
@@ -406,10 +449,11 @@ class _Launch:
                 self._say("the on_line callback raised an error; stopping the workers")
                 self.stop_all()
                 raise self.callback_error
-            if self.stop_signal is not None:
-                self._say(f"received signal {self.stop_signal}; stopping the workers")
-                self.stop_all(self.stop_signal)
-                return 128 + self.stop_signal, None
+            stop_signal = self.interrupt.signal
+            if stop_signal is not None:
+                self._say(f"received signal {stop_signal}; stopping the workers")
+                self.stop_all(stop_signal)
+                return 128 + stop_signal, None
             codes = [p.poll() for p in self.procs]
             for i, code in enumerate(codes):
                 if code is not None and code != 0:
@@ -437,6 +481,8 @@ def launch(
     out: IO[str] | None = None,
     on_line: Callable[[int, str], None] | None = None,
     network: str = "auto",
+    max_restarts: int = 0,
+    restart_on: str = "retryable",
 ) -> LaunchResult:
     """Run ``command`` as ``num_workers`` local workers of one TensorFlow cluster.
 
@@ -461,13 +507,26 @@ def launch(
             ``"private"``: the namespace or a ``ClusterConfigError``. ``"host"``: the
             machine's own network (outbound access; the workers' ports are reachable from
             wherever this machine is).
+        max_restarts: how many times a failed group may be started again (default 0: the
+            first failure ends the launch). All workers are stopped, then all are started
+            again on new ports, with ``TFPLACE_RESTART_COUNT=k`` in their environment (``0``
+            on the first start); each restart is logged with its cause (WARNING).
+        restart_on: which failures are restarted: ``"retryable"`` (default) a worker killed
+            by a signal (exit code 128 + n) or exiting with the restart exit code 143, as
+            Kubeflow's ``restartPolicy: ExitCode``; any other code (1: an exception) is
+            permanent and ends the launch at once. ``"any"``: every failure.
+
+    A signal to the launcher itself (Ctrl-C, SIGTERM) stops every worker and is never
+    restarted. When restarts are exhausted, the result carries the last failure's exit code
+    and the log says how many attempts were made.
 
     Each worker's TensorFlow thread pools get its share of the usable cores (see
     :func:`plan_threads`; variables already set in ``env`` are kept). Both decisions are
     logged (logger ``"tfplace"``, level INFO; the fallback is a WARNING).
 
     Returns:
-        A :class:`LaunchResult`; no worker process is left running.
+        A :class:`LaunchResult` (``attempts`` counts the starts); no worker process is left
+        running, whatever the path.
 
     Raises:
         ClusterConfigError: ``host`` is invalid or not an address of this machine, or
@@ -492,7 +551,11 @@ def launch(
         raise TypeError(f"on_line must be a callable (index, line), found {on_line!r}")
     if network not in NETWORKS:
         raise ValueError(f"network must be one of {NETWORKS}, found {network!r}")
-    cluster = ClusterSpec.local(_free_ports(num_workers, host, "launch"), host)
+    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+        raise ValueError(f"max_restarts must be an int >= 0, found {max_restarts!r}")
+    if restart_on not in RESTART_ON:
+        raise ValueError(f"restart_on must be one of {RESTART_ON}, found {restart_on!r}")
+    ports = _free_ports(num_workers, host, "launch")  # checks the host before anything starts
     started = time.monotonic()
     base = dict(env or os.environ)
     threads = plan_threads(_usable_cores(), num_workers, base)
@@ -500,8 +563,11 @@ def launch(
         log.info("tfplace launch: %s", reason)
     base.update(threads.set_env)
     private = _network(network, host)
+    restarts = _Restarts(max_restarts, restart_on)
     try:
-        return _run(command, cluster, base, grace_seconds, out, on_line, private, started)
+        return _run(
+            command, host, ports, base, grace_seconds, out, on_line, private, restarts, started
+        )
     finally:
         if private is not None:
             private.close()
@@ -548,26 +614,122 @@ def _network(network: str, host: str) -> _PrivateNetwork | None:
     return opened
 
 
+@dataclass(frozen=True)
+class _Restarts:
+    limit: int
+    on: str
+
+    def refuse(self, returncode: int, attempt: int) -> str | None:
+        """Why a failed attempt (1-based) is not restarted, or None to restart it."""
+        if attempt > self.limit:
+            if self.limit == 0:
+                return ""  # restarts were not asked for: today's launch, nothing to add
+            return f"restarts exhausted: {attempt} attempts (1 start + {self.limit} restarts)"
+        if self.on != "any" and not is_retryable(returncode):
+            return (
+                f"exit code {_code(returncode)} is a permanent failure (retryable: a death "
+                f"by a signal, or the restart exit code {RESTART_EXIT_CODE}); "
+                "restart_on='any' (--restart-on any) restarts every failure"
+            )
+        return None
+
+
 def _run(
     command: Sequence[str],
-    cluster: ClusterSpec,
+    host: str,
+    ports: list[int],
     env: dict[str, str],
     grace_seconds: float,
     out: IO[str] | None,
     on_line: Callable[[int, str], None] | None,
     private: _PrivateNetwork | None,
+    restarts: _Restarts,
     started: float,
 ) -> LaunchResult:
-    run = _Launch(command, cluster, env, grace_seconds, out or sys.stdout, on_line, private)
+    interrupt = _Interrupt()
     previous: dict[int, Any] = {}
 
     def on_signal(sig: int, _frame: object) -> None:
-        run.stop_signal = sig
+        interrupt.signal = sig
 
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
+    try:
+        attempt = 1
+        while True:
+            cluster = ClusterSpec.local(ports, host)
+            run = _Launch(
+                command,
+                cluster,
+                {**env, RESTART_COUNT_ENV: str(attempt - 1)},
+                grace_seconds,
+                out or sys.stdout,
+                on_line,
+                private,
+                interrupt,
+            )
+            code, failed = _attempt(run)
+            result = LaunchResult(
+                returncode=code,
+                worker_codes=tuple(
+                    None if p.returncode is None else _code(p.returncode) for p in run.procs
+                ),
+                failed_worker=failed,
+                seconds=time.monotonic() - started,
+                attempts=attempt,
+            )
+            if failed is None:  # success, or the launcher itself was signalled
+                return result
+            raw = run.procs[failed].returncode
+            assert raw is not None
+            cause = _cause(failed, raw)
+            if interrupt.signal is not None:
+                run._say(f"received signal {interrupt.signal}; not restarting")
+                log.warning(
+                    "tfplace launch: %s, and the launcher received signal %d: not restarting",
+                    cause,
+                    interrupt.signal,
+                )
+                return result
+            refused = restarts.refuse(raw, attempt)
+            if refused is not None:
+                if refused:
+                    run._say(f"not restarting: {refused}; exit code {code}")
+                    log.warning(
+                        "tfplace launch: %s on attempt %d; not restarting: %s. Exit code %d",
+                        cause,
+                        attempt,
+                        refused,
+                        code,
+                    )
+                return result
+            ports = _free_ports(len(ports), host, "launch")
+            run._say(
+                f"restarting all {len(ports)} workers on new ports (restart {attempt} of "
+                f"{restarts.limit}, {RESTART_COUNT_ENV}={attempt})"
+            )
+            log.warning(
+                "tfplace launch: %s on attempt %d; restarting all %d workers on new ports "
+                "(restart %d of %d, %s=%d)",
+                cause,
+                attempt,
+                len(ports),
+                attempt,
+                restarts.limit,
+                RESTART_COUNT_ENV,
+                attempt,
+            )
+            attempt += 1
+    finally:
+        if in_main:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _attempt(run: _Launch) -> tuple[int, int | None]:
+    """Start the group, wait for it to end; every worker has ended when this returns."""
     try:
         run.start()
         code, failed = run.wait()
@@ -575,18 +737,8 @@ def _run(
         run.stop_all()
         raise
     finally:
-        if in_main:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
         for reader in run.readers:
             reader.join(timeout=5)
     if run.callback_error is not None:  # raised while the last lines were read
         raise run.callback_error
-    return LaunchResult(
-        returncode=code,
-        worker_codes=tuple(
-            None if p.returncode is None else _code(p.returncode) for p in run.procs
-        ),
-        failed_worker=failed,
-        seconds=time.monotonic() - started,
-    )
+    return code, failed
