@@ -113,6 +113,18 @@ def test_rule_nvidia_wheels_not_loaded() -> None:
     assert "TF_CPP_MAX_VLOG_LEVEL=3" in f.fix
 
 
+def test_gpu_not_registered_names_the_gpu_the_driver_sees() -> None:
+    h200 = GPUInfo(0, "NVIDIA H200", (9, 0), 143771, visible=False)
+    inv = fake_inventory(
+        cuda_build=True,
+        nvidia_gpus=[h200],
+        packages={"tensorflow": "2.21.0", "tensorboard": "2.20.0", "nvidia-cublas-cu12": "12"},
+    )
+    f = ids(inv)["B3"]
+    assert "580.159.04; it sees GPU 0: NVIDIA H200 (143771 MiB, compute capability 9.0)" in f.what
+    assert "B10" in f.fix  # the library check names the library
+
+
 def test_rule_cuda_libraries_missing() -> None:
     inv = fake_inventory(cuda_build=True, nvidia_driver="NVRM 550", packages={"tensorflow": "2"})
     f = ids(inv)["B4"]

@@ -129,6 +129,13 @@ def _gpu_words(g: GPUInfo) -> str:
     return f"{g.name or 'GPU'}" + (f" ({', '.join(facts)})" if facts else "")
 
 
+def _driver_words(inv: Inventory) -> str:
+    """``580.159.04; it sees GPU 0: NVIDIA H100 ...``, or the raw version line."""
+    nv = inv.nvidia
+    words = nv.driver_version or inv.nvidia_driver or "unknown version"
+    return words + (f"; it sees {_gpus_words(nv.gpus)}" if nv.gpus else "")
+
+
 def _gpus_words(gpus: tuple[GPUInfo, ...]) -> str:
     return "; ".join(f"GPU {g.index}: {_gpu_words(g)}" for g in gpus)
 
@@ -267,7 +274,7 @@ def _gpu_not_found(inv: Inventory, _p: str | None) -> Finding | None:
         return Finding(
             "B3",
             "warning",
-            f"NVIDIA driver loaded ({inv.nvidia_driver}) and the CUDA wheels are installed "
+            f"NVIDIA driver loaded ({_driver_words(inv)}) and the CUDA wheels are installed "
             f"({', '.join(wheels[:3])}{', ...' if len(wheels) > 3 else ''}), but TensorFlow "
             "registered no GPU.",
             "TensorFlow could not load the CUDA libraries from the wheels ('Cannot dlopen some "
@@ -278,12 +285,13 @@ def _gpu_not_found(inv: Inventory, _p: str | None) -> Finding | None:
             + tf.version
             + "\" so the nvidia-* wheels match, unset LD_LIBRARY_PATH (or put the wheels' "
             "site-packages/nvidia/*/lib directories first), and run with "
-            "TF_CPP_MAX_VLOG_LEVEL=3 to see which library fails to load.",
+            "TF_CPP_MAX_VLOG_LEVEL=3 to see which library fails to load (tfplace doctor's "
+            "library check names it: B10).",
         )
     return Finding(
         "B4",
         "warning",
-        f"NVIDIA driver loaded ({inv.nvidia_driver}), but TensorFlow registered no GPU and "
+        f"NVIDIA driver loaded ({_driver_words(inv)}), but TensorFlow registered no GPU and "
         "no CUDA wheels are installed.",
         f"This TensorFlow needs CUDA {tf.cuda_version} and cuDNN {tf.cudnn_version} libraries "
         "('Could not load dynamic library libcudnn.so...').",
