@@ -265,8 +265,14 @@ def test_rule_cuda_wheels_of_another_major() -> None:
     assert "libcublas.so.12" in f.why
     assert 'pip install "tfplace[gpu]" installs the CUDA 12 wheels' in f.fix
     # host B: a CUDA 12.5 TensorFlow with the same CUDA 13 wheels
+    # host B: a CUDA 12.5 TensorFlow with the same CUDA 13 wheels; it found its CUDA 12
+    # libraries elsewhere (LD_LIBRARY_PATH) and lists the H200: the wheels are only a note
     f = ids(h200_inventory())["B11"]
     assert "TensorFlow 2.21.0 (CUDA 12.5.1)" in f.why
+    assert f.severity == "info" and "Nothing to remove" in f.fix
+    # the same build listing no GPU: the CUDA 12 set is what is missing
+    f = ids(dataclasses.replace(h200_inventory(), gpus=()))["B11"]
+    assert f.severity == "warning"
     assert 'pip install "tensorflow[and-cuda]==2.21.0"' in f.fix
     # with the CUDA 12 wheels next to them, the others are only worth a note
     both = fake_inventory(

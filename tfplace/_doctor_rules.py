@@ -324,8 +324,8 @@ def coverage(cc: tuple[int, int], archs: tuple[str, ...]) -> str:
 
 _CACHE_FIX = (
     "Keep the driver's JIT cache between runs and large enough for TensorFlow's kernels: "
-    "CUDA_CACHE_MAXSIZE=4294967296 (4 GiB; the default is 1 GiB in recent drivers and too "
-    "small), and a persistent CUDA_CACHE_PATH in containers (default ~/.nv/ComputeCache)."
+    "CUDA_CACHE_MAXSIZE=4294967296 (4 GiB, the largest allowed; the default is smaller), and "
+    "a CUDA_CACHE_PATH that outlives the container (default ~/.nv/ComputeCache)."
 )
 
 
@@ -437,7 +437,8 @@ def _other_major_wheels(inv: Inventory, _p: str | None) -> Finding | None:
     other = [f"{n} {v}" for n, v in inv.packages if majors[n] is not None and majors[n] != need]
     if not other:
         return None
-    right = [n for n, m in majors.items() if m == need]
+    # served anyway: wheels of the right major, or TensorFlow found its libraries elsewhere
+    right = [n for n, m in majors.items() if m == need] or (tf is not None and bool(inv.gpus))
     found = sorted({m for m in majors.values() if m is not None and m != need})
     if tf is not None and tf.is_cuda_build:
         install = f'pip install "tensorflow[and-cuda]=={tf.version}"'
