@@ -56,7 +56,8 @@ def test_workers_get_their_tf_config_and_prefixed_output(tmp_path: Path) -> None
         """
         import json, os, sys
         task = json.loads(os.environ["TF_CONFIG"])["task"]
-        print("task", task["index"], os.environ["TFPLACE_WORKER_INDEX"], *sys.argv[1:])
+        print("task", task["index"], os.environ["TFPLACE_WORKER_INDEX"],
+              os.environ["TFPLACE_RESTART_COUNT"], *sys.argv[1:])
         """,
     )
     out = io.StringIO()
@@ -64,8 +65,9 @@ def test_workers_get_their_tf_config_and_prefixed_output(tmp_path: Path) -> None
     assert result.returncode == 0
     assert result.worker_codes == (0, 0, 0)
     assert result.failed_worker is None
+    assert result.attempts == 1
     lines = sorted(out.getvalue().splitlines())
-    assert lines == [f"[worker {i}] task {i} {i} x y" for i in range(3)]
+    assert lines == [f"[worker {i}] task {i} {i} 0 x y" for i in range(3)]  # first start: 0
 
 
 def test_one_failing_worker_stops_the_others_and_leaves_nothing(tmp_path: Path) -> None:
@@ -106,6 +108,7 @@ def test_worker_killed_by_a_signal_gives_128_plus_the_signal(tmp_path: Path) -> 
     result = launch([sys.executable, path], 2, out=io.StringIO(), grace_seconds=1)
     assert result.returncode == 137
     assert result.failed_worker == 0
+    assert result.attempts == 1  # retryable, but max_restarts defaults to 0: not restarted
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
