@@ -296,3 +296,114 @@ def test_a_signal_while_a_failed_group_is_stopping_prevents_the_restart(tmp_path
     pids = [int(p) for s in started(out) for p in s["pids"]]
     time.sleep(0.1)
     assert len(pids) == 4 and not [p for p in pids if alive(p)]
+
+
+# ------------------------------------------------------------------ kill and resume (TensorFlow)
+
+# 64 samples, global batch 16: 4 steps an epoch, 5 epochs. Data, order and seeds are fixed, so
+# every start sees the same batches. On the first attempt only (TFPLACE_RESTART_COUNT=0) worker
+# 1 SIGKILLs itself at the second batch of the third epoch, when KILL=1.
+TRAIN = """
+import json, os, signal, sys
+import numpy as np
+import tfplace
+import tfplace.callbacks
+strategy = tfplace.pick_strategy(communication_timeout=60, startup_timeout=120)
+import keras
+count = int(os.environ["TFPLACE_RESTART_COUNT"])
+index = int(os.environ["TFPLACE_WORKER_INDEX"])
+dies = os.environ["KILL"] == "1" and count == 0 and index == 1
+print("pid", os.getpid(), flush=True)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(64, 4)).astype("float32")
+y = x @ np.array([[1.0], [-2.0], [0.5], [3.0]], dtype="float32")
+with strategy.scope():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+
+class Die(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        print("epoch", count, epoch, flush=True)
+    def on_train_batch_end(self, batch, logs=None):
+        if dies and self.epoch == 2 and batch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+backup = tfplace.callbacks.BackupAndRestore(os.environ["BACKUP"])
+model.fit(x, y, batch_size=16, epochs=5, verbose=0, shuffle=False, callbacks=[backup, Die()])
+print("weights", json.dumps([w.ravel().tolist() for w in model.get_weights()]), flush=True)
+"""
+
+
+def train(tmp_path: Path, name: str, kill: bool, max_restarts: int) -> tuple[LaunchResult, str]:
+    """One 2-worker launch of TRAIN on the CPU; returns its result and output. Checks that no
+    process of it (found by a token on its command line) is left."""
+    path = tmp_path / "train.py"
+    path.write_text(textwrap.dedent(TRAIN))
+    token = f"tfplace-restart-test-{name}-{os.getpid()}"
+    env = {
+        **os.environ,
+        **QUIET_ENV,
+        "CUDA_VISIBLE_DEVICES": "-1",
+        "TF_USE_LEGACY_KERAS": "0",
+        "KILL": "1" if kill else "0",
+        "BACKUP": str(tmp_path / name / "backup"),
+    }
+    out = io.StringIO()
+    result = launch(
+        [sys.executable, str(path), token],
+        2,
+        env=env,
+        out=out,
+        grace_seconds=10,
+        max_restarts=max_restarts,
+    )
+    text = out.getvalue()
+    pids = [int(p) for p in re.findall(r"\] pid (\d+)", text)]
+    time.sleep(0.2)
+    assert pids and not [p for p in pids if alive(p)], text
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and token.encode() in cmdline(p)]
+    return result, text
+
+
+def cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def final_weights(text: str) -> dict[int, list[list[float]]]:
+    found = re.findall(r"\[worker (\d)\] weights (.*)", text)
+    return {int(i): json.loads(w) for i, w in found}
+
+
+@pytest.mark.slow
+def test_a_killed_worker_group_is_restarted_and_resumes_to_the_same_weights(
+    tmp_path: Path,
+) -> None:
+    """Item 5 of issue 12 through the launcher: worker 1 is SIGKILLed in epoch 3 of 5 on the
+    first attempt; ``launch(max_restarts=1)`` starts both workers again, they resume from the
+    backup of epoch 2 (not from the start), and the final weights equal an uninterrupted run's."""
+    reference, ref_text = train(tmp_path, "reference", kill=False, max_restarts=0)
+    assert reference.returncode == 0 and reference.attempts == 1, ref_text[-3000:]
+    expected = final_weights(ref_text)
+    assert sorted(expected) == [0, 1]
+
+    result, text = train(tmp_path, "killed", kill=True, max_restarts=1)
+    assert result.returncode == 0, text[-3000:]
+    assert result.attempts == 2
+    assert "[tfplace launch] worker 1 exited with code 137; stopping the others" in text
+    epochs = [(int(c), int(e)) for c, e in re.findall(r"\[worker 0\] epoch (\d) (\d)", text)]
+    assert [e for c, e in epochs if c == 0] == [0, 1, 2]  # killed in the third epoch
+    assert [e for c, e in epochs if c == 1] == [2, 3, 4]  # resumed there, not from the start
+    got = final_weights(text)
+    assert sorted(got) == [0, 1]
+    for i in (0, 1):
+        for a, b in zip(got[i], expected[0], strict=True):
+            assert len(a) == len(b)
+            assert max(abs(u - v) for u, v in zip(a, b, strict=True)) <= 1e-5
+    assert not (tmp_path / "killed" / "backup").exists()  # removed at the end of fit
