@@ -10,13 +10,17 @@ from fakes import FakeGPUMachine
 from helpers import run_json
 
 import tfplace
+from tfplace._inventory import GPUInfo
+from tfplace._plan import decide
 from tfplace.config import (
     CPUFacts,
     GPUFacts,
     auto_threads,
+    choose_gpus,
     plan_cpus,
     plan_gpus,
 )
+from tfplace.testing import fake_inventory, use_inventory
 
 
 def test_growth_is_set_on_every_visible_gpu() -> None:
@@ -255,3 +259,85 @@ def test_configure_applies_exactly_its_change_set() -> None:
     cfg = tfplace.configure_gpus(memory_growth=True, visible=[0, 2], backend=m)
     assert [c.setting for c in cfg.changes] == ["visible GPUs", "memory growth"]
     assert m.calls == ["visible ['0', '2']", "growth 0 True", "growth 2 True"]
+
+
+def test_logical_gpus_split_each_visible_gpu() -> None:
+    m = FakeGPUMachine(n=2)
+    cfg = tfplace.configure_gpus(logical_gpus=2, memory_limit_mb=1024, backend=m)
+    assert m.calls == ["split 0 [1024, 1024]", "split 1 [1024, 1024]"]
+    assert (cfg.logical_gpus, cfg.memory_limit_mb) == (2, (1024, 1024))
+    assert [c.setting for c in cfg.changes] == ["logical GPUs (MB each)"]
+    m.started = True
+    again = tfplace.configure_gpus(logical_gpus=2, memory_limit_mb=1024, backend=m)
+    assert again.changed is False and again.logical_gpus == 2
+    with pytest.raises(tfplace.AlreadyInitializedError, match="logical GPUs"):
+        tfplace.configure_gpus(logical_gpus=3, memory_limit_mb=1024, backend=m)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"logical_gpus": 2}, "needs memory_limit_mb"),
+        ({"logical_gpus": 2, "memory_growth": True}, "exclude each other"),
+        ({"logical_gpus": 0, "memory_limit_mb": 10}, "logical_gpus must be >= 1"),
+        ({"count": 1}, "visible='auto'"),
+        ({"visible": [0], "min_free_mb": 10}, "visible='auto'"),
+        ({"visible": "all"}, "list of GPU indices or 'auto'"),
+        ({"visible": "auto", "count": 0}, "count must be >= 1"),
+    ],
+)
+def test_logical_and_auto_arguments_are_checked_first(
+    kwargs: dict[str, object], match: str
+) -> None:
+    m = FakeGPUMachine()
+    with pytest.raises((ValueError, TypeError), match=match):
+        tfplace.configure_gpus(**kwargs, backend=m)  # type: ignore[arg-type]
+    assert m.calls == []
+
+
+LOADED = (
+    GPUInfo(0, "A", (9, 0), memory_mb=81559, memory_free_mb=2000, utilization_percent=97),
+    GPUInfo(1, "A", (9, 0), memory_mb=81559, memory_free_mb=80000, utilization_percent=3),
+    GPUInfo(2, "A", (9, 0), memory_mb=81559, memory_free_mb=80000, utilization_percent=0),
+    GPUInfo(3, "A", (9, 0), memory_mb=81559, memory_free_mb=80000, utilization_percent=0),
+)
+
+
+def test_choose_gpus_prefers_free_memory_then_idle_then_the_lower_index() -> None:
+    chosen, why = choose_gpus(LOADED, count=2)
+    assert chosen == (2, 3)  # 1 is as free but busier; 2 and 3 tie and keep index order
+    assert "GPU 2 (80000 MB free, 0 %)" in why and "not chosen: GPU 0 (2000 MB free" in why
+    assert choose_gpus(LOADED, min_free_mb=50000)[0] == (1, 2, 3)
+    assert choose_gpus(LOADED)[0] == (0, 1, 2, 3)
+    with pytest.raises(tfplace.DeviceNotFoundError, match=r"found 3 of the 4 GPU\(s\)"):
+        choose_gpus(LOADED, count=4, min_free_mb=50000)
+    unknown = [GPUInfo(0), GPUInfo(1)]
+    assert choose_gpus(unknown, count=1)[0] == (0,)  # no load facts: index order
+    with pytest.raises(tfplace.DeviceNotFoundError, match="nvidia-ml-py"):
+        choose_gpus(unknown, min_free_mb=1)
+
+
+def test_visible_auto_applies_the_choice_with_its_reason() -> None:
+    m = FakeGPUMachine(n=4)
+    with use_inventory(fake_inventory(gpus=LOADED)):
+        cfg = tfplace.configure_gpus(visible="auto", count=1, memory_growth=True, backend=m)
+    assert cfg.visible == (2,)
+    assert m.calls == ["visible ['2']", "growth 2 True"]
+    assert "least loaded" in cfg.changes[0].reason
+
+
+def test_logical_gpus_are_counted_and_mirrored_without_nccl() -> None:
+    inv = fake_inventory(gpus=(GPUInfo(0, "H200", (9, 0), logical=2),))
+    assert inv.logical_gpu_count == 2 and inv.gpus_shared
+    p = decide(inv)
+    assert (p.kind, p.devices, p.cross_device_ops) == (
+        "mirrored",
+        ("/GPU:0", "/GPU:1"),
+        "hierarchical_copy",
+    )
+    assert any("share a physical GPU" in r for r in p.reasons)
+    with pytest.raises(ValueError, match="share a physical GPU"):
+        decide(inv, cross_device_ops="nccl")
+    two = {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}
+    mw = decide(fake_inventory(gpus=(GPUInfo(0, "H200", (9, 0), logical=2),), tf_config=two))
+    assert (mw.cross_device_ops, mw.num_replicas_in_sync) == ("ring", 4)

@@ -107,6 +107,8 @@ class GPUInfo:
         memory_free_mb: free memory in MiB when the facts were read.
         utilization_percent: GPU utilization (0-100) when the facts were read.
         processes: compute processes on this GPU, each ``"pid name used_mb"``.
+        logical: how many logical GPUs TensorFlow makes of this one (``configure_gpus(
+            logical_gpus=N)``); 1 when it is not split.
     """
 
     index: int
@@ -119,6 +121,7 @@ class GPUInfo:
     memory_free_mb: int | None = None
     utilization_percent: int | None = None
     processes: tuple[str, ...] = ()
+    logical: int = 1
 
 
 GPUSource = Literal["nvml", "nvidia-smi", "proc", "tensorflow", "none"]
@@ -256,9 +259,20 @@ class Inventory:
         return cvd is not None and cvd.strip() in ("", "-1")
 
     @property
+    def logical_gpu_count(self) -> int:
+        """How many ``/GPU:i`` devices TensorFlow shows: visible GPUs, each counted as the
+        logical GPUs it is split into."""
+        return sum(max(1, g.logical) for g in self.visible_gpus)
+
+    @property
+    def gpus_shared(self) -> bool:
+        """Whether some visible GPU is split into several logical GPUs (they share one card)."""
+        return any(g.logical > 1 for g in self.visible_gpus)
+
+    @property
     def local_device_names(self) -> tuple[str, ...]:
-        """Logical device names: ``/GPU:i`` for visible GPUs, then ``/CPU:i``."""
-        return tuple(f"/GPU:{i}" for i in range(len(self.visible_gpus))) + tuple(
+        """Logical device names: ``/GPU:i`` for (logical) visible GPUs, then ``/CPU:i``."""
+        return tuple(f"/GPU:{i}" for i in range(self.logical_gpu_count)) + tuple(
             f"/CPU:{i}" for i in range(self.cpu.logical_devices)
         )
 
@@ -507,6 +521,7 @@ def _tf_facts() -> tuple[TFInfo | None, tuple[GPUInfo, ...], dict[str, Any]]:
         details = seam.gpu_details(dev)
         cc = details.get("compute_capability")
         index = int(dev.name.rsplit(":", 1)[-1]) if dev.name[-1:].isdigit() else i
+        split = seam.get_split(dev)
         gpus.append(
             GPUInfo(
                 index=index,
@@ -514,6 +529,7 @@ def _tf_facts() -> tuple[TFInfo | None, tuple[GPUInfo, ...], dict[str, Any]]:
                 compute_capability=(int(cc[0]), int(cc[1])) if cc else None,
                 memory_mb=None,
                 visible=dev.name in visible,
+                logical=len(split) if split else 1,
             )
         )
     intra, inter = seam.get_threads()

@@ -144,10 +144,10 @@ PRIORITY: tuple[PriorityRule, ...] = (
         lambda _inv, c: c is not None and c.num_workers >= 2,
     ),
     PriorityRule(
-        "mirrored", "two or more GPUs are visible", lambda inv, _c: len(inv.visible_gpus) >= 2
+        "mirrored", "two or more GPUs are visible", lambda inv, _c: inv.logical_gpu_count >= 2
     ),
     PriorityRule(
-        "one_device", "exactly one GPU is visible", lambda inv, _c: len(inv.visible_gpus) == 1
+        "one_device", "exactly one GPU is visible", lambda inv, _c: inv.logical_gpu_count == 1
     ),
     PriorityRule("default", "no TPU, cluster or GPU: the CPU", lambda _inv, _c: True),
 )
@@ -176,7 +176,7 @@ def _normalize(name: object) -> tuple[str, int]:
 
 def _check_devices(inv: Inventory, devices: Sequence[str]) -> tuple[str, ...]:
     available = {
-        "GPU": len(inv.visible_gpus),
+        "GPU": inv.logical_gpu_count,
         "CPU": inv.cpu.logical_devices,
         "TPU": 0,
     }
@@ -203,6 +203,11 @@ def _mirror_ops(inv: Inventory, devices: Sequence[str]) -> tuple[CrossDeviceOps,
     if len(devices) < 2:
         return "reduce_to_one", "one device: its values are the result (ReductionToOneDevice)"
     if all(d.startswith("/GPU") for d in devices):
+        if inv.gpus_shared:
+            return "hierarchical_copy", (
+                "logical GPUs share a physical GPU and NCCL cannot run two ranks on one "
+                "device, so HierarchicalCopyAllReduce is used"
+            )
         if inv.has_nccl:
             return "nccl", "NCCL all-reduce between GPUs"
         return "hierarchical_copy", (
@@ -291,6 +296,11 @@ def _with_reduction(inv: Inventory, result: Plan, name: CrossDeviceOps) -> Plan:
             f"{takes}; {name!r} is for {' and '.join(repr(k) for k in other)}."
         )
     on_gpus = bool(result.devices) and all(d.startswith("/GPU") for d in result.devices)
+    if name == "nccl" and inv.gpus_shared and on_gpus:
+        raise ValueError(
+            "cross_device_ops='nccl' cannot run on logical GPUs that share a physical GPU "
+            "(NCCL puts one rank on each device). Use 'hierarchical_copy', or None."
+        )
     if name == "nccl" and not (on_gpus and inv.has_nccl):
         where = ", ".join(result.devices)
         raise ValueError(
@@ -307,7 +317,7 @@ def _with_reduction(inv: Inventory, result: Plan, name: CrossDeviceOps) -> Plan:
 
 
 def _gpu_names(inv: Inventory) -> tuple[str, ...]:
-    return tuple(f"/GPU:{i}" for i in range(len(inv.visible_gpus)))
+    return tuple(f"/GPU:{i}" for i in range(inv.logical_gpu_count))
 
 
 def _build_default(
@@ -386,10 +396,11 @@ def _build_multi_worker(
                 "cluster of 'chief'/'worker' tasks only (multi-worker mirrored training), or "
                 "tf_keras with TF_USE_LEGACY_KERAS=1."
             )
-        if spec.gpus_per_worker is not None and spec.gpus_per_worker != len(gpus):
+        physical = len(inv.visible_gpus)
+        if spec.gpus_per_worker is not None and spec.gpus_per_worker != physical:
             raise ClusterConfigError(
                 f"{spec.source}: GPUs per task: the allocation gives each task "
-                f"{spec.gpus_per_worker} GPU(s) but this worker sees {len(gpus)}. Every worker "
+                f"{spec.gpus_per_worker} GPU(s) but this worker sees {physical}. Every worker "
                 "must run the same number of replicas, or collectives fail with 'Collective "
                 "Op has group_size ... but that group has size ...' (TF#47203). Bind GPUs to "
                 "tasks (srun --gpus-per-task, or CUDA_VISIBLE_DEVICES per task)."
@@ -399,7 +410,7 @@ def _build_multi_worker(
             f"{workers} workers from {spec.source}; this is {spec.task_type} {spec.task_index}"
             + (" (chief)" if spec.is_chief else "")
         )
-    ops: CrossDeviceOps = "nccl" if gpus and inv.has_nccl else "ring"
+    ops: CrossDeviceOps = "nccl" if gpus and inv.has_nccl and not inv.gpus_shared else "ring"
     reasons.append("NCCL collectives between GPUs" if ops == "nccl" else "gRPC ring collectives")
     return Plan(
         "multi_worker",

@@ -20,7 +20,7 @@ from tfplace import _tf
 from tfplace.errors import AlreadyInitializedError, DeviceNotFoundError
 
 if TYPE_CHECKING:
-    from tfplace._inventory import Inventory
+    from tfplace._inventory import GPUInfo, Inventory
 
 __all__ = [
     "CPUChangeSet",
@@ -33,6 +33,7 @@ __all__ = [
     "GPUFacts",
     "auto_request",
     "auto_threads",
+    "choose_gpus",
     "configure_cpus",
     "configure_gpus",
     "plan_auto_cpus",
@@ -103,6 +104,7 @@ class GPUChangeSet:
     memory_growth: bool | None
     memory_limit_mb: tuple[int, ...] | None
     changes: tuple[ConfigChange, ...]
+    logical_gpus: int = 1
 
 
 @dataclass(frozen=True)
@@ -132,9 +134,10 @@ class GPUConfig:
     Attributes:
         visible: physical indices of the GPUs TensorFlow uses (in logical order).
         memory_growth: growth on every visible GPU (None when not set by anyone).
-        memory_limit_mb: per visible GPU, or None.
+        memory_limit_mb: per visible GPU (per logical GPU when split), or None.
         changed: whether this call changed anything.
         changes: what this call changed (with ``dry_run=True``: what it would change).
+        logical_gpus: logical GPUs TensorFlow makes of each visible GPU (1: not split).
     """
 
     visible: tuple[int, ...]
@@ -142,6 +145,7 @@ class GPUConfig:
     memory_limit_mb: tuple[int, ...] | None
     changed: bool
     changes: tuple[ConfigChange, ...] = field(default=(), compare=False)
+    logical_gpus: int = 1
 
 
 @dataclass(frozen=True)
@@ -199,10 +203,15 @@ def _check_count(name: str, value: object, minimum: int = 1) -> int:
 
 
 def _check_gpu_request(
-    memory_growth: object, memory_limit_mb: object, visible: object
+    memory_growth: object,
+    memory_limit_mb: object,
+    visible: object,
+    logical_gpus: object = None,
 ) -> tuple[int | tuple[int, ...] | None, tuple[int, ...] | None]:
     """Validate ``configure_gpus``'s arguments; return (limits, visible) normalised."""
     _check_bool("memory_growth", memory_growth)
+    if logical_gpus is not None:
+        _check_count("logical_gpus", logical_gpus)
     limits: tuple[int, ...] | int | None = None
     if memory_limit_mb is not None:
         if isinstance(memory_limit_mb, int) and not isinstance(memory_limit_mb, bool):
@@ -220,10 +229,25 @@ def _check_gpu_request(
             "memory_growth=True and memory_limit_mb exclude each other: TensorFlow ignores "
             "growth on a GPU with a memory limit (TF#38367). Pass one of them."
         )
+    if isinstance(logical_gpus, int) and logical_gpus > 1:
+        if memory_growth:
+            raise ValueError(
+                f"logical_gpus={logical_gpus} and memory_growth=True exclude each other: "
+                "TensorFlow cannot grow memory on a GPU split into logical GPUs. Pass "
+                "memory_limit_mb (the memory of each logical GPU) instead."
+            )
+        if limits is None:
+            raise ValueError(
+                f"logical_gpus={logical_gpus} needs memory_limit_mb, the memory of each logical "
+                "GPU (TensorFlow requires a limit per logical GPU), e.g. "
+                f"configure_gpus(logical_gpus={logical_gpus}, memory_limit_mb=8192)"
+            )
     wanted: tuple[int, ...] | None = None
+    if visible == "auto":
+        return limits, None
     if visible is not None:
         if isinstance(visible, str) or not isinstance(visible, Sequence):
-            raise TypeError(f"visible must be a list of GPU indices, found {visible!r}")
+            raise TypeError(f"visible must be a list of GPU indices or 'auto', found {visible!r}")
         wanted = tuple(_check_count("visible[i]", v, 0) for v in visible)
         if len(set(wanted)) != len(wanted):
             raise ValueError(f"visible lists a GPU twice: {list(visible)}")
@@ -257,14 +281,19 @@ def plan_gpus(
     memory_limit_mb: int | Sequence[int] | None = None,
     visible: Sequence[int] | None = None,
     *,
+    logical_gpus: int | None = None,
     visible_env: str | None = None,
+    visible_reason: str | None = None,
 ) -> GPUChangeSet:
     """Decide what ``configure_gpus`` changes. Pure: facts and request in, change set out.
 
     Args:
         facts: the GPU settings in force (:func:`read_gpu_facts`, or synthetic).
-        memory_growth, memory_limit_mb, visible: as for :func:`configure_gpus`.
+        memory_growth, memory_limit_mb, visible, logical_gpus: as for
+            :func:`configure_gpus` (``visible`` as indices: "auto" is resolved by
+            :func:`choose_gpus` first).
         visible_env: the value of ``CUDA_VISIBLE_DEVICES``, for the error message only.
+        visible_reason: why ``visible`` was chosen, for the change's reason.
 
     Raises:
         ValueError / TypeError: bad arguments.
@@ -275,7 +304,8 @@ def plan_gpus(
         >>> [str(c) for c in plan_gpus(facts, memory_growth=True).changes]
         ['memory growth [False, False] -> True (memory_growth=True was requested)']
     """
-    limits, wanted = _check_gpu_request(memory_growth, memory_limit_mb, visible)
+    limits, wanted = _check_gpu_request(memory_growth, memory_limit_mb, visible, logical_gpus)
+    logical = logical_gpus or 1
     if not facts.physical:
         return GPUChangeSet((), None, None, ())
     if wanted is not None:
@@ -310,7 +340,7 @@ def plan_gpus(
                 "visible GPUs",
                 list(facts.visible),
                 list(target_visible),
-                f"visible={list(target_visible)} was requested",
+                visible_reason or f"visible={list(target_visible)} was requested",
             )
         )
     if memory_growth is not None and any(g != memory_growth for g in growth_now):
@@ -322,7 +352,7 @@ def plan_gpus(
                 f"memory_growth={memory_growth} was requested",
             )
         )
-    if target_limits is not None:
+    if target_limits is not None and logical == 1:
         now = [s[0] if s and len(s) == 1 else None for s in split_now]
         if now != list(target_limits):
             changes.append(
@@ -333,7 +363,91 @@ def plan_gpus(
                     f"memory_limit_mb={memory_limit_mb!r} was requested",
                 )
             )
-    return GPUChangeSet(target_visible, memory_growth, target_limits, tuple(changes))
+    elif target_limits is not None:
+        now_split = [list(s) if s else None for s in split_now]
+        wanted_split = [[m] * logical for m in target_limits]
+        if now_split != wanted_split:
+            changes.append(
+                ConfigChange(
+                    "logical GPUs (MB each)",
+                    now_split,
+                    wanted_split,
+                    f"logical_gpus={logical} with memory_limit_mb={memory_limit_mb!r} was "
+                    "requested",
+                )
+            )
+    return GPUChangeSet(
+        target_visible, memory_growth, target_limits, tuple(changes), logical_gpus=logical
+    )
+
+
+def choose_gpus(
+    gpus: Sequence[GPUInfo], count: int | None = None, min_free_mb: int | None = None
+) -> tuple[tuple[int, ...], str]:
+    """Pick the least-loaded GPUs: most free memory, then lowest utilization, then index. Pure.
+
+    Args:
+        gpus: TensorFlow's physical GPUs with the driver's load facts
+            (``tfplace.inventory().gpus``).
+        count: how many to pick (None: every GPU that qualifies).
+        min_free_mb: only GPUs with at least this much free memory qualify.
+
+    Returns:
+        The chosen physical indices in ascending order, and the reason in words.
+
+    Raises:
+        DeviceNotFoundError: fewer than ``count`` GPUs qualify (or none), listing each GPU's
+            free memory and utilization.
+
+    Example:
+        >>> from tfplace._inventory import GPUInfo
+        >>> gpus = [GPUInfo(0, memory_free_mb=1000, utilization_percent=90),
+        ...         GPUInfo(1, memory_free_mb=70000, utilization_percent=0),
+        ...         GPUInfo(2, memory_free_mb=70000, utilization_percent=5)]
+        >>> choose_gpus(gpus, count=2)[0]
+        (1, 2)
+    """
+
+    def load(g: GPUInfo) -> str:
+        free = f"{g.memory_free_mb} MB free" if g.memory_free_mb is not None else "free unknown"
+        util = f"{g.utilization_percent} %" if g.utilization_percent is not None else "? %"
+        return f"GPU {g.index} ({free}, {util})"
+
+    qualified = [
+        g
+        for g in gpus
+        if min_free_mb is None or (g.memory_free_mb is not None and g.memory_free_mb >= min_free_mb)
+    ]
+    qualified.sort(
+        key=lambda g: (
+            -(g.memory_free_mb if g.memory_free_mb is not None else -1),
+            g.utilization_percent if g.utilization_percent is not None else 101,
+            g.index,
+        )
+    )
+    want = len(qualified) if count is None else count
+    if not qualified or len(qualified) < want:
+        need = f"{want} GPU(s)" if count is not None else "a GPU"
+        floor = f" with at least {min_free_mb} MB free" if min_free_mb is not None else ""
+        unknown = (
+            " The driver's load facts are missing (install nvidia-ml-py, the 'gpu' extra, or "
+            "put nvidia-smi on PATH)."
+            if gpus and all(g.memory_free_mb is None for g in gpus)
+            else ""
+        )
+        raise DeviceNotFoundError(
+            f"configure_gpus(visible='auto'): found {len(qualified)} of the {need}{floor} "
+            f"asked for: {', '.join(load(g) for g in gpus) or 'no GPU'}.{unknown} Lower "
+            "count or min_free_mb, or free a GPU."
+        )
+    chosen = qualified[:want]
+    rest = [g for g in gpus if g not in chosen]
+    reason = (
+        f"visible='auto': the {len(chosen)} least loaded of {len(gpus)} GPU(s): "
+        + ", ".join(load(g) for g in chosen)
+        + (f"; not chosen: {', '.join(load(g) for g in rest)}" if rest else "")
+    )
+    return tuple(sorted(g.index for g in chosen)), reason
 
 
 def _apply_gpus(plan: GPUChangeSet, by_index: dict[int, Any], be: ConfigBackend) -> None:
@@ -347,9 +461,10 @@ def _apply_gpus(plan: GPUChangeSet, by_index: dict[int, Any], be: ConfigBackend)
             for d in devs:
                 if be.get_growth(d) != plan.memory_growth:
                     be.set_growth(d, plan.memory_growth)
-        if "memory limits (MB)" in settings and plan.memory_limit_mb is not None:
+        split = {"memory limits (MB)", "logical GPUs (MB each)"} & settings
+        if split and plan.memory_limit_mb is not None:
             for d, m in zip(devs, plan.memory_limit_mb, strict=True):
-                be.set_split(d, [m])
+                be.set_split(d, [m] * plan.logical_gpus)
     except (RuntimeError, ValueError) as err:
         _tf.reraise_if_initialized(err, "configure_gpus", _GPU_FIX)
         raise
@@ -358,8 +473,11 @@ def _apply_gpus(plan: GPUChangeSet, by_index: dict[int, Any], be: ConfigBackend)
 def configure_gpus(
     memory_growth: bool | None = None,
     memory_limit_mb: int | Sequence[int] | None = None,
-    visible: Sequence[int] | None = None,
+    visible: Sequence[int] | Literal["auto"] | None = None,
     *,
+    count: int | None = None,
+    min_free_mb: int | None = None,
+    logical_gpus: int | None = None,
     dry_run: bool = False,
     backend: ConfigBackend | None = None,
 ) -> GPUConfig:
@@ -373,7 +491,14 @@ def configure_gpus(
             applied to every visible GPU (TensorFlow requires growth on all or none).
         memory_limit_mb: cap each visible GPU at this many MB: one number for all, or one
             per visible GPU. Excludes ``memory_growth=True``.
-        visible: physical GPU indices TensorFlow may use; the others are hidden.
+        visible: physical GPU indices TensorFlow may use; the others are hidden. ``"auto"``:
+            the least-loaded GPUs by the driver's facts (free memory, then utilization, then
+            index; :func:`choose_gpus`), read before TensorFlow starts.
+        count: with ``visible="auto"``: how many GPUs (default: all that qualify).
+        min_free_mb: with ``visible="auto"``: only GPUs with this much free memory qualify.
+        logical_gpus: split each visible GPU into this many logical GPUs of
+            ``memory_limit_mb`` each (TensorFlow's way to run multi-GPU code on one card);
+            ``plan()`` and ``pick_strategy("mirrored")`` then count and mirror over them.
         dry_run: decide and return the changes (``.changes``) without applying them.
         backend: for tests only: a substitute for ``tf.config``.
 
@@ -393,19 +518,38 @@ def configure_gpus(
         GPUConfig(visible=(0, 1), memory_growth=True, memory_limit_mb=None, changed=True)
     """
     _check_bool("dry_run", dry_run)
-    _check_gpu_request(memory_growth, memory_limit_mb, visible)
+    _check_gpu_request(memory_growth, memory_limit_mb, visible, logical_gpus)
+    if count is not None:
+        _check_count("count", count)
+    if min_free_mb is not None:
+        _check_count("min_free_mb", min_free_mb, 0)
+    if (count is not None or min_free_mb is not None) and visible != "auto":
+        raise ValueError(
+            "count and min_free_mb choose GPUs for visible='auto'; found visible="
+            f"{visible!r}. Pass visible='auto', or drop them."
+        )
     with _lock:
         be = backend or _tf.TFConfig()
         facts, by_index = read_gpu_facts(be)
         if not facts.physical:
             log.info("configure_gpus: no GPU is visible to TensorFlow; nothing to configure")
             return GPUConfig((), None, None, changed=False)
+        indices: Sequence[int] | None
+        why: str | None = None
+        if visible == "auto":
+            from tfplace._inventory import inventory
+
+            indices, why = choose_gpus(inventory().gpus, count, min_free_mb)
+        else:
+            indices = visible
         decision = plan_gpus(
             facts,
             memory_growth,
             memory_limit_mb,
-            visible,
+            indices,
+            logical_gpus=logical_gpus,
             visible_env=os.environ.get("CUDA_VISIBLE_DEVICES"),
+            visible_reason=why,
         )
         if decision.changes and facts.runtime_started and not dry_run:
             raise AlreadyInitializedError(
@@ -446,7 +590,7 @@ def _gpu_result(decision: GPUChangeSet, facts: GPUFacts, *, applied: bool) -> GP
             for i in decision.visible
         ]
         split_now = [
-            (decision.memory_limit_mb[n],)
+            (decision.memory_limit_mb[n],) * decision.logical_gpus
             if decision.memory_limit_mb is not None
             else facts.split[position[i]]
             for n, i in enumerate(decision.visible)
@@ -459,7 +603,8 @@ def _gpu_result(decision: GPUChangeSet, facts: GPUFacts, *, applied: bool) -> GP
         )
     )
     limits: tuple[int, ...] | None = None
-    if split_now and all(s and len(s) == 1 and s[0] is not None for s in split_now):
+    lengths = {len(s) if s else 1 for s in split_now}
+    if split_now and all(s and s[0] is not None and len(set(s)) == 1 for s in split_now):
         limits = tuple(int(s[0]) for s in split_now if s and s[0] is not None)
     return GPUConfig(
         decision.visible,
@@ -467,6 +612,7 @@ def _gpu_result(decision: GPUChangeSet, facts: GPUFacts, *, applied: bool) -> GP
         limits,
         changed=applied and bool(decision.changes),
         changes=decision.changes,
+        logical_gpus=lengths.pop() if len(lengths) == 1 else 1,
     )
 
 
