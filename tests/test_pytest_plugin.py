@@ -80,6 +80,7 @@ def test_defaults_on_a_cpu_only_host_split_the_cpu_and_touch_no_gpu() -> None:
         "strategies",
         "gpu_memory",
         "hide_gpus",
+        "logical_gpus",
     }
     assert p.reasons == ("no GPU visible: no GPU memory setting to apply",)
 
@@ -617,3 +618,19 @@ def test_a_project_runs_under_pytest_xdist(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
     # 4 cases x the three default strategy kinds, spread over two worker processes
     result.assert_outcomes(passed=12)
+
+
+def test_logical_gpus_split_a_one_gpu_host_for_mirrored_tests() -> None:
+    settings = {
+        "logical_gpus": Setting("2", "--tfplace-logical-gpus"),
+        "gpu_memory": Setting("4096", "--tfplace-gpu-memory"),
+    }
+    p = pytest_plugin.session_plan(settings, visible_gpus=1, environ={})
+    assert (p.logical_gpus, p.memory_limit_mb, p.memory_growth) == (2, 4096, False)
+    assert "mirrored tests run over 2 GPUs" in p.reasons[-1]
+    # no GPU: nothing to split, and the setting is harmless
+    assert pytest_plugin.session_plan(settings, visible_gpus=0, environ={}).logical_gpus == 1
+    with pytest.raises(ValueError, match=r"--tfplace-logical-gpus = 2 needs a GPU memory limit"):
+        pytest_plugin.session_plan(
+            {"logical_gpus": Setting("2", "--tfplace-logical-gpus")}, visible_gpus=1, environ={}
+        )

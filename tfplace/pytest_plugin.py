@@ -74,6 +74,7 @@ _DEFAULTS = {
     "strategies": ",".join(_KINDS),
     "gpu_memory": "growth",
     "hide_gpus": "false",
+    "logical_gpus": "1",
 }
 #: Help texts, defined once for the command-line option and its ini key.
 _HELP = {
@@ -87,6 +88,8 @@ _HELP = {
     "gpu_memory": "GPU memory of each test process: growth (default: allocate as needed, so "
     "pytest-xdist workers share a GPU), none (TensorFlow's default: map nearly all of it) or a "
     "limit in MB per GPU",
+    "logical_gpus": "split each visible GPU into N logical GPUs (needs --tfplace-gpu-memory=MB, "
+    "the memory of each), so a one-GPU host runs 'mirrored over 2 GPUs' tests (default: 1)",
     "hide_gpus": "hide every GPU from the tests for a CPU-only run (TensorFlow in the test "
     "process, and CUDA_VISIBLE_DEVICES=-1 for the processes tests start; restored at the end)",
 }
@@ -125,6 +128,7 @@ class SessionPlan:
             ``unused (GPUs hidden)``; it applies only where GPUs are visible.
         memory_growth: call ``configure_gpus(memory_growth=True)``.
         memory_limit_mb: call ``configure_gpus(memory_limit_mb=...)`` with this, or None.
+        logical_gpus: split each visible GPU into this many logical GPUs (1: no split).
         env: environment variables set for the session (and the processes tests start),
             restored at its end.
         visible_gpus: the GPUs TensorFlow showed this process before anything was applied.
@@ -140,6 +144,7 @@ class SessionPlan:
     memory_growth: bool
     memory_limit_mb: int | None
     env: tuple[tuple[str, str], ...]
+    logical_gpus: int
     visible_gpus: int
     xdist_workers: int | None
     sources: tuple[tuple[str, str], ...]
@@ -242,6 +247,13 @@ def session_plan(
     kinds = _kinds(s["strategies"])
     memory = _memory(s["gpu_memory"])
     hide = _flag(s["hide_gpus"])
+    logical = _count(s["logical_gpus"], "a positive integer")
+    if logical > 1 and not hide and not isinstance(memory, int):
+        raise ValueError(
+            f"tfplace: {s['logical_gpus'].source} = {logical} needs a GPU memory limit in MB "
+            f"(the memory of each logical GPU), found {s['gpu_memory'].source} = "
+            f"{s['gpu_memory'].value!r}; set --tfplace-gpu-memory=MB, e.g. 4096"
+        )
     workers: int | None = None
     if environ.get(_XDIST_ENV):
         workers = _count(Setting(environ[_XDIST_ENV], f"environment {_XDIST_ENV}"), "an integer")
@@ -281,7 +293,16 @@ def session_plan(
     else:
         limit = int(memory)
         need = f"; together {workers * limit} MB of each GPU" if workers and workers > 1 else ""
-        reasons.append(f"{gpus}{shared}: each test process may use {limit} MB of each GPU{need}")
+        if logical > 1:
+            reasons.append(
+                f"{gpus}{shared}: each split into {logical} logical GPUs of {limit} MB "
+                f"({s['logical_gpus'].source}), so mirrored tests run over "
+                f"{visible_gpus * logical} GPUs"
+            )
+        else:
+            reasons.append(
+                f"{gpus}{shared}: each test process may use {limit} MB of each GPU{need}"
+            )
     words = f"{memory} MB" if isinstance(memory, int) else memory
     return SessionPlan(
         virtual_cpus=cpus,
@@ -291,6 +312,7 @@ def session_plan(
         memory_growth=growth,
         memory_limit_mb=limit,
         env=tuple(env),
+        logical_gpus=logical if limit is not None else 1,
         visible_gpus=visible_gpus,
         xdist_workers=workers,
         sources=tuple((name, value.source) for name, value in s.items()),
@@ -303,7 +325,12 @@ def session_plan(
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("tfplace", "tfplace: TensorFlow devices and strategies")
-    for name, metavar in (("virtual_cpus", "N"), ("strategies", "LIST"), ("gpu_memory", "MODE")):
+    for name, metavar in (
+        ("virtual_cpus", "N"),
+        ("strategies", "LIST"),
+        ("gpu_memory", "MODE"),
+        ("logical_gpus", "N"),
+    ):
         group.addoption(
             f"--tfplace-{name.replace('_', '-')}",
             dest=f"tfplace_{name}",
@@ -426,6 +453,8 @@ def _apply(plan: SessionPlan) -> dict[str, str]:
         gpu_kwargs = {"memory_growth": True}
     elif plan.memory_limit_mb is not None:
         gpu_kwargs = {"memory_limit_mb": plan.memory_limit_mb}
+        if plan.logical_gpus > 1:
+            gpu_kwargs["logical_gpus"] = plan.logical_gpus
     if gpu_kwargs:
         try:
             configure_gpus(**gpu_kwargs)
