@@ -7,8 +7,8 @@ rounds so that warm-up favours neither. A backup writes the weights and the opti
 (about 3x the parameters: Adam's two moments) to a temporary folder and renames it.
 
 Run: ``python benchmarks/bench_fault_tolerance.py`` (``BENCH_ROUNDS`` sets the rounds).
-The time from a worker's death to training again after a restart is measured with the
-launcher's ``--max-restarts`` (planned).
+The time from a worker's death to training again after a restart is measured by
+``benchmarks/bench_restart.py`` (``launch(max_restarts=1)``).
 """
 
 from __future__ import annotations
