@@ -95,7 +95,11 @@ def build_and_compile_cnn_model() -> Any:
 
 
 def main(backup_dir: str, epochs: int = 3, extra_callbacks: Sequence[Any] = ()) -> Any:
-    """Train with a backup in ``backup_dir`` (shared by every worker); return the model."""
+    """Train with a backup in ``backup_dir`` (the same folder in every worker); return the model.
+
+    ``extra_callbacks`` go to ``fit`` after the backup callback (the test adds one that kills
+    a worker).
+    """
     # The tutorial: strategy = tf.distribute.MultiWorkerMirroredStrategy(). With Keras 3, stock
     # MultiWorkerMirroredStrategy fails in model.fit (keras-team/keras#20585); pick_strategy()
     # returns a subclass that works, and a single-process strategy when there is no cluster.
@@ -114,7 +118,8 @@ def main(backup_dir: str, epochs: int = 3, extra_callbacks: Sequence[Any] = ()) 
     history = model.fit(
         dataset,
         epochs=epochs,
-        steps_per_epoch=NUM_SAMPLES // global_batch_size,  # one pass over the data an epoch
+        # An epoch is one pass over the data (512 = 8 batches of 64 with two workers).
+        steps_per_epoch=NUM_SAMPLES // global_batch_size,
         callbacks=callbacks,
         verbose=0,
     )
