@@ -404,7 +404,7 @@ def test_inventory_to_dict_has_the_new_fields() -> None:
     data = json.loads(json.dumps(fake_inventory(gpus=[gpu]).to_dict()))
     assert set(data["gpus"][0]) == {
         "index", "name", "compute_capability", "memory_mb", "visible", "uuid",
-        "pci_bus_id", "memory_free_mb", "utilization_percent", "processes",
+        "pci_bus_id", "memory_free_mb", "utilization_percent", "processes", "logical",
     }  # fmt: skip
     assert set(data["nvidia"]) == {
         "driver_version", "cuda_driver_version", "gpu_source", "gpus", "mig_gpus",
