@@ -139,3 +139,14 @@ def skip_or_fail(reason: str) -> None:
     if REQUIRE_ENGINES:
         pytest.fail(f"{reason} (TFPLACE_REQUIRE_ENGINES=1: this run must have it)")
     pytest.skip(reason)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie counts as gone); reads ``/proc``."""
+    from pathlib import Path
+
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in state

@@ -18,20 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import QUIET_ENV
+from helpers import QUIET_ENV, alive
 
 import tfplace
 from tfplace import _launch
 from tfplace._inventory import CPUInfo, _affinity, cpu_quota
 from tfplace._launch import free_ports, launch, plan_threads, tf_configs
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nState:\tZ" not in state
 
 
 def script(tmp_path: Path, body: str) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import QUIET_ENV
+from helpers import QUIET_ENV, alive
 
 from tfplace._launch import LaunchResult, launch
 from tfplace._restart import RESTART_COUNT_ENV, RESTART_EXIT_CODE
@@ -60,14 +60,6 @@ if action != "0":  # a failure: first wait until every worker of this attempt ha
 child.kill()
 child.wait()
 """
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nState:\tZ" not in state
 
 
 @dataclass

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import CPU_ONLY_ENV, QUIET_ENV
+from helpers import CPU_ONLY_ENV, QUIET_ENV, alive
 
 from tfplace._launch import LaunchResult, launch
 
@@ -62,14 +62,6 @@ class Die(tutorial.keras.callbacks.Callback):
 model = tutorial.main(os.environ["BACKUP"], epochs=3, extra_callbacks=[Die()])
 print("weights", weights(model), flush=True)
 """
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nState:\tZ" not in state
 
 
 def cmdline(pid: str) -> bytes:
