@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tfplace._launch import free_ports
@@ -150,3 +151,55 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return "\nState:\tZ" not in state
+
+
+def wait_gone(pids: Iterable[int], timeout: float = 10) -> list[int]:
+    """Wait until none of ``pids`` runs (see :func:`alive`), for at most ``timeout`` seconds.
+
+    A process that was just killed may take a moment to go, more so on a loaded machine, so
+    tests poll instead of sleeping a fixed time.
+
+    Returns:
+        The pids still alive at the deadline: ``[]`` when every one is gone.
+
+    Example:
+        >>> proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        >>> _ = proc.wait()
+        >>> wait_gone([proc.pid])
+        []
+    """
+    import time
+
+    pids = list(pids)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in pids if alive(p)]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
+
+
+def stop_launcher(proc: subprocess.Popen[Any], worker_pids: Iterable[int] = ()) -> None:
+    """Make sure a ``tfplace launch`` process and its workers are gone (a test's ``finally``).
+
+    The launcher is asked to stop (SIGTERM, which it forwards to its workers); if it still runs
+    after 15 s, its process group is killed (start it with ``start_new_session=True``). Each
+    worker runs in its own session, so every pid of ``worker_pids`` that still leads a process
+    group has that group killed too. Does nothing to processes that already ended.
+    """
+    import signal
+
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for pid in worker_pids:
+        try:
+            if alive(pid) and os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import QUIET_ENV, alive
+from helpers import CPU_ONLY_ENV, QUIET_ENV, alive, stop_launcher, wait_gone
 
 import tfplace
 from tfplace import _launch
@@ -33,12 +33,15 @@ def script(tmp_path: Path, body: str) -> str:
 
 
 def cli(*args: str) -> subprocess.Popen[str]:
+    """Start ``tfplace launch ARGS`` in its own session: a test's ``finally`` passes it to
+    :func:`helpers.stop_launcher`, so a failing test leaves no launcher or worker behind."""
     return subprocess.Popen(
         [sys.executable, "-m", "tfplace", "launch", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, **QUIET_ENV},
+        start_new_session=True,
     )
 
 
@@ -67,25 +70,35 @@ def test_one_failing_worker_stops_the_others_and_leaves_nothing(tmp_path: Path) 
         tmp_path,
         """
         import os, subprocess, sys, time
+        marks = sys.argv[1]
         if os.environ["TFPLACE_WORKER_INDEX"] == "1":
-            time.sleep(1.0)
+            # Fail only once workers 0 and 2 have started their child and said so.
+            deadline = time.monotonic() + 60
+            while len(os.listdir(marks)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
             sys.exit(3)
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         print("pids", os.getpid(), child.pid, flush=True)
+        open(os.path.join(marks, os.environ["TFPLACE_WORKER_INDEX"]), "w").close()
         time.sleep(120)
         """,
     )
+    marks = tmp_path / "marks"
+    marks.mkdir()
     start = time.monotonic()
-    proc = cli("-n", "3", "--grace", "2", path)
-    out, _ = proc.communicate(timeout=60)
-    elapsed = time.monotonic() - start
-    assert proc.returncode == 3, out
-    assert "[tfplace launch] worker 1 exited with code 3; stopping the others" in out
-    assert elapsed < 15
-    pids = [int(p) for line in re.findall(r"pids (\d+) (\d+)", out) for p in line]
-    assert len(pids) == 4
-    time.sleep(0.2)
-    assert not [p for p in pids if alive(p)]
+    proc = cli("-n", "3", "--grace", "2", path, str(marks))
+    found: list[int] = []
+    try:
+        out, _ = proc.communicate(timeout=100)
+        elapsed = time.monotonic() - start
+        found = [int(p) for line in re.findall(r"pids (\d+) (\d+)", out) for p in line]
+        assert proc.returncode == 3, out
+        assert "[tfplace launch] worker 1 exited with code 3; stopping the others" in out
+        assert elapsed < 60  # far below the workers' 120 s sleep: they were stopped, not awaited
+        assert len(found) == 4
+        assert wait_gone(found) == []
+    finally:
+        stop_launcher(proc, found)  # only matters when an assertion above failed
 
 
 def test_worker_killed_by_a_signal_gives_128_plus_the_signal(tmp_path: Path) -> None:
@@ -116,17 +129,19 @@ def test_signals_are_forwarded_and_workers_stopped(tmp_path: Path, sig: int) -> 
     proc = cli("-n", "2", "--grace", "2", path)
     assert proc.stdout is not None
     pids: list[int] = []
-    while len(pids) < 2:
-        line = proc.stdout.readline()
-        assert line, "launcher ended early"
-        if " pid " in line:
-            pids.append(int(line.split()[-1]))
-    proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 128 + sig, out
-    assert f"received signal {sig}" in out
-    time.sleep(0.2)
-    assert not [p for p in pids if alive(p)]
+    try:
+        while len(pids) < 2:
+            line = proc.stdout.readline()
+            assert line, "launcher ended early"
+            if " pid " in line:
+                pids.append(int(line.split()[-1]))
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 128 + sig, out
+        assert f"received signal {sig}" in out
+        assert wait_gone(pids) == []
+    finally:
+        stop_launcher(proc, pids)  # only matters when an assertion above failed
 
 
 def test_bad_launch_arguments() -> None:
@@ -212,7 +227,11 @@ def test_peers_of_a_killed_worker_fail_within_the_timeout(tmp_path: Path) -> Non
     out = io.StringIO()
     # A long grace period lets worker 0 report its own failure before it would be killed.
     result = launch(
-        [sys.executable, path], 2, out=out, grace_seconds=60, env={**os.environ, **QUIET_ENV}
+        [sys.executable, path],
+        2,
+        out=out,
+        grace_seconds=60,
+        env={**os.environ, **QUIET_ENV, **CPU_ONLY_ENV},  # one replica each, whatever the host
     )
     text = out.getvalue()
     assert result.returncode == 137, text

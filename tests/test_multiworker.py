@@ -194,7 +194,7 @@ def run_page_command(command: str, out_dir: Path | None = None) -> subprocess.Co
         text=True,
         timeout=300,
         check=False,
-        env={**os.environ, **QUIET_ENV},
+        env={**os.environ, **QUIET_ENV, **CPU_ONLY_ENV},  # "2 replicas": one CPU each
     )
 
 
@@ -280,7 +280,7 @@ def test_workers_with_different_replica_counts_stop_before_training() -> None:
         raise SystemExit(3)
     print("built")
     """
-    done = run_cluster(code)
+    done = run_cluster(code, extra_env=CPU_ONLY_ENV)  # worker 0 has exactly 1 replica
     for proc in done:
         assert proc.returncode == 3, proc.stdout + proc.stderr[-2000:]
         assert "replicas per worker differ (worker 0: 1, worker 1: 2)" in proc.stdout
