@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import importlib
 import types
+from pathlib import Path
 
 import pytest
 from helpers import run_json
 
 import tfplace
 
+PACKAGE = Path(tfplace.__file__).parent
+
 EXPECTED = {
     "KINDS",
     "PRIORITY",
     "AlreadyInitializedError",
     "AutotuneReport",
+    "BarrierTimeoutError",
     "BatchSizeError",
     "CPUConfig",
     "ClusterConfigError",
@@ -76,6 +80,26 @@ def test_every_export_is_the_object_its_submodule_defines_and_exports() -> None:
     plumbing = {"annotations", "importlib", "Any", "TYPE_CHECKING"}  # __init__'s own imports
     assert public - submodules - plumbing <= set(tfplace.__all__)
     assert sorted(dir(tfplace)) == dir(tfplace) and set(tfplace.__all__) <= set(dir(tfplace))
+
+
+def test_public_submodules_are_reachable_after_a_plain_import() -> None:
+    out = run_json(
+        """
+        import json, sys
+        import tfplace
+        names = {"callbacks": tfplace.callbacks.BackupAndRestore.__name__,
+                 "doctor": tfplace.doctor.findings.__name__,
+                 "cluster": tfplace.cluster.ClusterSpec.__name__}
+        print(json.dumps({"names": names, "tf": "tensorflow" in sys.modules}))
+        """
+    )
+    assert out["names"] == {
+        "callbacks": "BackupAndRestore",
+        "doctor": "findings",
+        "cluster": "ClusterSpec",
+    }
+    for name in tfplace._SUBMODULES:
+        assert (PACKAGE / f"{name}.py").exists() or (PACKAGE / name / "__init__.py").exists()
 
 
 def test_unknown_attribute_is_an_attribute_error() -> None:

@@ -50,3 +50,29 @@ def test_report_with_bad_tf_config_explains_instead_of_crashing() -> None:
     assert "cannot decide: TF_CONFIG: JSON" in proc.stdout
     data = json.loads(run_cli("--json", env={"TF_CONFIG": "{broken"}).stdout)
     assert data["plan"] is None and data["plan_error"].startswith("TF_CONFIG: JSON")
+
+
+def test_an_unknown_precision_policy_is_a_usage_error() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfplace", "doctor", "--precision", "bogus"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "--precision" in proc.stderr and "mixed_float16" in proc.stderr
+
+
+def test_a_bad_grace_is_a_usage_error_not_a_traceback() -> None:
+    for grace in ("-1", "nan"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "tfplace", "launch", "-n", "1", "--grace", grace, "x.py"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "--grace must be a finite number" in proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -341,3 +341,15 @@ def test_logical_gpus_are_counted_and_mirrored_without_nccl() -> None:
     two = {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}
     mw = decide(fake_inventory(gpus=(GPUInfo(0, "H200", (9, 0), logical=2),), tf_config=two))
     assert (mw.cross_device_ops, mw.num_replicas_in_sync) == ("ring", 4)
+
+
+def test_an_explicit_gpu_request_without_gpus_is_an_error_not_a_silent_no_op() -> None:
+    none = FakeGPUMachine(n=0)
+    with pytest.raises(tfplace.DeviceNotFoundError, match=r"no GPU is visible.*tfplace doctor"):
+        tfplace.configure_gpus(visible=[3], backend=none)
+    with pytest.raises(tfplace.DeviceNotFoundError, match="count=2"):
+        tfplace.configure_gpus(visible="auto", count=2, backend=none)
+    # what a script asks on any machine stays a clean no-op where there is no GPU
+    assert tfplace.configure_gpus(memory_growth=True, backend=none).visible == ()
+    assert tfplace.configure_gpus(visible=[], backend=none).visible == ()
+    assert tfplace.configure_gpus(visible="auto", backend=none).visible == ()

@@ -44,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "global_batch_size": "tfplace.data",
     "prepare_dataset": "tfplace.data",
     "AlreadyInitializedError": "tfplace.errors",
+    "BarrierTimeoutError": "tfplace.errors",
     "BatchSizeError": "tfplace.errors",
     "ClusterConfigError": "tfplace.errors",
     "DeviceFallbackWarning": "tfplace.errors",
@@ -71,6 +72,7 @@ __all__ = [
     "PRIORITY",
     "AlreadyInitializedError",
     "AutotuneReport",
+    "BarrierTimeoutError",
     "BatchSizeError",
     "CPUConfig",
     "ClusterConfigError",
@@ -121,6 +123,7 @@ if TYPE_CHECKING:  # static view for type checkers and IDEs; no cost at run time
     from tfplace.data import global_batch_size, prepare_dataset
     from tfplace.errors import (
         AlreadyInitializedError,
+        BarrierTimeoutError,
         BatchSizeError,
         ClusterConfigError,
         DeviceFallbackWarning,
@@ -136,8 +139,29 @@ if TYPE_CHECKING:  # static view for type checkers and IDEs; no cost at run time
     from tfplace.tuning import AutotuneReport, autotune, find_batch_size
 
 
+#: Public submodules reachable as ``tfplace.<name>`` after a plain ``import tfplace``
+#: (``tfplace.callbacks.BackupAndRestore``, ``tfplace.doctor.findings``), imported on first use.
+_SUBMODULES = (
+    "callbacks",
+    "cluster",
+    "config",
+    "data",
+    "doctor",
+    "errors",
+    "memory",
+    "multiworker",
+    "placement",
+    "precision",
+    "strategy",
+    "testing",
+    "tuning",
+)
+
+
 def __getattr__(name: str) -> Any:
-    """Resolve a public name from its submodule on first use and cache it here."""
+    """Resolve a public name (or public submodule) on first use and cache it here."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f"tfplace.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'tfplace' has no attribute {name!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 
@@ -43,9 +44,14 @@ def _parser() -> argparse.ArgumentParser:
         "group is started again on new ports (TFPLACE_RESTART_COUNT=1, 2, ... in each "
         "worker's environment).",
     )
-    launch.add_argument("-n", "--num-workers", type=int, required=True, help="workers (>= 1)")
     launch.add_argument(
-        "--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL"
+        "-n", "--num-workers", type=int, required=True, metavar="N", help="workers (>= 1)"
+    )
+    launch.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        help="seconds between SIGTERM and SIGKILL (default: 5)",
     )
     launch.add_argument(
         "--host",
@@ -113,11 +119,15 @@ def _doctor_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also run a matmul and a convolution on every device (starts TensorFlow)",
     )
+    from tfplace.precision import POLICIES
+
     parser.add_argument(
         "--precision",
         default=None,
+        choices=POLICIES,
         metavar="POLICY",
-        help="a Keras dtype policy you intend to use, checked against the hardware",
+        help="a Keras dtype policy you intend to use, checked against the hardware: "
+        + ", ".join(POLICIES),
     )
     parser.add_argument(
         "--env",
@@ -189,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"-n must be >= 1, found {args.num_workers}")
         if args.max_restarts < 0:
             parser.error(f"--max-restarts must be >= 0, found {args.max_restarts}")
+        if not math.isfinite(args.grace) or args.grace < 0:
+            parser.error(f"--grace must be a finite number of seconds >= 0, found {args.grace}")
         target = ["-m", args.script] if args.module else [args.script]
         try:
             result = launch(

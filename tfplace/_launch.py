@@ -33,7 +33,9 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import math
 import os
+import select
 import shutil
 import signal
 import socket
@@ -80,12 +82,13 @@ def _free_ports(n: int, host: str, source: str) -> list[int]:
     bare = check_host(host, source).strip("[]")
     try:
         family, kind, proto, _, sockaddr = socket.getaddrinfo(bare, 0, type=socket.SOCK_STREAM)[0]
-        socks = [socket.socket(family, kind, proto) for _ in range(n)]
     except OSError as err:
         raise _unusable(source, host, err) from err
+    socks: list[socket.socket] = []
     try:
-        for s in socks:
-            s.bind(sockaddr)
+        for _ in range(n):  # each socket is closed below, even when a later one fails
+            socks.append(socket.socket(family, kind, proto))
+            socks[-1].bind(sockaddr)
         return [int(s.getsockname()[1]) for s in socks]
     except OSError as err:
         raise _unusable(source, host, err) from err
@@ -264,10 +267,18 @@ class _PrivateNetwork:
         except OSError as err:
             return f"cannot start the namespace holder ({err})"
         assert holder.stdout is not None
-        first = holder.stdout.readline().strip()
+        try:
+            # The holder answers at once; a hung one must not hang the launch.
+            ready, _, _ = select.select([holder.stdout], [], [], 10.0)
+            first = holder.stdout.readline().strip() if ready else ""
+        except BaseException:
+            cls(holder).close()
+            raise
         if first == "READY":
             return cls(holder)
         cls(holder).close()
+        if not ready:
+            return "the namespace holder did not answer within 10 s"
         return first.removeprefix("FAIL ") or "the namespace holder ended without a word"
 
     def wrap(self, command: Sequence[str], env: Mapping[str, str]) -> list[str]:
@@ -315,8 +326,9 @@ class LaunchResult:
     Attributes:
         returncode: 0 when every worker succeeded, else the first failing worker's code
             (128 + signal number for a worker killed by a signal) in the last attempt.
-        worker_codes: each worker's exit code in the last attempt (None if it had to be
-            killed).
+        worker_codes: each worker's exit code in the last attempt (128 + N for a worker a
+            signal N ended, the launcher's SIGTERM/SIGKILL included; None only for a worker
+            that never started).
         failed_worker: the index of the first worker that failed in the last attempt, or None.
         seconds: wall time of the launch, all attempts together.
         attempts: how many times the group was started (1 + the restarts).
@@ -462,6 +474,11 @@ class _Launch:
                     self.stop_all()
                     return _code(code), failed
             if all(code == 0 for code in codes):
+                # Every worker succeeded: whatever they left running in their groups goes too,
+                # and so the output pipes close and the readers end.
+                for proc in self.procs:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, signal.SIGKILL)
                 return 0, None
             time.sleep(0.01)
 
@@ -545,8 +562,15 @@ def launch(
         raise TypeError(f"command must be a non-empty list of strings, found {command!r}")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"num_workers must be a positive int, found {num_workers!r}")
-    if not isinstance(grace_seconds, int | float) or grace_seconds < 0:
-        raise ValueError(f"grace_seconds must be >= 0, found {grace_seconds!r}")
+    if (
+        isinstance(grace_seconds, bool)
+        or not isinstance(grace_seconds, int | float)
+        or not math.isfinite(grace_seconds)
+        or grace_seconds < 0
+    ):
+        raise ValueError(
+            f"grace_seconds must be a finite number of seconds >= 0, found {grace_seconds!r}"
+        )
     if on_line is not None and not callable(on_line):
         raise TypeError(f"on_line must be a callable (index, line), found {on_line!r}")
     if network not in NETWORKS:
@@ -557,7 +581,7 @@ def launch(
         raise ValueError(f"restart_on must be one of {RESTART_ON}, found {restart_on!r}")
     ports = _free_ports(num_workers, host, "launch")  # checks the host before anything starts
     started = time.monotonic()
-    base = dict(env or os.environ)
+    base = dict(os.environ if env is None else env)
     threads = plan_threads(_usable_cores(), num_workers, base)
     for reason in threads.reasons:
         log.info("tfplace launch: %s", reason)

@@ -508,7 +508,8 @@ def configure_gpus(
 
     Raises:
         ValueError / TypeError: bad arguments (checked before TensorFlow is touched).
-        DeviceNotFoundError: ``visible`` names a GPU that does not exist.
+        DeviceNotFoundError: ``visible`` names a GPU that does not exist (also where no GPU
+            is visible at all), or fewer GPUs than ``count`` qualify for ``visible="auto"``.
         AlreadyInitializedError: different settings after the runtime started.
 
     Example:
@@ -532,6 +533,17 @@ def configure_gpus(
         be = backend or _tf.TFConfig()
         facts, by_index = read_gpu_facts(be)
         if not facts.physical:
+            asked = (visible not in (None, "auto") and len(visible) > 0) or (
+                visible == "auto" and count is not None
+            )
+            if asked:  # an explicit request for GPUs is not silently dropped
+                raise DeviceNotFoundError(
+                    f"configure_gpus(visible={visible!r}"
+                    + (f", count={count}" if count is not None else "")
+                    + "): no GPU is visible to TensorFlow here "
+                    f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). Run "
+                    "`tfplace doctor` to see why, or drop visible= on machines without GPUs."
+                )
             log.info("configure_gpus: no GPU is visible to TensorFlow; nothing to configure")
             return GPUConfig((), None, None, changed=False)
         indices: Sequence[int] | None

@@ -7,7 +7,8 @@ The hierarchy::
         ├── AlreadyInitializedError      (also RuntimeError)
         ├── DeviceNotFoundError          (also LookupError)
         ├── ClusterConfigError           (also ValueError)
-        └── BatchSizeError               (also RuntimeError)
+        ├── BatchSizeError               (also RuntimeError)
+        └── BarrierTimeoutError          (also TimeoutError)
 
     Warning
     └── TfplaceWarning                   something the user should change in their code
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyInitializedError",
+    "BarrierTimeoutError",
     "BatchSizeError",
     "ClusterConfigError",
     "DeviceFallbackWarning",
@@ -69,6 +71,14 @@ class ClusterConfigError(TfplaceError, ValueError):
 
 class BatchSizeError(TfplaceError, RuntimeError):
     """Raised by ``find_batch_size`` when even the smallest batch size runs out of memory."""
+
+
+class BarrierTimeoutError(TfplaceError, TimeoutError):
+    """Raised when :func:`tfplace.barrier` gives up: some worker did not arrive in time.
+
+    The message names the barrier, the workers the coordination service reported as not
+    arrived (when TensorFlow says), and the fix.
+    """
 
 
 class TfplaceWarning(UserWarning):

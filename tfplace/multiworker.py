@@ -33,7 +33,12 @@ from typing import TYPE_CHECKING, Any
 from tfplace import _tf
 from tfplace._plan import Plan
 from tfplace.cluster import ClusterSpec
-from tfplace.errors import AlreadyInitializedError, ClusterConfigError, TfplaceError
+from tfplace.errors import (
+    AlreadyInitializedError,
+    BarrierTimeoutError,
+    ClusterConfigError,
+    TfplaceError,
+)
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -150,8 +155,11 @@ def _stop_watchdog(watchdog: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(OSError):
         assert watchdog.stdin is not None
         watchdog.stdin.close()
-    with contextlib.suppress(subprocess.TimeoutExpired):
+    try:
         watchdog.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # it should end as soon as its stdin closes
+        watchdog.kill()
+        watchdog.wait()
 
 
 def make_multi_worker(
@@ -164,7 +172,12 @@ def make_multi_worker(
             "pick_strategy('multi_worker'): TensorFlow's runtime has already started, and "
             f"collective ops must be configured at program start-up. {MULTI_WORKER_FIX}"
         )
-    options = _tf.communication_options(decision.cross_device_ops or "auto", timeout)
+    if decision.cross_device_ops is None:
+        raise ValueError(
+            "a multi_worker plan must name its collective implementation (one of "
+            "'ring', 'nccl', 'auto'); found None. Make plans with tfplace.plan()."
+        )
+    options = _tf.communication_options(decision.cross_device_ops, timeout)
     resolver: Any = None
     if decision.cluster is not None:
         spec = decision.cluster
@@ -305,14 +318,6 @@ def worker_save_path(
         shutil.rmtree(private, ignore_errors=True)
 
 
-class BarrierTimeoutError(TfplaceError, TimeoutError):
-    """Raised when :func:`barrier` gives up: some worker did not arrive within the timeout.
-
-    The message names the barrier, the workers the coordination service reported as not
-    arrived (when TensorFlow says), and the fix.
-    """
-
-
 _barrier_lock = threading.Lock()
 _barrier_counts: dict[str, int] = {}
 
@@ -348,10 +353,6 @@ def barrier(timeout: float | None = 300.0, *, name: str = "tfplace") -> None:
     spec = _current_cluster(None)
     if spec is None or spec.num_workers <= 1:
         return
-    with _barrier_lock:
-        count = _barrier_counts.get(name, 0)
-        _barrier_counts[name] = count + 1
-    barrier_id = f"tfplace/barrier/{name}/{count}"
     if not _tf.runtime_started():
         raise TfplaceError(
             f"barrier(): this process is {spec.task_type} {spec.task_index} of a "
@@ -366,6 +367,12 @@ def barrier(timeout: float | None = 300.0, *, name: str = "tfplace") -> None:
             "cluster has no TensorFlow coordination service (the multi-worker strategy starts "
             "it). Fix: build the strategy with tfplace.pick_strategy() first, in every worker."
         )
+    # Counted only once the call can really meet the others: a refused call (above) must not
+    # put this worker one barrier ahead of its peers.
+    with _barrier_lock:
+        count = _barrier_counts.get(name, 0)
+        _barrier_counts[name] = count + 1
+    barrier_id = f"tfplace/barrier/{name}/{count}"
     wait = 86_400.0 if timeout is None else timeout
     started = time.monotonic()
     with contextlib.suppress(Exception):  # only for naming the missing workers on failure

@@ -141,12 +141,14 @@ def build_strategy(
     if not isinstance(decision, Plan):
         raise TypeError(f"build_strategy takes a Plan, found {type(decision).__name__}")
     kind = decision.kind
-    if decision.cross_device_ops is not None and (
-        decision.cross_device_ops not in REDUCTIONS.get(kind, ())
+    allowed = REDUCTIONS.get(kind, ())
+    if (decision.cross_device_ops is None) != (not allowed) or (
+        decision.cross_device_ops is not None and decision.cross_device_ops not in allowed
     ):
         raise ValueError(
-            f"this plan cannot be built: {kind!r} takes cross_device_ops in "
-            f"{REDUCTIONS.get(kind, ())}, found {decision.cross_device_ops!r}"
+            f"this plan cannot be built: {kind!r} takes cross_device_ops "
+            + (f"in {allowed}" if allowed else "None")
+            + f", found {decision.cross_device_ops!r}. Make plans with tfplace.plan()."
         )
     tf = _tf.load()
     if kind == "default":
@@ -154,9 +156,10 @@ def build_strategy(
     if kind == "one_device":
         return tf.distribute.OneDeviceStrategy(decision.devices[0])
     if kind == "mirrored":
+        assert decision.cross_device_ops is not None  # checked above
         return tf.distribute.MirroredStrategy(
             devices=list(decision.devices),
-            cross_device_ops=_tf.cross_device_ops(decision.cross_device_ops or "reduce_to_one"),
+            cross_device_ops=_tf.cross_device_ops(decision.cross_device_ops),
         )
     if kind == "multi_worker":
         from tfplace.multiworker import make_multi_worker
