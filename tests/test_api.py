@@ -174,3 +174,13 @@ def test_inventory_without_tensorflow_still_works() -> None:
         """
     )
     assert out == {"tf": True, "kind": "default"}
+
+
+def test_the_error_pages_draw_every_error_class() -> None:
+    """docs/errors.md and the errors module's docstring show the whole hierarchy."""
+    from tfplace import errors
+
+    page = (PACKAGE.parent / "docs" / "errors.md").read_text()
+    for name in errors.__all__:
+        assert f" {name} " in page or f"`{name}`" in page, name
+        assert name in (errors.__doc__ or ""), name
