@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import QUIET_ENV, run_fresh
+from helpers import CHILD_GPU_ENV, QUIET_ENV, run_fresh
 
 import tfplace
 
@@ -55,12 +55,14 @@ def test_examples_run_elsewhere_are_run_there() -> None:
 
 
 @pytest.mark.parametrize("script", RUN_HERE, ids=[p.stem for p in RUN_HERE])
-def test_docs_examples_run(script: Path) -> None:
+def test_docs_examples_run(script: Path, tmp_path: Path) -> None:
+    # The examples write through tempfile (mkdtemp), which honours TMPDIR: their files land
+    # in this test's folder, not in /tmp.
     proc = subprocess.run(
         [sys.executable, str(script)],
         capture_output=True,
         text=True,
-        env={**os.environ, **QUIET_ENV},
+        env={**os.environ, **QUIET_ENV, **CHILD_GPU_ENV, "TMPDIR": str(tmp_path)},
         timeout=300,
         check=False,
     )
