@@ -21,13 +21,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import QUIET_ENV, alive
+from helpers import QUIET_ENV, stop_launcher, wait_gone
 
 from tfplace._launch import LaunchResult, launch
 from tfplace._restart import RESTART_COUNT_ENV, RESTART_EXIT_CODE
@@ -102,8 +101,7 @@ def run(
             **kwargs,  # type: ignore[arg-type]
         )
     done = Run(result, starts, out.getvalue(), caplog.text)
-    time.sleep(0.1)
-    assert done.pids() and not [p for p in done.pids() if alive(p)], "a process was left behind"
+    assert done.pids() and wait_gone(done.pids()) == [], "a process was left behind"
     return done
 
 
@@ -204,18 +202,26 @@ def test_bad_restart_arguments() -> None:
 # ------------------------------------------------------------------ the command line
 
 
-def cli(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+def cli(tmp_path: Path, *args: str, grace: float = 2) -> subprocess.Popen[str]:
+    """Start ``tfplace launch -n 2 --grace GRACE ARGS`` in its own session: a test's
+    ``finally`` passes it to :func:`helpers.stop_launcher`, so a failing test leaves nothing."""
     path = tmp_path / "worker.py"
     path.write_text(textwrap.dedent(WORKER))
     marks = tmp_path / "marks"
     marks.mkdir(exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-m", "tfplace", "launch", "-n", "2", "--grace", "2", *args],
+        [sys.executable, "-m", "tfplace", "launch", "-n", "2", "--grace", str(grace), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, **QUIET_ENV, "MARKS": str(marks)},
+        start_new_session=True,
     )
+
+
+def started_pids(text: str) -> list[int]:
+    """Every pid (workers and their children) that the workers reported in ``text``."""
+    return [int(p) for s in started(text) for p in s["pids"]]
 
 
 def started(text: str) -> list[dict[str, Any]]:
@@ -225,20 +231,23 @@ def started(text: str) -> list[dict[str, Any]]:
 def test_the_command_line_restarts(tmp_path: Path) -> None:
     path = str(tmp_path / "worker.py")
     proc = cli(tmp_path, "--max-restarts", "1", path, "1@0=kill", "0@0=sleep")
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
-    assert sorted((s["index"], s["count"]) for s in started(out)) == [
-        (0, 0),
-        (0, 1),
-        (1, 0),
-        (1, 1),
-    ]
-    assert "[tfplace launch] restarting all 2 workers on new ports (restart 1 of 1" in out
-    # The WARNING reaches the terminal too (stderr, merged here), with the cause.
-    assert "worker 1 was killed by SIGKILL (exit code 137) on attempt 1" in out
-    pids = [int(p) for s in started(out) for p in s["pids"]]
-    time.sleep(0.1)
-    assert len(pids) == 8 and not [p for p in pids if alive(p)]
+    out = ""
+    try:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out
+        assert sorted((s["index"], s["count"]) for s in started(out)) == [
+            (0, 0),
+            (0, 1),
+            (1, 0),
+            (1, 1),
+        ]
+        assert "[tfplace launch] restarting all 2 workers on new ports (restart 1 of 1" in out
+        # The WARNING reaches the terminal too (stderr, merged here), with the cause.
+        assert "worker 1 was killed by SIGKILL (exit code 137) on attempt 1" in out
+        pids = started_pids(out)
+        assert len(pids) == 8 and wait_gone(pids) == []
+    finally:
+        stop_launcher(proc, started_pids(out))  # only matters when an assertion above failed
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -250,44 +259,52 @@ def test_a_signal_to_the_launcher_stops_everything_and_is_not_restarted(
         tmp_path, "--max-restarts", "3", "--restart-on", "any", path, "0@*=sleep", "1@*=sleep"
     )
     assert proc.stdout is not None
-    seen = ""
-    while len(started(seen)) < 2:
-        line = proc.stdout.readline()
-        assert line, f"launcher ended early:\n{seen}"
-        seen += line
-    proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=60)
-    out = seen + out
-    assert proc.returncode == 128 + sig, out
-    assert f"received signal {sig}; stopping the workers" in out
-    assert "restarting" not in out
-    assert [s["count"] for s in started(out)] == [0, 0]  # no second attempt started
-    pids = [int(p) for s in started(out) for p in s["pids"]]
-    time.sleep(0.1)
-    assert len(pids) == 4 and not [p for p in pids if alive(p)]
+    seen = out = ""
+    try:
+        while len(started(seen)) < 2:
+            line = proc.stdout.readline()
+            assert line, f"launcher ended early:\n{seen}"
+            seen += line
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+        out = seen + out
+        assert proc.returncode == 128 + sig, out
+        assert f"received signal {sig}; stopping the workers" in out
+        assert "restarting" not in out
+        assert [s["count"] for s in started(out)] == [0, 0]  # no second attempt started
+        pids = started_pids(out)
+        assert len(pids) == 4 and wait_gone(pids) == []
+    finally:
+        stop_launcher(proc, started_pids(seen + out))  # only when an assertion above failed
 
 
 def test_a_signal_while_a_failed_group_is_stopping_prevents_the_restart(tmp_path: Path) -> None:
     """Worker 1 dies; worker 0 ignores SIGTERM, so stopping it takes the grace period. A
-    SIGTERM to the launcher in that window: no restart, the worker's failure is reported."""
+    SIGTERM to the launcher in that window: no restart, the worker's failure is reported.
+
+    The window is a 10 s grace period so that the signal surely lands in it on a loaded
+    machine. The test takes that long: the launcher's signal only sets a flag, and worker 0
+    (ignoring SIGTERM) is SIGKILLed at the end of the grace period."""
     path = str(tmp_path / "worker.py")
-    proc = cli(tmp_path, "--max-restarts", "3", path, "1@0=kill", "0@*=ignore")
+    proc = cli(tmp_path, "--max-restarts", "3", path, "1@0=kill", "0@*=ignore", grace=10)
     assert proc.stdout is not None
-    seen = ""
-    while "stopping the others" not in seen:
-        line = proc.stdout.readline()
-        assert line, f"launcher ended early:\n{seen}"
-        seen += line
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
-    out = seen + out
-    assert proc.returncode == 137, out
-    assert f"[tfplace launch] received signal {signal.SIGTERM}; not restarting" in out
-    assert "restarting all" not in out
-    assert [s["count"] for s in started(out)] == [0, 0]
-    pids = [int(p) for s in started(out) for p in s["pids"]]
-    time.sleep(0.1)
-    assert len(pids) == 4 and not [p for p in pids if alive(p)]
+    seen = out = ""
+    try:
+        while "stopping the others" not in seen:
+            line = proc.stdout.readline()
+            assert line, f"launcher ended early:\n{seen}"
+            seen += line
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        out = seen + out
+        assert proc.returncode == 137, out
+        assert f"[tfplace launch] received signal {signal.SIGTERM}; not restarting" in out
+        assert "restarting all" not in out
+        assert [s["count"] for s in started(out)] == [0, 0]
+        pids = started_pids(out)
+        assert len(pids) == 4 and wait_gone(pids) == []
+    finally:
+        stop_launcher(proc, started_pids(seen + out))  # only when an assertion above failed
 
 
 # ------------------------------------------------------------------ kill and resume (TensorFlow)
@@ -355,8 +372,7 @@ def train(tmp_path: Path, name: str, kill: bool, max_restarts: int) -> tuple[Lau
     )
     text = out.getvalue()
     pids = [int(p) for p in re.findall(r"\] pid (\d+)", text)]
-    time.sleep(0.2)
-    assert pids and not [p for p in pids if alive(p)], text
+    assert pids and wait_gone(pids) == [], text
     assert not [p for p in os.listdir("/proc") if p.isdigit() and token.encode() in cmdline(p)]
     return result, text
 
