@@ -84,33 +84,40 @@ print(json.dumps({
 
 
 def run_group(
-    out: Path, n: int, env: dict[str, str], timeout: float = 300
+    out: Path, n: int, env: dict[str, str], timeout: float = 300, settle: float = 60
 ) -> list[tuple[int, str, str]]:
-    """Start ``n`` workers (``n`` = 1: one plain process); when one fails, stop the others
-    (as a launcher does); return each one's (exit code, stdout, stderr). Checks that no
-    process of the group is left afterwards."""
+    """Start ``n`` workers (``n`` = 1: one plain process); when one fails, give the others up
+    to ``settle`` seconds to end on their own (preemption: they save and exit too), then stop
+    them (as a launcher does); return each one's (exit code, stdout, stderr). The workers
+    write their output to files beside ``out`` (a pipe nobody reads could fill and block
+    them). Checks that no process of the group is left afterwards."""
     token = f"tfplace-test-{uuid.uuid4().hex}"
+    logs = out.parent / f"logs-{token[-8:]}"
+    logs.mkdir()
     cluster = ClusterSpec.local(free_ports(n)) if n > 1 else None
     procs = []
-    for i in range(n):
-        full = {**os.environ, **QUIET_ENV, **CHILD_GPU_ENV, **CPU_ONLY_ENV, **env, "OUT": str(out)}
-        full.pop("TF_CONFIG", None)
-        if cluster is not None:
-            full["TF_CONFIG"] = cluster.for_task(i).to_tf_config()
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", textwrap.dedent(TRAIN), token],
-                env=full,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    deadline = time.monotonic() + timeout
     try:
+        for i in range(n):
+            full = {**os.environ, **QUIET_ENV, **CHILD_GPU_ENV, **CPU_ONLY_ENV, **env}
+            full["OUT"] = str(out)
+            full.pop("TF_CONFIG", None)
+            if cluster is not None:
+                full["TF_CONFIG"] = cluster.for_task(i).to_tf_config()
+            with (logs / f"{i}.out").open("w") as stdout, (logs / f"{i}.err").open("w") as err:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-c", textwrap.dedent(TRAIN), token],
+                        env=full,
+                        stdout=stdout,
+                        stderr=err,
+                    )
+                )
+        deadline = time.monotonic() + timeout
         while any(p.poll() is None for p in procs):
             if any(p.returncode not in (None, 0) for p in procs):
-                time.sleep(10)  # the others may be finishing their own exit (preemption)
+                deadline = min(deadline, time.monotonic() + settle)
+                while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+                    time.sleep(0.2)
                 break
             assert time.monotonic() < deadline, "the group did not finish in time"
             time.sleep(0.2)
@@ -118,10 +125,11 @@ def run_group(
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    results = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=60)
-        results.append((p.returncode, stdout, stderr))
+            p.wait(timeout=60)
+    results = [
+        (p.returncode, (logs / f"{i}.out").read_text(), (logs / f"{i}.err").read_text())
+        for i, p in enumerate(procs)
+    ]
     assert not [
         pid for pid in os.listdir("/proc") if pid.isdigit() and token.encode() in _cmdline(pid)
     ], "a worker process was left behind"
@@ -187,7 +195,10 @@ def test_killed_worker_group_restarts_from_the_last_backup(
     out = tmp_path / "run"
     out.mkdir()
     first = run_group(
-        out, 2, {**env, "FREQ": freq, "FAIL_TASK": "1", "FAIL_AT": "10", "FAIL_SIGNAL": "SIGKILL"}
+        out,
+        2,
+        {**env, "FREQ": freq, "FAIL_TASK": "1", "FAIL_AT": "10", "FAIL_SIGNAL": "SIGKILL"},
+        settle=10,  # worker 0's fate after its peer's death is not asserted: no need to wait
     )
     assert first[1][0] == -signal.SIGKILL
     backups = sorted((out / "backup").glob("backup-*"))

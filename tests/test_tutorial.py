@@ -23,13 +23,12 @@ import os
 import re
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from helpers import CPU_ONLY_ENV, QUIET_ENV, alive
+from helpers import CPU_ONLY_ENV, QUIET_ENV, wait_gone
 
 from tfplace._launch import LaunchResult, launch
 
@@ -98,9 +97,8 @@ def run_tutorial(tmp_path: Path, name: str, *, kill: bool) -> tuple[LaunchResult
     )
     text = out.getvalue()
     pids = [int(p) for p in re.findall(r"\] pid (\d+)", text)]
-    time.sleep(0.2)
     assert pids, text[-3000:]
-    assert not [p for p in pids if alive(p)], text[-3000:]
+    assert wait_gone(pids) == [], text[-3000:]
     assert not [p for p in os.listdir("/proc") if p.isdigit() and token.encode() in cmdline(p)]
     return result, text
 
