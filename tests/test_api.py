@@ -145,6 +145,7 @@ def test_import_does_not_import_tensorflow() -> None:
     )
     assert out["tf"] is False
     assert out["keras"] is False
+    assert out["ms"] < 2000  # lazy: no TensorFlow, no submodule (generous for a loaded machine)
 
 
 def test_missing_tensorflow_names_the_pip_command() -> None:

@@ -184,7 +184,12 @@ def test_this_machines_tensorflow_is_checked_as_its_build_says() -> None:
     assert tf is not None
     site = tensorflow_site()
     assert site is not None and (site / "tensorflow").is_dir()
-    wanted = sonames(tf.cuda_version, tf.cudnn_version) if tf.is_cuda_build else []
+    if not tf.is_cuda_build:
+        pytest.skip(f"this TensorFlow ({tf.version}) is a CPU-only build: it opens no CUDA library")
+    wanted = sonames(tf.cuda_version, tf.cudnn_version)
+    assert wanted  # a CUDA build opens CUDA's libraries
     checks = check_libraries(tf.cuda_version, tf.cudnn_version, libraries=wanted)
     assert [c.soname for c in checks] == [s for _, s in wanted]
     assert all(c.ok or c.fix for c in checks)  # every failure says what to do
+    if tfplace.inventory().visible_gpus:  # TensorFlow can use the GPU only if all of them load
+        assert all(c.ok for c in checks), [(c.soname, c.fix) for c in checks if not c.ok]
