@@ -34,6 +34,8 @@ def test_global_batch_size() -> None:
     mirrored = tfplace.pick_strategy("mirrored")
     replicas = tfplace.plan("mirrored").num_replicas_in_sync
     assert mirrored.num_replicas_in_sync == replicas
+    inv = tfplace.inventory()  # and what the hardware implies: every GPU, else every CPU device
+    assert replicas == (inv.logical_gpu_count or inv.cpu.logical_devices)
     assert tfplace.global_batch_size(32, mirrored) == 32 * replicas
     assert tfplace.global_batch_size(32) == 32  # no strategy in force: one replica
     with two.scope():

@@ -72,6 +72,8 @@ def test_mirrored_on_this_machine() -> None:
     s = tfplace.pick_strategy("mirrored")
     assert isinstance(s, tf.distribute.MirroredStrategy)
     assert s.num_replicas_in_sync == expected.num_replicas_in_sync
+    inv = tfplace.inventory()  # and what the hardware implies: every GPU, else every CPU device
+    assert s.num_replicas_in_sync == (inv.logical_gpu_count or inv.cpu.logical_devices)
     assert _built_reduction(s) == expected.cross_device_ops
     losses = fit_small_model(s)
     assert losses[-1] < losses[0]
