@@ -633,3 +633,25 @@ def test_the_command_line_chooses_the_network(tmp_path: Path, network: str) -> N
         assert seen == mine
     else:
         assert seen == {"lo"}, out
+
+
+def test_what_successful_workers_leave_running_is_stopped_at_once(tmp_path: Path) -> None:
+    """A worker that succeeds but leaves a child behind (holding its output pipe) neither
+    keeps that child alive nor makes the launcher wait for it."""
+    path = script(
+        tmp_path,
+        """
+        import subprocess, sys
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        print("child", child.pid, flush=True)
+        """,
+    )
+    out = io.StringIO()
+    start = time.monotonic()
+    result = launch([sys.executable, path], 2, env={**os.environ, **QUIET_ENV}, out=out)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0
+    pids = [int(line.split()[-1]) for line in out.getvalue().splitlines() if " child " in line]
+    assert len(pids) == 2, out.getvalue()
+    assert wait_gone(pids) == []
+    assert elapsed < 5, elapsed  # it used to wait 5 s per worker for the child's pipe

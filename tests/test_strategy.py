@@ -133,6 +133,13 @@ def test_a_plan_whose_reduction_does_not_fit_its_kind_is_not_built() -> None:
     bad = dataclasses.replace(tfplace.plan("mirrored"), cross_device_ops="ring")
     with pytest.raises(ValueError, match="cannot be built"):
         build_strategy(bad)
+    # a hand-made plan that names no reduction is refused too: nothing is filled in silently
+    unnamed = dataclasses.replace(tfplace.plan("mirrored"), cross_device_ops=None)
+    with pytest.raises(ValueError, match="takes cross_device_ops in"):
+        build_strategy(unnamed)
+    one = dataclasses.replace(tfplace.plan("one_device"), cross_device_ops="nccl")
+    with pytest.raises(ValueError, match="takes cross_device_ops None"):
+        build_strategy(one)
 
 
 def test_unknown_kind_lists_valid_kinds() -> None:
