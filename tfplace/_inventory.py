@@ -600,6 +600,10 @@ def use_inventory(inv: Inventory) -> Iterator[Inventory]:
 
     Decisions (``plan``, ``pick_strategy``'s choice, doctor findings) then see ``inv``;
     TensorFlow itself still runs on the real machine.
+
+    The substitution is process-wide, on purpose: threads that TensorFlow or ``tf.data``
+    start see it too (a ``contextvars`` value would not reach them). Blocks nest; do not
+    overlap them from several threads.
     """
     global _override
     if not isinstance(inv, Inventory):
