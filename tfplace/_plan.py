@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
 from tfplace._inventory import Inventory
-from tfplace.cluster import ClusterSpec, from_env
+from tfplace.cluster import ClusterSpec, from_env, slurm_port
 from tfplace.errors import ClusterConfigError, DeviceNotFoundError
 
 __all__ = [
@@ -58,7 +58,8 @@ class Plan:
     Attributes:
         kind: the strategy kind.
         devices: local device names the replicas run on, e.g. ``("/GPU:0", "/GPU:1")``.
-        cross_device_ops: how gradients are summed across replicas (None when one replica).
+        cross_device_ops: how gradients are summed across replicas: one of the kind's
+            :data:`REDUCTIONS`, or None for the kinds that take none.
         num_replicas_in_sync: replicas over all workers.
         reasons: why, in plain words, most important first.
         cluster: the validated cluster for ``multi_worker``.
@@ -223,6 +224,7 @@ def decide(
     devices: Sequence[str] | None = None,
     cross_device_ops: str | None = None,
     cluster: ClusterSpec | None = None,
+    port: int | None = None,
 ) -> Plan:
     """Decide the strategy for ``inv``. Pure: no TensorFlow call, no environment read.
 
@@ -232,6 +234,7 @@ def decide(
         devices: explicit local devices for ``one_device`` / ``mirrored``.
         cross_device_ops: override the reduction (one of ``CrossDeviceOps``).
         cluster: an explicit cluster, used instead of TF_CONFIG / SLURM.
+        port: the first port of a SLURM step's workers (see :func:`cluster_of`).
 
     Returns:
         The :class:`Plan`.
@@ -260,7 +263,9 @@ def decide(
             raise ValueError("devices is empty; pass None to let tfplace choose")
     if cluster is not None and not isinstance(cluster, ClusterSpec):
         raise TypeError(f"cluster must be a ClusterSpec, found {type(cluster).__name__}")
-    spec = cluster if cluster is not None else cluster_of(inv)
+    if port is not None:
+        slurm_port({}, port)  # a bad port is a ValueError, whatever the cluster
+    spec = cluster if cluster is not None else cluster_of(inv, port=port)
     reasons: list[str] = []
     chosen: StrategyKind
     if kind == "auto":
@@ -455,6 +460,7 @@ def plan(
     cross_device_ops: str | None = None,
     cluster: ClusterSpec | None = None,
     inventory: Inventory | None = None,
+    port: int | None = None,
 ) -> Plan:
     """Return what :func:`~tfplace.pick_strategy` would build, without creating anything.
 
@@ -467,6 +473,7 @@ def plan(
             :data:`REDUCTIONS`. Any other pair is refused, never silently replaced.
         cluster: an explicit cluster instead of TF_CONFIG / SLURM.
         inventory: the facts to decide on; by default :func:`tfplace.inventory()`.
+        port: the first port of a SLURM step's workers (see :func:`cluster_of`).
 
     Returns:
         The :class:`Plan`, with its reasons.
@@ -484,5 +491,10 @@ def plan(
     elif not isinstance(inventory, Inventory):
         raise TypeError(f"inventory must be an Inventory, found {type(inventory).__name__}")
     return decide(
-        inventory, kind, devices=devices, cross_device_ops=cross_device_ops, cluster=cluster
+        inventory,
+        kind,
+        devices=devices,
+        cross_device_ops=cross_device_ops,
+        cluster=cluster,
+        port=port,
     )

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 from tfplace import _tf
 from tfplace._inventory import Inventory
-from tfplace._plan import REDUCTIONS, Plan, cluster_of, plan
-from tfplace.cluster import ClusterSpec, slurm_port
+from tfplace._plan import REDUCTIONS, Plan, plan
+from tfplace.cluster import ClusterSpec
 from tfplace.multiworker import MULTI_WORKER_FIX
 
 if TYPE_CHECKING:
@@ -101,20 +101,13 @@ def pick_strategy(
             raise ValueError(
                 f"{name} must be a positive number of seconds or None, found {value!r}"
             )
-    if port is not None:
-        slurm_port({}, port)  # a bad port is a ValueError before anything else happens
-        if cluster is None:
-            if inventory is None:
-                from tfplace._inventory import inventory as gather
-
-                inventory = gather()
-            cluster = cluster_of(inventory, port=port)
     decision = plan(
         kind,
         devices=devices,
         cross_device_ops=cross_device_ops,
         cluster=cluster,
         inventory=inventory,
+        port=port,
     )
     strategy = build_strategy(
         decision, communication_timeout=communication_timeout, startup_timeout=startup_timeout
@@ -142,9 +135,8 @@ def build_strategy(
         raise TypeError(f"build_strategy takes a Plan, found {type(decision).__name__}")
     kind = decision.kind
     allowed = REDUCTIONS.get(kind, ())
-    if (decision.cross_device_ops is None) != (not allowed) or (
-        decision.cross_device_ops is not None and decision.cross_device_ops not in allowed
-    ):
+    fits = decision.cross_device_ops in allowed if allowed else decision.cross_device_ops is None
+    if not fits:
         raise ValueError(
             f"this plan cannot be built: {kind!r} takes cross_device_ops "
             + (f"in {allowed}" if allowed else "None")
