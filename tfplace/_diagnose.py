@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from tfplace import _tf
-from tfplace.tuning import keras_of, policy_name
+from tfplace.tuning import _model_policy, keras_of, policy_name
 
 if TYPE_CHECKING:
     from tfplace._inventory import Inventory
@@ -513,9 +513,3 @@ def _restore(saved: list[tuple[Any, Any]]) -> None:
     for variable, value in saved:
         if tuple(variable.shape) == value.shape:
             variable.assign(value)
-
-
-def _model_policy(model: Any) -> str | None:
-    policy = getattr(model, "dtype_policy", None)
-    name = getattr(policy, "name", None)
-    return name if isinstance(name, str) else None
