@@ -282,3 +282,19 @@ def test_replica_counts_must_agree_across_slurm_tasks() -> None:
     assert "each task 4 GPU(s) but this worker sees 2" in str(info.value)
     cpu_only = {k: v for k, v in slurm.items() if k != "SLURM_GPUS_ON_NODE"}
     assert decide(fake_inventory(slurm=cpu_only)).num_replicas_in_sync == 2
+
+
+def test_an_explicit_port_reaches_the_planned_slurm_cluster() -> None:
+    slurm = {
+        "SLURM_JOB_ID": "7",
+        "SLURM_STEP_ID": "0",
+        "SLURM_PROCID": "1",
+        "SLURM_NTASKS": "2",
+        "SLURM_JOB_NODELIST": "n[1-2]",
+        "SLURM_TASKS_PER_NODE": "1(x2)",
+    }
+    p = decide(fake_inventory(slurm=slurm), port=4200)
+    assert p.cluster is not None and p.cluster.address == "n2:4200"
+    assert tfplace.plan(inventory=fake_inventory(slurm=slurm), port=4200) == p
+    with pytest.raises(ValueError, match="port must be an integer"):
+        decide(fake_inventory(slurm=slurm), port=0)
