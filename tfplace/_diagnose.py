@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from tfplace import _tf
@@ -322,8 +322,20 @@ def diagnose_training(
         _restore(saved)
     bound: Literal["input", "compute"] = "input" if input_s > step_s else "compute"
     ratio = max(input_s, step_s) / max(min(input_s, step_s), 1e-9)
+    overlap = min(1.0, max(input_s, step_s) / together_s)
     jit = bool(getattr(model, "jit_compile", False))
     precision = _model_policy(model) or policy_name(keras)
+    advice = advise(
+        bound=bound,
+        ratio=ratio,
+        overlap=overlap,
+        step_ms=step_s * 1000,
+        jit_compile=jit,
+        precision=precision,
+        replicas=replicas,
+        workers=workers,
+        inv=gather(),
+    )
     report = TrainingDiagnosis(
         input_ms=input_s * 1000,
         step_ms=step_s * 1000,
@@ -331,7 +343,7 @@ def diagnose_training(
         bound=bound,
         ratio=ratio,
         input_wait=max(0.0, together_s - step_s) / together_s,
-        overlap=min(1.0, max(input_s, step_s) / together_s),
+        overlap=overlap,
         steps=steps,
         warmup=warmup,
         strategy=_strategy_name(strategy),
@@ -339,20 +351,9 @@ def diagnose_training(
         workers=workers,
         jit_compile=jit,
         precision=precision,
-        advice=(),
+        advice=advice,
         profile_dir=folder,
         profile_viewer=profile_viewer(folder) if folder is not None else None,
-    )
-    advice = advise(
-        bound=bound,
-        ratio=ratio,
-        overlap=report.overlap,
-        step_ms=report.step_ms,
-        jit_compile=jit,
-        precision=precision,
-        replicas=replicas,
-        workers=workers,
-        inv=gather(),
     )
     log.info(
         "diagnose_training: %s-bound %.2fx (input %.2f ms, step %.2f ms, both %.2f ms)",
@@ -362,7 +363,7 @@ def diagnose_training(
         report.step_ms,
         report.together_ms,
     )
-    return replace(report, advice=advice)
+    return report
 
 
 # ----------------------------------------------------------------------------- the phases
