@@ -388,9 +388,9 @@ def _driver_too_old(inv: Inventory, _p: str | None) -> Finding | None:
     driver = inv.nvidia.driver_version
     if tf is None or not tf.is_cuda_build or not tf.cuda_version or driver is None:
         return None
-    need = tuple(int(p) for p in re.findall(r"\d+", tf.cuda_version)[:2])
+    need = _version_tuple(tf.cuda_version)
     supported = inv.nvidia.cuda_driver_version or cuda_for_driver(driver)
-    have = tuple(int(p) for p in re.findall(r"\d+", supported or "")[:2])
+    have = _version_tuple(supported or "")
     full = min_driver(tf.cuda_version)
     major_min = CUDA_MAJOR_MIN_DRIVER.get(need[0])
     source = "NVIDIA CUDA Toolkit Release Notes, driver tables"
@@ -427,7 +427,7 @@ def _driver_too_old(inv: Inventory, _p: str | None) -> Finding | None:
 def _other_major_wheels(inv: Inventory, _p: str | None) -> Finding | None:
     tf = inv.tensorflow
     if tf is not None and tf.is_cuda_build and tf.cuda_version:
-        need = int(re.findall(r"\d+", tf.cuda_version)[0])
+        need = _version_tuple(tf.cuda_version)[0]
         whose = f"This TensorFlow {tf.version} (CUDA {tf.cuda_version})"
     elif inv.platform.startswith("linux") and _gpu_here(inv):
         need, whose = GPU_BUILD_CUDA_MAJOR, 'The TensorFlow that "tfplace[gpu]" installs'
