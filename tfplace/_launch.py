@@ -448,9 +448,12 @@ class _Launch:
         while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):
             time.sleep(0.05)
         self._signal_all(signal.SIGKILL)
+        self._kill_groups()
+
+    def _kill_groups(self) -> None:
+        """Once every worker has ended, SIGKILL whatever they started in their groups."""
         for proc in self.procs:
             proc.wait()
-            # Whatever the worker started in its group goes too.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
 
@@ -476,9 +479,7 @@ class _Launch:
             if all(code == 0 for code in codes):
                 # Every worker succeeded: whatever they left running in their groups goes too,
                 # and so the output pipes close and the readers end.
-                for proc in self.procs:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(proc.pid, signal.SIGKILL)
+                self._kill_groups()
                 return 0, None
             time.sleep(0.01)
 
