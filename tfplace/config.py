@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from tfplace import _tf
@@ -569,7 +569,7 @@ def configure_gpus(
                 f"runtime has already started and fixes GPU settings at start-up. {_GPU_FIX}"
             )
         if dry_run:
-            return _gpu_result(decision, facts, applied=False)
+            return _gpu_result(decision, _projected(decision, facts), applied=False)
         if decision.changes:
             _apply_gpus(decision, by_index, be)
             log.info("configure_gpus: %s", _describe(decision.changes))
@@ -588,25 +588,25 @@ def _short(value: Any) -> Any:
     return value
 
 
-def _gpu_result(decision: GPUChangeSet, facts: GPUFacts, *, applied: bool) -> GPUConfig:
-    """The GPUConfig for ``decision`` given the facts after applying (or, dry, before)."""
+def _projected(decision: GPUChangeSet, facts: GPUFacts) -> GPUFacts:
+    """The facts ``decision`` would leave in force (what a dry run reports)."""
+    growth = list(facts.growth)
+    split = list(facts.split)
     position = {index: n for n, index in enumerate(facts.physical)}
-    if applied:
-        growth_now = [facts.growth[position[i]] for i in decision.visible]
-        split_now = [facts.split[position[i]] for i in decision.visible]
-    else:  # what would be in force
-        growth_now = [
-            decision.memory_growth
-            if decision.memory_growth is not None
-            else facts.growth[position[i]]
-            for i in decision.visible
-        ]
-        split_now = [
-            (decision.memory_limit_mb[n],) * decision.logical_gpus
-            if decision.memory_limit_mb is not None
-            else facts.split[position[i]]
-            for n, i in enumerate(decision.visible)
-        ]
+    for n, i in enumerate(decision.visible):
+        if decision.memory_growth is not None:
+            growth[position[i]] = decision.memory_growth
+        if decision.memory_limit_mb is not None:
+            split[position[i]] = (decision.memory_limit_mb[n],) * decision.logical_gpus
+    return replace(facts, visible=decision.visible, growth=tuple(growth), split=tuple(split))
+
+
+def _gpu_result(decision: GPUChangeSet, facts: GPUFacts, *, applied: bool) -> GPUConfig:
+    """The GPUConfig for ``decision`` given the facts in force after it (read back after
+    applying, or :func:`_projected` for a dry run)."""
+    position = {index: n for n, index in enumerate(facts.physical)}
+    growth_now = [facts.growth[position[i]] for i in decision.visible]
+    split_now = [facts.split[position[i]] for i in decision.visible]
     growth: bool | None = (
         decision.memory_growth
         if decision.memory_growth is not None
