@@ -383,8 +383,8 @@ class _Launch:
         grace: float,
         out: IO[str],
         on_line: Callable[[int, str], None] | None,
-        network: _PrivateNetwork | None = None,
-        interrupt: _Interrupt | None = None,
+        network: _PrivateNetwork | None,
+        interrupt: _Interrupt,
     ) -> None:
         self.command = list(command)
         self.network = network
@@ -396,7 +396,7 @@ class _Launch:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.readers: list[threading.Thread] = []
         self.out_lock = threading.Lock()
-        self.interrupt = interrupt or _Interrupt()
+        self.interrupt = interrupt
         self.callback_error: BaseException | None = None
 
     def _pump(self, index: int, stream: IO[bytes]) -> None:
@@ -458,7 +458,6 @@ class _Launch:
                 os.killpg(proc.pid, signal.SIGKILL)
 
     def wait(self) -> tuple[int, int | None]:
-        failed: int | None = None
         while True:
             if self.callback_error is not None:
                 self._say("the on_line callback raised an error; stopping the workers")
@@ -472,10 +471,9 @@ class _Launch:
             codes = [p.poll() for p in self.procs]
             for i, code in enumerate(codes):
                 if code is not None and code != 0:
-                    failed = i
                     self._say(f"worker {i} exited with code {_code(code)}; stopping the others")
                     self.stop_all()
-                    return _code(code), failed
+                    return _code(code), i
             if all(code == 0 for code in codes):
                 # Every worker succeeded: whatever they left running in their groups goes too,
                 # and so the output pipes close and the readers end.
