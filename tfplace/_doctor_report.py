@@ -21,6 +21,7 @@ from typing import Any
 from tfplace._cuda_libs import LibCheck
 from tfplace._doctor_rules import Finding, findings, library_findings
 from tfplace._doctor_verify import VerifyResult, verify
+from tfplace._hardware import cc_text
 from tfplace._inventory import GPUInfo, Inventory
 from tfplace._plan import Plan, decide
 from tfplace.config import ConfigChange, auto_threads, plan_auto_cpus
@@ -196,7 +197,7 @@ def _driver_text(inv: Inventory) -> str:
 
 
 def _gpu_text(g: GPUInfo) -> str:
-    cc = ".".join(map(str, g.compute_capability)) if g.compute_capability else "?"
+    cc = cc_text(g.compute_capability) if g.compute_capability else "?"
     text = f"{g.name or 'GPU'}, compute {cc}"
     if g.memory_mb:
         text += f", {g.memory_mb} MiB"
