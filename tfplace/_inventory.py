@@ -1,7 +1,9 @@
 """Facts about this machine and process, as frozen dataclasses.
 
-:func:`inventory` is the one place that reads environment variables and asks TensorFlow
-what is here. It only uses calls that do NOT start TensorFlow's runtime
+:func:`inventory` is the one place that reads environment variables for decisions and asks
+TensorFlow what is here. (A few actions read a variable at the moment they hand it on: the
+launcher building workers' environments, the CUDA library check and ``_tf.load_keras``, which
+must see what the loader and TensorFlow see then.) It only uses calls that do NOT start TensorFlow's runtime
 (``list_physical_devices``, ``get_device_details``, ``get_build_info``, the ``get_*``
 configuration getters); it never calls ``list_logical_devices`` before the runtime has
 started for another reason.
@@ -449,30 +451,32 @@ def merge_gpus(
                 g,
                 name=g.name or nv.name,
                 compute_capability=g.compute_capability or nv.compute_capability,
-                memory_mb=nv.memory_mb,
-                uuid=nv.uuid,
-                pci_bus_id=nv.pci_bus_id,
-                memory_free_mb=nv.memory_free_mb,
-                utilization_percent=nv.utilization_percent,
-                processes=nv.processes,
+                **_driver_facts(nv),
             )
         )
     driver_gpus = tuple(
         GPUInfo(
-            index=nv.index,
-            name=nv.name,
-            compute_capability=nv.compute_capability,
-            memory_mb=nv.memory_mb,
+            nv.index,
+            nv.name,
+            nv.compute_capability,
             visible=nv.index in used,
-            uuid=nv.uuid,
-            pci_bus_id=nv.pci_bus_id,
-            memory_free_mb=nv.memory_free_mb,
-            utilization_percent=nv.utilization_percent,
-            processes=nv.processes,
+            **_driver_facts(nv),
         )
         for nv in facts.gpus
     )
     return tuple(merged), driver_gpus
+
+
+def _driver_facts(nv: _nvidia.NvidiaGPU) -> dict[str, Any]:
+    """The GPUInfo fields only the driver knows, taken from its record of one GPU."""
+    return {
+        "memory_mb": nv.memory_mb,
+        "uuid": nv.uuid,
+        "pci_bus_id": nv.pci_bus_id,
+        "memory_free_mb": nv.memory_free_mb,
+        "utilization_percent": nv.utilization_percent,
+        "processes": nv.processes,
+    }
 
 
 def _nvidia_info(
