@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tfplace._cuda_libs import LibCheck
-from tfplace._doctor_rules import Finding, findings, library_findings
+from tfplace._doctor_rules import Finding, findings, library_findings, most_severe_first
 from tfplace._doctor_verify import VerifyResult, verify
 from tfplace._hardware import cc_text
 from tfplace._inventory import GPUInfo, Inventory
@@ -281,12 +281,11 @@ def diagnose(
     results = tuple(verify()) if run_verify else None
     checks = tuple(libraries) if libraries is not None else None
     found = library_findings(inv, checks) + findings(inv, precision=precision)
-    order = {"error": 0, "warning": 1, "info": 2}
     return DoctorReport(
         inv,
         plan,
         plan_error,
-        tuple(sorted(found, key=lambda f: order[f.severity])),
+        tuple(most_severe_first(found)),
         results,
         plan_auto_cpus(inv).changes,
         checks,

@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +40,7 @@ __all__ = [
     "findings",
     "install_line",
     "library_findings",
+    "most_severe_first",
 ]
 
 Severity = Literal["error", "warning", "info"]
@@ -607,6 +608,11 @@ RULES: tuple[Rule, ...] = (
 _ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
+def most_severe_first(found: Iterable[Finding]) -> list[Finding]:
+    """``found`` with errors first, then warnings, then information; given order within each."""
+    return sorted(found, key=lambda f: _ORDER[f.severity])
+
+
 def findings(inv: Inventory, *, precision: str | None = None) -> list[Finding]:
     """Apply every rule to ``inv``; most severe first. Pure: no TensorFlow call.
 
@@ -624,8 +630,7 @@ def findings(inv: Inventory, *, precision: str | None = None) -> list[Finding]:
         ...                         precision="mixed_float16")]
         ['H1', 'G2']
     """
-    found = [f for rule in RULES if (f := rule(inv, precision)) is not None]
-    return sorted(found, key=lambda f: _ORDER[f.severity])
+    return most_severe_first(f for rule in RULES if (f := rule(inv, precision)) is not None)
 
 
 def library_findings(inv: Inventory, checks: tuple[LibCheck, ...] | None) -> list[Finding]:
