@@ -53,7 +53,7 @@ import os
 import pickle
 import sys
 import textwrap
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -418,9 +418,7 @@ def _activate(config: pytest.Config, because: str) -> _Session:
         state.plan = plan = session_plan(state.settings, visible_gpus=visible, environ=os.environ)
     except ValueError as err:  # only the environment can be bad here; settings were checked
         raise pytest.UsageError(str(err)) from None
-    for key, value in plan.env:
-        state.saved_env.setdefault(key, os.environ.get(key))
-        os.environ[key] = value
+    _set_env(plan.env, state.saved_env)
     if seam is None:
         state.status = dict.fromkeys(("cpus", "gpus"), "not applied: TensorFlow is not installed")
     else:
@@ -464,16 +462,28 @@ def _apply(plan: SessionPlan) -> dict[str, str]:
     return status
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    state = config.stash.get(_STATE_KEY, None)
-    if state is None:
-        return
-    for key, old in state.saved_env.items():
+def _set_env(items: Iterable[tuple[str, str]], saved: dict[str, str | None]) -> None:
+    """Set each variable, first keeping its value from before in ``saved`` (None: unset)."""
+    for key, value in items:
+        saved.setdefault(key, os.environ.get(key))
+        os.environ[key] = value
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    """Put back the variables ``_set_env`` changed, and forget them."""
+    for key, old in saved.items():
         if old is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = old
-    state.saved_env.clear()
+    saved.clear()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(_STATE_KEY, None)
+    if state is None:
+        return
+    _restore_env(state.saved_env)
 
 
 def _uses_tfplace(item: pytest.Item) -> str | None:
@@ -759,9 +769,7 @@ def tfplace_fake_hardware() -> Iterator[Callable[..., Any]]:
         saved: dict[str, str | None] = {}
 
         def fake(set_env: Mapping[str, str] | None = None, **kwargs: Any) -> Inventory:
-            for key, value in (set_env or {}).items():
-                saved.setdefault(key, os.environ.get(key))
-                os.environ[key] = value
+            _set_env((set_env or {}).items(), saved)
             inv = fake_inventory(**kwargs)
             stack.enter_context(use_inventory(inv))
             return inv
@@ -769,8 +777,4 @@ def tfplace_fake_hardware() -> Iterator[Callable[..., Any]]:
         try:
             yield fake
         finally:
-            for key, old in saved.items():
-                if old is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = old
+            _restore_env(saved)
