@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from tfplace import _tf
 from tfplace._plan import Plan
-from tfplace.cluster import ClusterSpec
+from tfplace.cluster import ClusterSpec, from_env
 from tfplace.errors import (
     AlreadyInitializedError,
     BarrierTimeoutError,
@@ -253,8 +253,6 @@ def _current_cluster(cluster: ClusterSpec | None) -> ClusterSpec | None:
         if not isinstance(cluster, ClusterSpec):
             raise TypeError(f"cluster must be a ClusterSpec, found {type(cluster).__name__}")
         return cluster
-    from tfplace.cluster import from_env
-
     return from_env()  # the environment only: no TensorFlow, no package scan
 
 
@@ -350,7 +348,7 @@ def barrier(timeout: float | None = 300.0, *, name: str = "tfplace") -> None:
     """
     if timeout is not None and not timeout > 0:
         raise ValueError(f"barrier(timeout={timeout!r}): expected a positive number of seconds")
-    spec = _current_cluster(None)
+    spec = from_env()
     if spec is None or spec.num_workers <= 1:
         return
     if not _tf.runtime_started():
