@@ -238,14 +238,22 @@ def _exchange_replica_counts(strategy: Any, spec: ClusterSpec, timeout: float | 
         wait_ms = int((timeout or 300.0) * 1000)
         counts = {
             f"{job} {i}": int(ctx.get_config_key_value(f"{prefix}/{job}/{i}", wait_ms))
-            for job, addrs in spec.jobs
-            if job in ("chief", "worker")
-            for i in range(len(addrs))
+            for job, i in _worker_tasks(spec)
         }
     except Exception as err:  # no coordination service here: the collectives still check
         log.debug("tfplace: could not compare replica counts across workers: %s", err)
         return
     compare_replica_counts(counts, spec.source)
+
+
+def _worker_tasks(spec: ClusterSpec) -> list[tuple[str, int]]:
+    """``(task type, index)`` of every task that trains (chief, then workers)."""
+    return [
+        (job, i)
+        for job, addrs in spec.jobs
+        if job in ("chief", "worker")
+        for i in range(len(addrs))
+    ]
 
 
 def _current_cluster(cluster: ClusterSpec | None) -> ClusterSpec | None:
@@ -394,14 +402,11 @@ def barrier(timeout: float | None = 300.0, *, name: str = "tfplace") -> None:
 def _not_arrived(ctx: Any, barrier_id: str, spec: ClusterSpec) -> list[str]:
     """The workers whose arrival mark for ``barrier_id`` is absent (best effort)."""
     missing = []
-    for job, addrs in spec.jobs:
-        if job not in ("chief", "worker"):
-            continue
-        for i in range(len(addrs)):
-            try:
-                ctx.get_config_key_value(f"{barrier_id}/{job}/{i}", 200)
-            except Exception:
-                missing.append(f"{job} {i}")
+    for job, i in _worker_tasks(spec):
+        try:
+            ctx.get_config_key_value(f"{barrier_id}/{job}/{i}", 200)
+        except Exception:
+            missing.append(f"{job} {i}")
     return missing
 
 
