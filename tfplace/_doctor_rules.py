@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 from tfplace._cuda_libs import LibCheck, wheel_cuda_major
@@ -90,14 +90,7 @@ class Finding:
 
     def to_dict(self) -> dict[str, str]:
         """A JSON-ready dictionary."""
-        return {
-            "id": self.id,
-            "severity": self.severity,
-            "what": self.what,
-            "why": self.why,
-            "fix": self.fix,
-            "doc": self.doc,
-        }
+        return {**asdict(self), "doc": self.doc}
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
