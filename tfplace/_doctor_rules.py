@@ -102,6 +102,11 @@ def _cuda_build(inv: Inventory) -> bool:
     return inv.tensorflow is not None and inv.tensorflow.is_cuda_build
 
 
+def _tf_distributions(inv: Inventory) -> list[str]:
+    """The installed distributions that provide the ``tensorflow`` package."""
+    return [name for name, _ in inv.packages if name in _FLAVOURS]
+
+
 def _nvidia_wheels(inv: Inventory) -> list[str]:
     return [name for name, _ in inv.packages if name.startswith("nvidia-")]
 
@@ -177,7 +182,7 @@ def _tensorflow_missing(inv: Inventory, _p: str | None) -> Finding | None:
 
 
 def _conflicting(inv: Inventory, _p: str | None) -> Finding | None:
-    installed = [name for name, _ in inv.packages if name in _FLAVOURS]
+    installed = _tf_distributions(inv)
     if len(installed) < 2:
         return None
     return Finding(
@@ -202,7 +207,7 @@ def _cpu_only_build(inv: Inventory, _p: str | None) -> Finding | None:
         if gpus
         else ", and an NVIDIA driver is loaded on this machine."
     )
-    installed = [n for n, _ in inv.packages if n in _FLAVOURS] or ["tensorflow-cpu"]
+    installed = _tf_distributions(inv) or ["tensorflow-cpu"]
     line = f"pip uninstall -y {' '.join(installed)} && {install_line(inv)}"
     return Finding(
         "B2",
