@@ -394,8 +394,6 @@ def parse_tf_config(value: str | None = None) -> ClusterSpec | None:
         2
     """
     if value is None:
-        import os
-
         value = os.environ.get("TF_CONFIG")
     if value is None or not value.strip():
         return None
