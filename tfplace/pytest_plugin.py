@@ -323,6 +323,11 @@ def session_plan(
 # ------------------------------------------------------------------ options and activation
 
 
+def _option(name: str) -> str:
+    """The command-line option of setting ``name``: ``gpu_memory`` -> ``--tfplace-gpu-memory``."""
+    return f"--tfplace-{name.replace('_', '-')}"
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("tfplace", "tfplace: TensorFlow devices and strategies")
     for name, metavar in (
@@ -332,14 +337,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ("logical_gpus", "N"),
     ):
         group.addoption(
-            f"--tfplace-{name.replace('_', '-')}",
+            _option(name),
             dest=f"tfplace_{name}",
             default=None,
             metavar=metavar,
             help=_HELP[name],
         )
     group.addoption(
-        "--tfplace-hide-gpus",
+        _option("hide_gpus"),
         dest="tfplace_hide_gpus",
         action="store_const",
         const="true",
@@ -357,7 +362,7 @@ def _settings(config: pytest.Config) -> dict[str, Setting]:
         given = config.getoption(f"tfplace_{name}", None)
         ini = str(config.getini(f"tfplace_{name}") or "")
         if given is not None:
-            out[name] = Setting(str(given), f"--tfplace-{name.replace('_', '-')}")
+            out[name] = Setting(str(given), _option(name))
         elif ini.strip():
             out[name] = Setting(ini, f"ini tfplace_{name}")
         else:
