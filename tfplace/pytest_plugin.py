@@ -536,20 +536,22 @@ def _header(state: _Session) -> list[str]:
     ]
 
 
-def pytest_report_header(config: pytest.Config) -> list[str]:
-    state = config.stash.get(_STATE_KEY, None)
-    if state is None or state.active_because is None:
-        return []
-    state.header_shown = True
-    return _header(state)
-
-
-def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
+def _header_once(config: pytest.Config) -> list[str]:
+    """The header lines, the first time they are asked for once the plugin is active."""
     state = config.stash.get(_STATE_KEY, None)
     if state is None or state.active_because is None or state.header_shown:
         return []
     state.header_shown = True
     return _header(state)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return _header_once(config)
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
+    # Activated during collection: the header was not shown at the start; show it now.
+    return _header_once(config)
 
 
 def _marker_kinds(metafunc: pytest.Metafunc, offered: Sequence[str]) -> list[str]:
