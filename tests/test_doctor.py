@@ -808,3 +808,29 @@ def test_doctor_shows_the_cpu_change_set_without_applying_it() -> None:
     )
     assert diagnose(done).cpu_changes == ()
     assert "it would change: nothing (already in force)" in diagnose(done).to_text()
+
+
+def test_verify_reports_an_error_without_a_message_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An exception with an empty message is reported like any other failure; it used to
+    escape as IndexError and stop verification of the remaining devices."""
+    import tensorflow as tf
+
+    from tfplace import _tf
+    from tfplace.doctor import verify
+
+    monkeypatch.setattr(_tf, "logical_device_names", lambda kind=None: [f"/{kind}:0"])
+    calls = []
+
+    def failing(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        raise RuntimeError("")
+
+    monkeypatch.setattr(tf.random, "stateless_normal", failing)
+    results = verify()
+    assert [(r.device, r.ok, r.error) for r in results] == [
+        ("/GPU:0", False, "RuntimeError: "),
+        ("/CPU:0", False, "RuntimeError: "),
+    ]
+    assert len(calls) == 2

@@ -85,7 +85,7 @@ def verify() -> list[VerifyResult]:
                     name,
                     False,
                     time.perf_counter() - start,
-                    f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}",
+                    f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}",
                     explain_error(err),
                 )
             )
