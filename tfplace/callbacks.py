@@ -270,7 +270,7 @@ class BackupAndRestore(_KerasFlavoured):
         model = self.model
         state = json.loads((folder / _META).read_text())
         optimizer = getattr(model, "optimizer", None)
-        legacy = self._weights_name() == "weights"
+        legacy = _legacy(self._tfplace_keras)
         if optimizer is not None and not legacy and not getattr(optimizer, "built", True):
             optimizer.build(model.trainable_variables)
         if legacy:
@@ -347,7 +347,7 @@ class BackupAndRestore(_KerasFlavoured):
         self._stop_watching()
         if self._original_train_function is not None:
             model.train_function = self._original_train_function
-        if self._weights_name() == "weights":
+        if _legacy(self._tfplace_keras):
             model._training_state = None
         else:
             model._initial_epoch = None
