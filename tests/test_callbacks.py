@@ -178,6 +178,16 @@ def flavour(name: str) -> dict[str, str]:
     return {"TF_USE_LEGACY_KERAS": "1" if name == "tf_keras" else "0"}
 
 
+def prepare_run(tmp_path: Path, n: int, keras_flavour: str) -> tuple[dict[str, str], Any, Path]:
+    """The flavour's environment, an uninterrupted run's final weights for ``n`` workers, and
+    an empty folder for the run under test."""
+    env = flavour(keras_flavour)
+    expected = reference(tmp_path, n, env)
+    out = tmp_path / "run"
+    out.mkdir()
+    return env, expected, out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("keras_flavour", "freq"), [("keras3", "epoch"), ("keras3", "3"), ("tf_keras", "3")]
@@ -190,10 +200,7 @@ def test_killed_worker_group_restarts_from_the_last_backup(
     both workers, the set-up that fails with Keras's own callback). With save_freq=3 the
     last backup is mid-epoch (after batch 9 = epoch 3, batch 1), so the restart skips that
     epoch's first batch. The final weights equal an uninterrupted run's."""
-    env = flavour(keras_flavour)
-    expected = reference(tmp_path, 2, env)
-    out = tmp_path / "run"
-    out.mkdir()
+    env, expected, out = prepare_run(tmp_path, 2, keras_flavour)
     first = run_group(
         out,
         2,
@@ -223,10 +230,7 @@ def test_sigterm_saves_a_backup_on_every_worker_and_exits_with_the_restart_code(
     """SIGTERM to worker 1 only (as Kubernetes sends to one pod): both workers agree on a
     step, the chief writes the backup, both exit 143, and the next start resumes to the
     same final weights as an uninterrupted run."""
-    env = flavour("keras3")
-    expected = reference(tmp_path, 2, env)
-    out = tmp_path / "run"
-    out.mkdir()
+    env, expected, out = prepare_run(tmp_path, 2, "keras3")
     first = run_group(out, 2, {**env, "FAIL_TASK": "1", "FAIL_AT": "6", "FAIL_SIGNAL": "SIGTERM"})
     assert [code for code, _, _ in first] == [RESTART_EXIT_CODE] * 2, [e[-2000:] for *_, e in first]
     backups = sorted((out / "backup").glob("backup-*"))
@@ -258,10 +262,7 @@ def test_model_checkpoint_on_two_workers_only_the_chief_writes(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_one_process_resumes_mid_epoch(tmp_path: Path) -> None:
-    env = flavour("keras3")
-    expected = reference(tmp_path, 1, env)
-    out = tmp_path / "run"
-    out.mkdir()
+    env, expected, out = prepare_run(tmp_path, 1, "keras3")
     ((code, _, _),) = run_group(
         out, 1, {**env, "FREQ": "3", "FAIL_TASK": "0", "FAIL_AT": "10", "FAIL_SIGNAL": "SIGKILL"}
     )
@@ -272,10 +273,7 @@ def test_one_process_resumes_mid_epoch(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_one_process_sigterm_saves_and_exits_with_the_restart_code(tmp_path: Path) -> None:
-    env = flavour("keras3")
-    expected = reference(tmp_path, 1, env)
-    out = tmp_path / "run"
-    out.mkdir()
+    env, expected, out = prepare_run(tmp_path, 1, "keras3")
     run = {**env, "FAIL_TASK": "0", "FAIL_AT": "6", "FAIL_SIGNAL": "SIGTERM"}
     ((code, _, stderr),) = run_group(out, 1, run)
     assert code == RESTART_EXIT_CODE, stderr[-2000:]
