@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import warnings
+from types import ModuleType
 
 from tfplace import _tf
 from tfplace._hardware import BFLOAT16_MIN_CC, FLOAT16_MIN_CC, cc_text, lowest_cc, slow_policy
 from tfplace._inventory import Inventory
 from tfplace.errors import TfplaceWarning
 
-__all__ = ["POLICIES", "choose_precision", "configure_precision"]
+__all__ = ["POLICIES", "choose_precision", "configure_precision", "set_policy"]
 
 log = logging.getLogger("tfplace")
 
@@ -99,9 +100,23 @@ def configure_precision(policy: str = "auto", *, inventory: Inventory | None = N
         slow = slow_policy(policy, inventory.visible_gpus, tpu=inventory.tpu.present)
         if slow is not None:  # the same verdict as the doctor's finding H1
             warnings.warn(f"{slow.what} {slow.why} {slow.fix}", TfplaceWarning, stacklevel=2)
-    keras = _tf.load_keras(stacklevel=3)  # a warning points at the caller's line
-    if hasattr(keras, "config") and hasattr(keras.config, "set_dtype_policy"):
-        keras.config.set_dtype_policy(chosen)
-    else:  # tf_keras
-        keras.mixed_precision.set_global_policy(chosen)
+    set_policy(_tf.load_keras(stacklevel=3), chosen)  # a warning points at the caller's line
     return chosen
+
+
+def set_policy(keras: ModuleType, name: str) -> None:
+    """Set the global Keras dtype policy, in Keras 3 or in tf_keras.
+
+    Example:
+        >>> from tfplace import _tf
+        >>> keras = _tf.load_keras()
+        >>> before = keras.mixed_precision.global_policy().name
+        >>> set_policy(keras, "float32")
+        >>> keras.mixed_precision.global_policy().name
+        'float32'
+        >>> set_policy(keras, before)
+    """
+    if hasattr(keras, "config") and hasattr(keras.config, "set_dtype_policy"):
+        keras.config.set_dtype_policy(name)
+    else:  # tf_keras
+        keras.mixed_precision.set_global_policy(name)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tfplace import _tf
 from tfplace.errors import BatchSizeError
+from tfplace.precision import set_policy
 
 if TYPE_CHECKING:
     from tfplace._inventory import Inventory
@@ -37,7 +38,6 @@ __all__ = [
     "keras_of",
     "model_supports_jit",
     "policy_name",
-    "set_policy",
 ]
 
 log = logging.getLogger("tfplace")
@@ -360,14 +360,6 @@ def policy_name(keras: ModuleType) -> str:
     if hasattr(keras, "config") and hasattr(keras.config, "dtype_policy"):
         return str(keras.config.dtype_policy().name)
     return str(keras.mixed_precision.global_policy().name)
-
-
-def set_policy(keras: ModuleType, name: str) -> None:
-    """Set the global Keras dtype policy (Keras 3 or tf_keras)."""
-    if hasattr(keras, "config") and hasattr(keras.config, "set_dtype_policy"):
-        keras.config.set_dtype_policy(name)
-    else:
-        keras.mixed_precision.set_global_policy(name)
 
 
 def available_candidates() -> list[Candidate]:
