@@ -3,10 +3,10 @@
 :func:`inventory` is the one place that reads environment variables for decisions and asks
 TensorFlow what is here. (A few actions read a variable at the moment they hand it on: the
 launcher building workers' environments, the CUDA library check and ``_tf.load_keras``, which
-must see what the loader and TensorFlow see then.) It only uses calls that do NOT start TensorFlow's runtime
-(``list_physical_devices``, ``get_device_details``, ``get_build_info``, the ``get_*``
-configuration getters); it never calls ``list_logical_devices`` before the runtime has
-started for another reason.
+must see what the loader and TensorFlow see then.) It only uses calls that do NOT start
+TensorFlow's runtime (``list_physical_devices``, ``get_device_details``, ``get_build_info``,
+the ``get_*`` configuration getters); it never calls ``list_logical_devices`` before the
+runtime has started for another reason.
 """
 
 from __future__ import annotations
