@@ -27,7 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfplace.tuning import available_candidates  # noqa: E402
+from tfplace.tuning._autotune import available_candidates  # noqa: E402
 
 STEPS, WARMUP = 40, 5
 

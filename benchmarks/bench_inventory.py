@@ -1,4 +1,4 @@
-"""Cost of the inventory's GPU facts (``tfplace._nvidia.nvidia_facts``) by source.
+"""Cost of the inventory's GPU facts (``tfplace._facts.nvidia.nvidia_facts``) by source.
 
 Run: ``python benchmarks/bench_inventory.py``. Budget: on a machine without an NVIDIA driver the
 GPU facts add well under a millisecond to ``inventory()``; with NVML a few milliseconds; through
@@ -69,7 +69,7 @@ def main() -> None:
     fake_nvml = importlib.import_module("test_nvidia").FakeNVML  # tests/ is on sys.path
 
     import tfplace
-    from tfplace import _inventory, _nvidia
+    from tfplace._facts import inventory as _inventory, nvidia as _nvidia
 
     here = _nvidia.nvidia_facts()
     asked = median_seconds(lambda: _nvidia.nvidia_facts(max_age=0), 200)

@@ -21,7 +21,7 @@ import tempfile
 import textwrap
 import time
 
-from tfplace._launch import launch
+from tfplace.cluster._launch import launch
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 STEPS = 200

@@ -33,7 +33,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from tfplace._launch import launch
+from tfplace.cluster._launch import launch
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 GRACE = float(os.environ.get("BENCH_GRACE", "5"))

@@ -12,7 +12,22 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).parent))
 
 pytest_plugins = ["pytester"]
+
+
+TIERS = ("pure", "tf", "slow")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test is in one tier (docs/architecture.md): ``pure``, ``tf`` or ``slow``."""
+    untiered = [i.nodeid for i in items if not any(i.get_closest_marker(t) for t in TIERS)]
+    if untiered:
+        raise pytest.UsageError(
+            f"tests without a tier marker ({', '.join(TIERS)}): {untiered[:5]}; add "
+            "pytestmark = pytest.mark.<tier> to the module or mark the test"
+        )

@@ -14,7 +14,7 @@ class FakeDevice:
 
 @dataclass
 class FakeGPUMachine:
-    """Implements tfplace.config.ConfigBackend over ``n`` fake GPUs and one CPU.
+    """Implements tfplace._configure.ConfigBackend over ``n`` fake GPUs and one CPU.
 
     Every setting applied is recorded in ``calls`` ("growth 0 True", "split 1 [512]",
     "visible ['0']", "intra 4", "inter 2"), so a test can assert exactly what was applied,

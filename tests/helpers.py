@@ -11,8 +11,8 @@ import textwrap
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tfplace._launch import free_ports
-from tfplace.cluster import ClusterSpec
+from tfplace.cluster._launch import free_ports
+from tfplace.cluster._spec import ClusterSpec
 
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 #: Set in every run_fresh child: allocate GPU memory on demand rather than mapping it all.

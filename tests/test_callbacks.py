@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 from helpers import CHILD_GPU_ENV, CPU_ONLY_ENV, QUIET_ENV
 
-from tfplace._launch import free_ports
-from tfplace._restart import RESTART_EXIT_CODE
-from tfplace.cluster import ClusterSpec
+from tfplace.cluster._launch import free_ports
+from tfplace.cluster._restarts import RESTART_EXIT_CODE
+from tfplace.cluster._spec import ClusterSpec
+
+pytestmark = pytest.mark.tf
 
 # 64 samples, global batch 16: 4 steps per epoch, 5 epochs. The data, its order and the seeds
 # are fixed, so every start sees the same batches.
@@ -38,6 +40,7 @@ if os.environ.get("TF_CONFIG"):
 else:
     strategy = None
 import tensorflow as tf
+
 keras = tf.keras  # Keras 3, or tf_keras under TF_USE_LEGACY_KERAS=1
 out = os.environ["OUT"]
 freq = os.environ.get("FREQ", "epoch")

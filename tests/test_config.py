@@ -10,17 +10,13 @@ from fakes import FakeGPUMachine
 from helpers import run_json
 
 import tfplace
-from tfplace._inventory import GPUInfo
-from tfplace._plan import decide
-from tfplace.config import (
-    CPUFacts,
-    GPUFacts,
-    auto_threads,
-    choose_gpus,
-    plan_cpus,
-    plan_gpus,
-)
+from tfplace._decide.devices import CPUFacts, GPUFacts, choose_gpus, cpu_changes, gpu_changes
+from tfplace._decide.strategy import decide
+from tfplace._decide.threads import auto_threads
+from tfplace._facts.inventory import GPUInfo
 from tfplace.testing import fake_inventory, use_inventory
+
+pytestmark = pytest.mark.tf
 
 
 def test_growth_is_set_on_every_visible_gpu() -> None:
@@ -153,6 +149,7 @@ def test_auto_threads_follow_usable_cores() -> None:
     assert auto_threads(0) == (1, 1)
 
 
+@pytest.mark.slow
 def test_real_cpu_configuration_in_a_fresh_process() -> None:
     out = run_json(
         """
@@ -189,6 +186,7 @@ def test_real_cpu_configuration_in_a_fresh_process() -> None:
     assert "intra-op threads 2 -> 3" in out["errors"][1]
 
 
+@pytest.mark.slow
 def test_auto_threads_respect_an_explicit_environment_variable() -> None:
     out = run_json(
         """
@@ -211,9 +209,9 @@ def test_visible_devices_after_start_name_cuda_visible_devices() -> None:
     assert "visible GPUs [0, 1] -> [0]" in str(info.value)
 
 
-def test_plan_gpus_is_pure_and_says_why() -> None:
+def test_gpu_changes_is_pure_and_says_why() -> None:
     facts = GPUFacts((0, 1, 2), (0, 1, 2), (False,) * 3, (None,) * 3, runtime_started=True)
-    plan = plan_gpus(facts, visible=[2, 0], memory_limit_mb=512)
+    plan = gpu_changes(facts, visible=[2, 0], memory_limit_mb=512)
     assert plan.visible == (2, 0) and plan.memory_limit_mb == (512, 512)
     assert [(c.setting, c.before, c.after) for c in plan.changes] == [
         ("visible GPUs", [0, 1, 2], [2, 0]),
@@ -222,13 +220,13 @@ def test_plan_gpus_is_pure_and_says_why() -> None:
     assert all("was requested" in c.reason for c in plan.changes)
     # Facts already as asked: no change, whatever the runtime state.
     done = GPUFacts((0,), (0,), (True,), (None,), runtime_started=True)
-    assert plan_gpus(done, memory_growth=True).changes == ()
-    assert plan_gpus(GPUFacts((), (), (), (), False), memory_growth=True).changes == ()
+    assert gpu_changes(done, memory_growth=True).changes == ()
+    assert gpu_changes(GPUFacts((), (), (), (), False), memory_growth=True).changes == ()
 
 
-def test_plan_cpus_is_pure() -> None:
+def test_cpu_changes_is_pure() -> None:
     facts = CPUFacts(2, 2, 1, runtime_started=False)
-    plan = plan_cpus(facts, 2, 1, 2)
+    plan = cpu_changes(facts, 2, 1, 2)
     assert [str(c) for c in plan.changes] == [
         "inter-op threads 2 -> 1 (was requested)",
         "virtual CPU devices 1 -> 2 (virtual_devices=2 was requested)",

@@ -12,7 +12,9 @@ import tensorflow as tf
 from helpers import run_workers
 
 import tfplace
-from tfplace.data import shard_policy_for
+from tfplace._data import shard_policy_for
+
+pytestmark = pytest.mark.tf
 
 N = 100
 TWO_CPUS = ["/CPU:0", "/CPU:1"]  # the tfplace plugin splits the CPU in two on every machine
@@ -144,6 +146,7 @@ import json, os, tempfile
 import tfplace
 strategy = tfplace.pick_strategy(communication_timeout=60)
 import tensorflow as tf
+
 # One TFRecord file with 100 records (each worker writes its own copy, as if on shared disk,
 # in its own temporary directory, removed at the end).
 with tempfile.TemporaryDirectory() as tmp:

@@ -27,6 +27,9 @@ from helpers import CHILD_GPU_ENV, QUIET_ENV, run_fresh
 
 import tfplace
 
+pytestmark = pytest.mark.slow
+
+
 ROOT = Path(__file__).parents[1]
 DOCS = ROOT / "docs"
 EXAMPLES = sorted((DOCS / "examples").glob("*.py"))
@@ -54,6 +57,7 @@ def test_examples_run_elsewhere_are_run_there() -> None:
         ), (example, test_file)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", RUN_HERE, ids=[p.stem for p in RUN_HERE])
 def test_docs_examples_run(script: Path, tmp_path: Path) -> None:
     # The examples write through tempfile (mkdtemp), which honours TMPDIR: their files land
@@ -118,6 +122,7 @@ def referenced_examples(page: Path) -> list[str]:
 PAGES_WITH_EXAMPLES = [p for p in PAGES if referenced_examples(p)]
 
 
+@pytest.mark.slow
 def test_mkdocs_builds_strict(site: Path) -> None:
     for page in PAGES:
         assert built_page(site, page).exists(), f"{page.name} was not built"
@@ -180,6 +185,7 @@ def doctests(module_name: str) -> Iterator[doctest.DocTest]:
             yield test
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module_name", package_modules())
 def test_docstring_examples_run(module_name: str) -> None:
     """Every docstring example runs in this process (TensorFlow loaded as the suite has it).
@@ -243,6 +249,7 @@ def test_readme_has_python_snippets() -> None:
 @pytest.mark.parametrize(
     "block", README_BLOCKS, ids=[f"block{i}" for i in range(len(README_BLOCKS))]
 )
+@pytest.mark.slow
 def test_readme_snippet_runs_as_written(block: str) -> None:
     """Each ```python block of README.md runs on its own, as written, in a fresh process.
 

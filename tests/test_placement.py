@@ -19,6 +19,8 @@ from helpers import run_json
 
 import tfplace
 
+pytestmark = pytest.mark.tf
+
 
 def device_of(t: tf.Tensor) -> str:
     return str(t.device).rsplit("/", 1)[-1]  # "device:CPU:1"
@@ -138,6 +140,7 @@ def test_on_gpu_non_strict_past_the_last_gpu_falls_back_to_cpu_with_a_warning() 
     assert device_of(x) == "device:CPU:0"
 
 
+@pytest.mark.slow
 def test_on_gpu_without_any_gpu_in_a_cpu_only_process() -> None:
     # What a CPU-only machine sees, checked on every machine: the GPUs are hidden in the child.
     out = run_json(
@@ -272,5 +275,5 @@ def test_tfplace_never_calls_set_log_device_placement() -> None:
     # get_soft_device_placement() still says True (FAILURES A9); tfplace never calls it.
     src = Path(tfplace.__file__).parent
     sources = list(src.rglob("*.py"))
-    assert src / "placement.py" in sources
+    assert src / "_placement.py" in sources
     assert not [p for p in sources if "set_log_device_placement" in p.read_text()]

@@ -14,20 +14,21 @@ from helpers import run_json
 
 import tfplace
 from tfplace import pytest_plugin
-from tfplace.pytest_plugin import Setting, session_plan
+from tfplace._decide.session import SessionSetup
+from tfplace.pytest_plugin import Setting, decide_session
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.tf, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 #: Modules a session that does not use tfplace must never import.
 HEAVY = (
     "tensorflow",
     "keras",
     "tfplace._tf",
-    "tfplace._inventory",
-    "tfplace._plan",
-    "tfplace.config",
-    "tfplace.strategy",
-    "tfplace._launch",
+    "tfplace._facts.inventory",
+    "tfplace._decide.strategy",
+    "tfplace._configure",
+    "tfplace._strategy",
+    "tfplace.cluster._launch",
 )
 
 #: A conftest recording, after the plugin's own clean-up, what the session imported and left.
@@ -61,12 +62,14 @@ def facts(pytester: pytest.Pytester) -> dict[str, object]:
     return data
 
 
-def plan_for(gpus: int, xdist: str | None = None, **settings: Setting) -> pytest_plugin.SessionPlan:
+def plan_for(
+    gpus: int, xdist: str | None = None, **settings: Setting
+) -> SessionSetup:
     environ = {"PYTEST_XDIST_WORKER_COUNT": xdist} if xdist else {}
-    return session_plan(settings, visible_gpus=gpus, environ=environ)
+    return decide_session(settings, visible_gpus=gpus, environ=environ)
 
 
-# ------------------------------------------------------------------ session_plan, pure
+# ------------------------------------------------------------------ decide_session, pure
 
 
 def test_defaults_on_a_cpu_only_host_split_the_cpu_and_touch_no_gpu() -> None:
@@ -109,7 +112,7 @@ def test_gpu_memory_follows_the_setting_wherever_there_are_gpus(
 
 
 def test_a_growth_variable_the_user_set_is_left_alone() -> None:
-    p = session_plan(
+    p = decide_session(
         {}, visible_gpus=1, environ={"TF_FORCE_GPU_ALLOW_GROWTH": "false", "OTHER": "x"}
     )
     assert p.memory_growth is True
@@ -160,7 +163,7 @@ def test_bad_values_name_where_they_came_from(
     source: str, name: str, value: str, message: str
 ) -> None:
     with pytest.raises(ValueError, match=r"^tfplace: ") as err:
-        session_plan({name: Setting(value, source)}, visible_gpus=1, environ={})
+        decide_session({name: Setting(value, source)}, visible_gpus=1, environ={})
     assert f"{source} {message}" in str(err.value)
 
 
@@ -174,9 +177,9 @@ def test_the_plan_is_frozen_and_rejects_unknown_inputs() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.memory_growth = False  # type: ignore[misc]
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['gpu_memroy'\]"):
-        session_plan({"gpu_memroy": Setting("none")}, visible_gpus=0, environ={})
+        decide_session({"gpu_memroy": Setting("none")}, visible_gpus=0, environ={})
     with pytest.raises(ValueError, match="visible_gpus must be an int >= 0, found -1"):
-        session_plan({}, visible_gpus=-1, environ={})
+        decide_session({}, visible_gpus=-1, environ={})
 
 
 def test_this_suite_opts_in_and_gets_its_two_virtual_cpus(pytestconfig: pytest.Config) -> None:
@@ -196,6 +199,7 @@ def quiet(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(key, raising=False)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("quiet")
 @pytest.mark.parametrize("tensorflow", ["installed", "absent"])
 def test_a_project_not_using_tfplace_is_left_alone(
@@ -219,6 +223,7 @@ def test_a_project_not_using_tfplace_is_left_alone(
     assert facts(pytester) == {"heavy": [], "active": None, "CUDA_VISIBLE_DEVICES": CVD}
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("quiet")
 def test_without_tensorflow_fake_hardware_still_works_and_the_header_says_so(
     pytester: pytest.Pytester,
@@ -244,6 +249,7 @@ def test_without_tensorflow_fake_hardware_still_works_and_the_header_says_so(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("quiet")
 def test_a_marker_activates_and_a_late_start_is_reported(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
@@ -312,6 +318,7 @@ def test_needs_a_tpu():
 """
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("quiet")
 def test_user_file_runs_under_three_strategies_with_no_conftest(
     pytester: pytest.Pytester,
@@ -343,6 +350,7 @@ def test_user_file_runs_under_three_strategies_with_no_conftest(
     assert f"tfplace: GPUs {gpus} visible; hide GPUs no (from default); GPU memory {memory}" in out
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("quiet")
 def test_options_and_ini_keys(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(RECORDER)
@@ -378,6 +386,7 @@ def test_options_and_ini_keys(pytester: pytest.Pytester) -> None:
     assert facts(pytester)["CUDA_VISIBLE_DEVICES"] == CVD  # restored at the end
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("quiet")
 def test_ini_opt_in_activates_before_collection(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ntfplace_activate = always\n")
@@ -419,6 +428,7 @@ def test_ini_opt_in_activates_before_collection(pytester: pytest.Pytester) -> No
         ),
     ],
 )
+@pytest.mark.slow
 def test_bad_option_values_say_where_they_came_from(
     pytester: pytest.Pytester,
     monkeypatch: pytest.MonkeyPatch,
@@ -448,6 +458,7 @@ def test_help_lists_the_options_and_stays_inert(pytester: pytest.Pytester) -> No
     assert facts(pytester)["heavy"] == []
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("quiet")
 def test_unknown_kind_in_marker_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
@@ -463,6 +474,7 @@ def test_unknown_kind_in_marker_is_a_usage_error(pytester: pytest.Pytester) -> N
     assert "names unknown kind(s) ['tpu_pod']" in result.stdout.str() + result.stderr.str()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("quiet")
 def test_plugin_can_be_disabled(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
@@ -480,6 +492,7 @@ def test_plugin_can_be_disabled(pytester: pytest.Pytester) -> None:
     assert "tfplace: devices" not in result.stdout.str()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("quiet")
 def test_multi_worker_fixture_runs_a_function_in_two_workers(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
@@ -537,6 +550,7 @@ def test_multi_worker_fixture_runs_a_function_in_two_workers(pytester: pytest.Py
     result.stdout.fnmatch_lines(["*tfplace_workers: a worker failed (exit 4)*", "*--- worker 0*"])
 
 
+@pytest.mark.slow
 def test_fake_hardware_fixture_and_restoring_the_environment(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_fake="""
@@ -596,11 +610,18 @@ def test_plugin_module_is_registered_and_imports_nothing_heavy(
                                 if m.split(".")[0] in ("tfplace", "tensorflow", "keras"))))
         """
     )
-    assert loaded == ["tfplace", "tfplace.errors", "tfplace.pytest_plugin"]
+    assert loaded == [
+        "tfplace",
+        "tfplace._decide",
+        "tfplace._decide.session",
+        "tfplace.errors",
+        "tfplace.pytest_plugin",
+    ]
     assert Path(pytest_plugin.__file__).parent == Path(tfplace.__file__).parent
     assert sys.modules["tfplace.pytest_plugin"] is pytest_plugin
 
 
+@pytest.mark.slow
 def test_a_project_runs_under_pytest_xdist(pytester: pytest.Pytester) -> None:
     """Each xdist worker process activates the plugin on its own and runs its share."""
     pytest.importorskip("xdist")
@@ -625,12 +646,12 @@ def test_logical_gpus_split_a_one_gpu_host_for_mirrored_tests() -> None:
         "logical_gpus": Setting("2", "--tfplace-logical-gpus"),
         "gpu_memory": Setting("4096", "--tfplace-gpu-memory"),
     }
-    p = pytest_plugin.session_plan(settings, visible_gpus=1, environ={})
+    p = pytest_plugin.decide_session(settings, visible_gpus=1, environ={})
     assert (p.logical_gpus, p.memory_limit_mb, p.memory_growth) == (2, 4096, False)
     assert "mirrored tests run over 2 GPUs" in p.reasons[-1]
     # no GPU: nothing to split, and the setting is harmless
-    assert pytest_plugin.session_plan(settings, visible_gpus=0, environ={}).logical_gpus == 1
+    assert pytest_plugin.decide_session(settings, visible_gpus=0, environ={}).logical_gpus == 1
     with pytest.raises(ValueError, match=r"--tfplace-logical-gpus = 2 needs a GPU memory limit"):
-        pytest_plugin.session_plan(
+        pytest_plugin.decide_session(
             {"logical_gpus": Setting("2", "--tfplace-logical-gpus")}, visible_gpus=1, environ={}
         )

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -32,6 +35,7 @@ def test_ruff_format() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_mypy_strict() -> None:
     proc = run("mypy")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -11,6 +11,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 from fakes import FakeGPUMachine
 from helpers import run_json
@@ -18,7 +19,10 @@ from helpers import run_json
 import tfplace
 from tfplace.testing import fake_inventory, use_inventory
 
+pytestmark = pytest.mark.tf
 
+
+@pytest.mark.slow
 def test_configure_cpus_from_eight_threads_at_start_up_applies_once() -> None:
     out = run_json(
         """
@@ -87,6 +91,7 @@ def snapshot() -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_public_functions_leave_no_state_behind(tmp_path: Path) -> None:
     before = snapshot()
     inv = tfplace.inventory()

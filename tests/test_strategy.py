@@ -13,9 +13,11 @@ from helpers import run_json
 
 import tfplace
 from tfplace import _tf
-from tfplace._plan import REDUCTIONS, CrossDeviceOps
-from tfplace.strategy import build_strategy
+from tfplace._decide.strategy import REDUCTIONS, CrossDeviceOps
+from tfplace._strategy import build_strategy
 from tfplace.testing import fake_inventory
+
+pytestmark = pytest.mark.tf
 
 
 def fit_small_model(strategy: tf.distribute.Strategy) -> list[float]:
@@ -58,6 +60,7 @@ def test_auto_builds_what_plan_reports(caplog: pytest.LogCaptureFixture) -> None
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_one_device() -> None:
     device = tfplace.plan("one_device").devices[0]
     s = tfplace.pick_strategy("one_device")
@@ -67,6 +70,7 @@ def test_one_device() -> None:
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_mirrored_on_this_machine() -> None:
     expected = tfplace.plan("mirrored")
     s = tfplace.pick_strategy("mirrored")
@@ -166,6 +170,7 @@ def test_multi_worker_after_start_is_already_initialized() -> None:
         tfplace.pick_strategy("multi_worker")
 
 
+@pytest.mark.slow
 def test_multi_worker_without_cluster_trains_alone_in_a_fresh_process() -> None:
     out = run_json(
         """
@@ -186,6 +191,7 @@ def test_multi_worker_without_cluster_trains_alone_in_a_fresh_process() -> None:
     assert out["replicas"] == out["local"]  # one worker: its own devices only
 
 
+@pytest.mark.slow
 def test_tf_keras_fit_under_mirrored_in_a_fresh_process() -> None:
     pytest.importorskip("tf_keras")
     out = run_json(
@@ -212,6 +218,7 @@ def test_tf_keras_fit_under_mirrored_in_a_fresh_process() -> None:
     assert out["losses"][-1] < out["losses"][0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reduction", [None, *get_args(CrossDeviceOps)])
 def test_multi_worker_reductions_are_built_as_planned_or_refused(reduction: str | None) -> None:
     """The multi-worker half of the walk: each build needs a fresh runtime, so a child."""

@@ -30,7 +30,9 @@ import numpy as np
 import pytest
 from helpers import CPU_ONLY_ENV, QUIET_ENV, wait_gone
 
-from tfplace._launch import LaunchResult, launch
+from tfplace.cluster._launch import LaunchResult, launch
+
+pytestmark = pytest.mark.slow
 
 EXAMPLE = Path(__file__).parents[1] / "docs" / "examples" / "tutorial_fault_tolerance.py"
 
@@ -38,6 +40,7 @@ EXAMPLE = Path(__file__).parents[1] / "docs" / "examples" / "tutorial_fault_tole
 # second epoch (epoch index 1) when TFPLACE_RESTART_COUNT is 0.
 DRIVER = """
 import importlib.util, json, os, signal, sys
+
 spec = importlib.util.spec_from_file_location("tutorial", os.environ["EXAMPLE"])
 tutorial = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tutorial)

@@ -20,29 +20,30 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-#: Public name -> the submodule that defines it. ``tests/test_api.py`` checks that this table,
-#: ``__all__`` and the submodules' own ``__all__`` agree.
+#: Public name -> the private module that defines it: the one list of the public API.
+#: ``__all__`` is derived from it; ``tests/test_api.py`` checks that the ``TYPE_CHECKING``
+#: block below imports exactly these names from exactly these modules.
 _EXPORTS: dict[str, str] = {
-    "KINDS": "tfplace._plan",
-    "PRIORITY": "tfplace._plan",
-    "Plan": "tfplace._plan",
-    "plan": "tfplace._plan",
-    "Inventory": "tfplace._inventory",
-    "inventory": "tfplace._inventory",
-    "LaunchResult": "tfplace._launch",
-    "launch": "tfplace._launch",
-    "tf_configs": "tfplace._launch",
-    "TrainingDiagnosis": "tfplace._diagnose",
-    "diagnose_training": "tfplace._diagnose",
-    "ClusterSpec": "tfplace.cluster",
-    "parse_slurm": "tfplace.cluster",
-    "parse_tf_config": "tfplace.cluster",
-    "CPUConfig": "tfplace.config",
-    "GPUConfig": "tfplace.config",
-    "configure_cpus": "tfplace.config",
-    "configure_gpus": "tfplace.config",
-    "global_batch_size": "tfplace.data",
-    "prepare_dataset": "tfplace.data",
+    "KINDS": "tfplace._decide.strategy",
+    "PRIORITY": "tfplace._decide.strategy",
+    "Plan": "tfplace._decide.strategy",
+    "plan": "tfplace._decide.strategy",
+    "Inventory": "tfplace._facts.inventory",
+    "inventory": "tfplace._facts.inventory",
+    "LaunchResult": "tfplace.cluster._launch",
+    "launch": "tfplace.cluster._launch",
+    "tf_configs": "tfplace.cluster._launch",
+    "TrainingDiagnosis": "tfplace.tuning._diagnose",
+    "diagnose_training": "tfplace.tuning._diagnose",
+    "ClusterSpec": "tfplace.cluster._spec",
+    "parse_slurm": "tfplace.cluster._slurm",
+    "parse_tf_config": "tfplace.cluster._spec",
+    "CPUConfig": "tfplace._configure",
+    "GPUConfig": "tfplace._configure",
+    "configure_cpus": "tfplace._configure",
+    "configure_gpus": "tfplace._configure",
+    "global_batch_size": "tfplace._data",
+    "prepare_dataset": "tfplace._data",
     "AlreadyInitializedError": "tfplace.errors",
     "BarrierTimeoutError": "tfplace.errors",
     "BatchSizeError": "tfplace.errors",
@@ -51,111 +52,103 @@ _EXPORTS: dict[str, str] = {
     "DeviceNotFoundError": "tfplace.errors",
     "TfplaceError": "tfplace.errors",
     "TfplaceWarning": "tfplace.errors",
-    "MemoryInfo": "tfplace.memory",
-    "memory_info": "tfplace.memory",
-    "track_memory": "tfplace.memory",
-    "barrier": "tfplace.multiworker",
-    "is_chief": "tfplace.multiworker",
-    "worker_save_path": "tfplace.multiworker",
-    "on_cpu": "tfplace.placement",
-    "on_device": "tfplace.placement",
-    "on_gpu": "tfplace.placement",
-    "configure_precision": "tfplace.precision",
-    "pick_strategy": "tfplace.strategy",
-    "AutotuneReport": "tfplace.tuning",
-    "autotune": "tfplace.tuning",
-    "find_batch_size": "tfplace.tuning",
+    "MemoryInfo": "tfplace._memory",
+    "memory_info": "tfplace._memory",
+    "track_memory": "tfplace._memory",
+    "barrier": "tfplace.cluster._multiworker",
+    "is_chief": "tfplace.cluster._multiworker",
+    "worker_save_path": "tfplace.cluster._multiworker",
+    "on_cpu": "tfplace._placement",
+    "on_device": "tfplace._placement",
+    "on_gpu": "tfplace._placement",
+    "configure_precision": "tfplace._precision",
+    "pick_strategy": "tfplace._strategy",
+    "AutotuneReport": "tfplace.tuning._autotune",
+    "autotune": "tfplace.tuning._autotune",
+    "find_batch_size": "tfplace.tuning._autotune",
 }
 
-__all__ = [
-    "KINDS",
-    "PRIORITY",
-    "AlreadyInitializedError",
-    "AutotuneReport",
-    "BarrierTimeoutError",
-    "BatchSizeError",
-    "CPUConfig",
-    "ClusterConfigError",
-    "ClusterSpec",
-    "DeviceFallbackWarning",
-    "DeviceNotFoundError",
-    "GPUConfig",
-    "Inventory",
-    "LaunchResult",
-    "MemoryInfo",
-    "Plan",
-    "TfplaceError",
-    "TfplaceWarning",
-    "TrainingDiagnosis",
-    "__version__",
-    "autotune",
-    "barrier",
-    "configure_cpus",
-    "configure_gpus",
-    "configure_precision",
-    "diagnose_training",
-    "find_batch_size",
-    "global_batch_size",
-    "inventory",
-    "is_chief",
-    "launch",
-    "memory_info",
-    "on_cpu",
-    "on_device",
-    "on_gpu",
-    "parse_slurm",
-    "parse_tf_config",
-    "pick_strategy",
-    "plan",
-    "prepare_dataset",
-    "tf_configs",
-    "track_memory",
-    "worker_save_path",
-]
+__all__ = sorted([*_EXPORTS, "__version__"])
 
-if TYPE_CHECKING:  # static view for type checkers and IDEs; no cost at run time
-    from tfplace._diagnose import TrainingDiagnosis, diagnose_training
-    from tfplace._inventory import Inventory, inventory
-    from tfplace._launch import LaunchResult, launch, tf_configs
-    from tfplace._plan import KINDS, PRIORITY, Plan, plan
-    from tfplace.cluster import ClusterSpec, parse_slurm, parse_tf_config
-    from tfplace.config import CPUConfig, GPUConfig, configure_cpus, configure_gpus
-    from tfplace.data import global_batch_size, prepare_dataset
-    from tfplace.errors import (
-        AlreadyInitializedError,
-        BarrierTimeoutError,
-        BatchSizeError,
-        ClusterConfigError,
-        DeviceFallbackWarning,
-        DeviceNotFoundError,
-        TfplaceError,
-        TfplaceWarning,
+if TYPE_CHECKING:  # static view for type checkers and IDEs (explicit re-exports)
+    from tfplace._configure import (
+        CPUConfig as CPUConfig,
+        GPUConfig as GPUConfig,
+        configure_cpus as configure_cpus,
+        configure_gpus as configure_gpus,
     )
-    from tfplace.memory import MemoryInfo, memory_info, track_memory
-    from tfplace.multiworker import barrier, is_chief, worker_save_path
-    from tfplace.placement import on_cpu, on_device, on_gpu
-    from tfplace.precision import configure_precision
-    from tfplace.strategy import pick_strategy
-    from tfplace.tuning import AutotuneReport, autotune, find_batch_size
+    from tfplace._data import (
+        global_batch_size as global_batch_size,
+        prepare_dataset as prepare_dataset,
+    )
+    from tfplace._decide.strategy import (
+        KINDS as KINDS,
+        PRIORITY as PRIORITY,
+        Plan as Plan,
+        plan as plan,
+    )
+    from tfplace._facts.inventory import (
+        Inventory as Inventory,
+        inventory as inventory,
+    )
+    from tfplace._memory import (
+        MemoryInfo as MemoryInfo,
+        memory_info as memory_info,
+        track_memory as track_memory,
+    )
+    from tfplace._placement import (
+        on_cpu as on_cpu,
+        on_device as on_device,
+        on_gpu as on_gpu,
+    )
+    from tfplace._precision import (
+        configure_precision as configure_precision,
+    )
+    from tfplace._strategy import (
+        pick_strategy as pick_strategy,
+    )
+    from tfplace.cluster._launch import (
+        LaunchResult as LaunchResult,
+        launch as launch,
+        tf_configs as tf_configs,
+    )
+    from tfplace.cluster._multiworker import (
+        barrier as barrier,
+        is_chief as is_chief,
+        worker_save_path as worker_save_path,
+    )
+    from tfplace.cluster._slurm import (
+        parse_slurm as parse_slurm,
+    )
+    from tfplace.cluster._spec import (
+        ClusterSpec as ClusterSpec,
+        parse_tf_config as parse_tf_config,
+    )
+    from tfplace.errors import (
+        AlreadyInitializedError as AlreadyInitializedError,
+        BarrierTimeoutError as BarrierTimeoutError,
+        BatchSizeError as BatchSizeError,
+        ClusterConfigError as ClusterConfigError,
+        DeviceFallbackWarning as DeviceFallbackWarning,
+        DeviceNotFoundError as DeviceNotFoundError,
+        TfplaceError as TfplaceError,
+        TfplaceWarning as TfplaceWarning,
+    )
+    from tfplace.tuning._autotune import (
+        AutotuneReport as AutotuneReport,
+        autotune as autotune,
+        find_batch_size as find_batch_size,
+    )
+    from tfplace.tuning._diagnose import (
+        TrainingDiagnosis as TrainingDiagnosis,
+        diagnose_training as diagnose_training,
+    )
 
 
 #: Public submodules reachable as ``tfplace.<name>`` after a plain ``import tfplace``
 #: (``tfplace.callbacks.BackupAndRestore``, ``tfplace.doctor.findings``), imported on first use.
-_SUBMODULES = (
-    "callbacks",
-    "cluster",
-    "config",
-    "data",
-    "doctor",
-    "errors",
-    "memory",
-    "multiworker",
-    "placement",
-    "precision",
-    "strategy",
-    "testing",
-    "tuning",
-)
+#: ``tfplace.pytest_plugin`` is public too, loaded by pytest through its entry point.
+_SUBMODULES = ("callbacks", "cluster", "doctor", "errors", "testing", "tuning")
 
 
 def __getattr__(name: str) -> Any:

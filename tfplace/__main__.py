@@ -119,7 +119,7 @@ def _doctor_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also run a matmul and a convolution on every device (starts TensorFlow)",
     )
-    from tfplace.precision import POLICIES
+    from tfplace._decide.precision import POLICIES
 
     parser.add_argument(
         "--precision",
@@ -137,19 +137,19 @@ def _doctor_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from tfplace._inventory import inventory
+    from tfplace._facts.inventory import inventory
     from tfplace.doctor import diagnose
 
     inv = inventory()
     if args.env:
-        from tfplace._doctor_report import env_block
+        from tfplace.doctor._report import env_block
 
         print(env_block(inv))
         return 0
     libraries = None
     tf = inv.tensorflow
     if tf is not None and tf.is_cuda_build and inv.platform.startswith("linux"):
-        from tfplace._cuda_libs import check_libraries
+        from tfplace.doctor._cuda_libs import check_libraries
 
         # a child process loads each CUDA library the way the loader finds it for TensorFlow
         libraries = check_libraries(tf.cuda_version, tf.cudnn_version, tf_version=tf.version)
@@ -166,7 +166,7 @@ def _k8s_tf_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     import os
     import socket
 
-    from tfplace._kubernetes import indexed_job_cluster
+    from tfplace.cluster._kubernetes import indexed_job_cluster
     from tfplace.errors import ClusterConfigError
 
     if args.hosts or args.json:
@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "launch":
-        from tfplace._launch import launch
+        from tfplace.cluster._launch import launch
         from tfplace.errors import ClusterConfigError
 
         if args.num_workers < 1:
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return result.returncode
     if args.command == "tf-config":
-        from tfplace._launch import tf_configs
+        from tfplace.cluster._launch import tf_configs
         from tfplace.errors import ClusterConfigError
 
         if args.k8s:

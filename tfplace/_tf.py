@@ -7,6 +7,7 @@ matched here, once, and turned into tfplace errors.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import threading
@@ -23,21 +24,38 @@ __all__ = [
     "MIRRORED_REDUCTIONS",
     "TFConfig",
     "already_initialized",
+    "clear_keras_session",
     "communication_options",
     "connect_tpu",
     "coordination_context",
     "cpu_device_count",
     "cross_device_ops",
+    "current_strategy",
+    "data_autotune",
+    "device_check",
     "device_scope_ops",
+    "is_dataset",
+    "is_multi_worker",
     "is_placement_error",
     "is_resource_exhausted",
+    "keras_of",
     "load",
     "load_keras",
     "logical_device_names",
     "memory_stats",
+    "mirrored_strategy",
+    "multi_worker_base",
+    "nest",
+    "one_device_strategy",
+    "profile_trace",
+    "profiler_start",
+    "profiler_stop",
     "reraise_if_initialized",
     "reset_memory_stats",
     "runtime_started",
+    "shard_options",
+    "simple_cluster_resolver",
+    "tpu_strategy",
 ]
 
 INSTALL_HINT = (
@@ -58,8 +76,8 @@ _AFTER_START_MARKERS = (
 
 
 #: The one mapping from a plan's reduction name to TensorFlow's object, per strategy family.
-#: Its keys are exactly ``tfplace._plan.REDUCTIONS`` (a test checks); no name falls back to
-#: anything else.
+#: Its keys are exactly ``tfplace._decide.strategy.REDUCTIONS`` (a test checks); no name falls
+#: back to anything else.
 MIRRORED_REDUCTIONS: dict[str, str] = {
     "nccl": "NcclAllReduce",
     "hierarchical_copy": "HierarchicalCopyAllReduce",
@@ -170,7 +188,7 @@ class TFConfig:
 
     :func:`tfplace.inventory` reads devices through it and ``configure_gpus`` /
     ``configure_cpus`` apply their change sets through it (tests substitute a fake with the
-    same methods, :class:`tfplace.config.ConfigBackend`). No method starts the runtime except
+    same methods, :class:`tfplace._configure.ConfigBackend`). No method starts the runtime except
     :meth:`logical_count`, which is only called once it has started.
     """
 
@@ -432,3 +450,118 @@ def device_scope_ops() -> tuple[Callable[[str], Any], Callable[..., None]]:
             first.__exit__(exc_type, exc, tb)
 
     return enter, exit_
+
+
+# -- named TensorFlow calls: the rest of tfplace touches TensorFlow only through these ---------
+
+
+def is_dataset(obj: object) -> bool:
+    """Whether ``obj`` is a ``tf.data.Dataset``."""
+    return isinstance(obj, load().data.Dataset)
+
+
+def data_autotune() -> int:
+    """``tf.data.AUTOTUNE``."""
+    return int(load().data.AUTOTUNE)
+
+
+def shard_options(policy: str) -> Any:
+    """``tf.data.Options`` with the auto-shard policy ``"data"``, ``"file"`` or ``"off"``."""
+    data = load().data
+    options = data.Options()
+    options.experimental_distribute.auto_shard_policy = getattr(
+        data.experimental.AutoShardPolicy, policy.upper()
+    )
+    return options
+
+
+def current_strategy() -> Any:
+    """The strategy in force (``tf.distribute.get_strategy()``: the default one outside a scope)."""
+    return load().distribute.get_strategy()
+
+
+def one_device_strategy(device: str) -> Any:
+    """``tf.distribute.OneDeviceStrategy(device)``."""
+    return load().distribute.OneDeviceStrategy(device)
+
+
+def mirrored_strategy(devices: list[str], reduction: str) -> Any:
+    """``tf.distribute.MirroredStrategy`` over ``devices`` with the named reduction."""
+    return load().distribute.MirroredStrategy(
+        devices=devices, cross_device_ops=cross_device_ops(reduction)
+    )
+
+
+def tpu_strategy(address: str) -> Any:  # pragma: no cover - needs a TPU
+    """``tf.distribute.TPUStrategy`` on the TPU at ``address`` ("" for the local TPU VM)."""
+    return load().distribute.TPUStrategy(connect_tpu(address))
+
+
+def multi_worker_base() -> type:
+    """``tf.distribute.MultiWorkerMirroredStrategy``, the class tfplace's strategy extends."""
+    base: type = load().distribute.MultiWorkerMirroredStrategy
+    return base
+
+
+def is_multi_worker(strategy: object) -> bool:
+    """Whether ``strategy`` is a ``MultiWorkerMirroredStrategy`` (tfplace's subclass included)."""
+    return isinstance(strategy, load().distribute.MultiWorkerMirroredStrategy)
+
+
+def nest() -> ModuleType:
+    """``tf.nest``: ``is_nested`` / ``map_structure`` over Keras's nested values."""
+    module: ModuleType = load().nest
+    return module
+
+
+def simple_cluster_resolver(
+    jobs: dict[str, list[str]], task_type: str | None, task_id: int | None
+) -> Any:
+    """A ``SimpleClusterResolver`` over ``jobs`` for one task (gRPC)."""
+    distribute = load().distribute
+    return distribute.cluster_resolver.SimpleClusterResolver(
+        load().train.ClusterSpec(jobs), task_type=task_type, task_id=task_id, rpc_layer="grpc"
+    )
+
+
+def profiler_start(folder: str) -> None:
+    """Start TensorFlow's profiler, writing a trace into ``folder``."""
+    load().profiler.experimental.start(folder)
+
+
+def profiler_stop() -> None:
+    """Stop TensorFlow's profiler (the trace is written)."""
+    load().profiler.experimental.stop()
+
+
+def profile_trace() -> Any:
+    """The profiler's ``Trace`` context manager class (marks steps in a trace)."""
+    return load().profiler.experimental.Trace
+
+
+def clear_keras_session() -> None:
+    """``keras.backend.clear_session()`` of the Keras flavour in use (frees models, graphs)."""
+    load_keras(stacklevel=3).backend.clear_session()
+
+
+def device_check(device: str) -> float:
+    """Run a matmul and a convolution on ``device``; return the sum of both results.
+
+    NaN means the kernels ran but computed garbage; an exception means they did not run.
+    """
+    tf = load()
+    with tf.device(device):
+        a = tf.random.stateless_normal((256, 256), seed=(1, 2))
+        product = tf.linalg.matmul(a, a)
+        image = tf.random.stateless_normal((2, 32, 32, 3), seed=(3, 4))
+        kernel = tf.random.stateless_normal((3, 3, 3, 8), seed=(5, 6))
+        conv = tf.nn.conv2d(image, kernel, strides=1, padding="SAME")
+        return float(tf.reduce_sum(product)) + float(tf.reduce_sum(conv))
+
+
+def keras_of(model: object) -> ModuleType:
+    """The Keras package a model comes from: ``keras`` (Keras 3) or ``tf_keras``."""
+    root = type(model).__module__.split(".")[0]
+    if root in ("keras", "tf_keras"):
+        return importlib.import_module(root)
+    return load_keras(stacklevel=3)

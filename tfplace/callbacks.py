@@ -19,7 +19,7 @@ tf_keras (``TF_USE_LEGACY_KERAS=1``): the class is built on the ``Callback`` of 
 - workers meet at a :func:`tfplace.barrier` before reading a backup and before the backup is
   deleted at the end;
 - SIGTERM (a preemption) makes every worker save a backup at the same step and exit with
-  :data:`tfplace._restart.RESTART_EXIT_CODE` (143), so that the next start resumes.
+  :data:`tfplace.cluster._restarts.RESTART_EXIT_CODE` (143), so that the next start resumes.
 
 Why not change Keras's own classes when the multi-worker strategy is active? Keras's
 ``BackupAndRestore`` keeps its state in files that it overwrites in place and ``rmtree``s at
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tfplace import _tf
-from tfplace._restart import RESTART_EXIT_CODE
+from tfplace.cluster._restarts import RESTART_EXIT_CODE
 
 __all__ = ["BackupAndRestore", "ModelCheckpoint"]
 
@@ -94,10 +94,7 @@ def _multi_worker(model: Any) -> bool:
     strategy = _strategy(model)
     if strategy is None:
         return False
-    tf = _tf.load()
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
-        strategy.extended._num_workers > 1
-    )
+    return _tf.is_multi_worker(strategy) and (strategy.extended._num_workers > 1)
 
 
 def _task(model: Any) -> str:
@@ -113,7 +110,7 @@ def _tasks(model: Any) -> list[str]:
 
 def _meet(model: Any, timeout: float = 600.0) -> None:
     if _multi_worker(model):
-        from tfplace.multiworker import barrier
+        from tfplace.cluster._multiworker import barrier
 
         barrier(timeout=timeout, name=_BARRIER)
 

@@ -10,7 +10,7 @@ collection, before any test runs), a ``--tfplace-*`` option is given on the comm
 ini key ``tfplace_activate = always`` asks for it (then it activates in ``pytest_configure``,
 before test modules are imported: use that when test modules start TensorFlow at import).
 
-On activation each test process gets (see :func:`session_plan`, which decides it from the
+On activation each test process gets (see :func:`decide_session`, which decides it from the
 settings, the visible GPUs and pytest-xdist's worker count):
 
 * the CPU split into N virtual devices, so ``mirrored`` runs on a CPU-only machine;
@@ -36,8 +36,8 @@ Markers:
     @pytest.mark.tfplace_tpu                           skip unless a TPU is attached
 
 Example:
-    >>> from tfplace.pytest_plugin import Setting, session_plan
-    >>> p = session_plan({"gpu_memory": Setting("growth", "--tfplace-gpu-memory")},
+    >>> from tfplace.pytest_plugin import Setting, decide_session
+    >>> p = decide_session({"gpu_memory": Setting("growth", "--tfplace-gpu-memory")},
     ...                  visible_gpus=1, environ={"PYTEST_XDIST_WORKER_COUNT": "4"})
     >>> p.memory_growth, p.xdist_workers, p.source("gpu_memory")
     (True, 4, '--tfplace-gpu-memory')
@@ -60,22 +60,21 @@ from typing import Any
 
 import pytest
 
+from tfplace._decide.session import (
+    KINDS,
+    SETTINGS,
+    XDIST_ENV,
+    SessionSetup,
+    Setting,
+    activate_always,
+    decide_session,
+)
 from tfplace.errors import AlreadyInitializedError
 
-__all__ = ["SessionPlan", "Setting", "WorkerResult", "session_plan"]
+__all__ = ["Setting", "decide_session"]
 
-_KINDS = ("default", "one_device", "mirrored")
 _FIXTURES = ("tfplace_strategy", "tfplace_workers", "tfplace_fake_hardware")
 _MARKERS = ("tfplace_strategies", "tfplace_gpus", "tfplace_tpu")
-#: Setting name -> its default, as the text a user would write.
-_DEFAULTS = {
-    "activate": "auto",
-    "virtual_cpus": "2",
-    "strategies": ",".join(_KINDS),
-    "gpu_memory": "growth",
-    "hide_gpus": "false",
-    "logical_gpus": "1",
-}
 #: Help texts, defined once for the command-line option and its ini key.
 _HELP = {
     "activate": "auto (default): set TensorFlow up only when the session uses a tfplace fixture, "
@@ -93,231 +92,8 @@ _HELP = {
     "hide_gpus": "hide every GPU from the tests for a CPU-only run (TensorFlow in the test "
     "process, and CUDA_VISIBLE_DEVICES=-1 for the processes tests start; restored at the end)",
 }
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-_XDIST_ENV = "PYTEST_XDIST_WORKER_COUNT"
 _STATE_KEY = pytest.StashKey["_Session"]()
 _RESULT_MARK = "@@tfplace-result@@"
-
-
-# ------------------------------------------------------------------ the session decision
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One plugin setting as written, and where it came from.
-
-    Attributes:
-        value: the text, e.g. ``"growth"`` or ``"2"``.
-        source: ``"--tfplace-gpu-memory"``, ``"ini tfplace_gpu_memory"`` or ``"default"``.
-    """
-
-    value: str
-    source: str = "default"
-
-
-@dataclass(frozen=True)
-class SessionPlan:
-    """What the plugin applies to one test process, and why. Built by :func:`session_plan`.
-
-    Attributes:
-        virtual_cpus: split the CPU into this many devices (1: no split).
-        strategies: the kinds ``tfplace_strategy`` offers.
-        hide_gpus: hide every GPU (``configure_gpus(visible=[])``).
-        gpu_memory: the GPU memory setting in words: ``growth``, ``none``, ``N MB``, or
-            ``unused (GPUs hidden)``; it applies only where GPUs are visible.
-        memory_growth: call ``configure_gpus(memory_growth=True)``.
-        memory_limit_mb: call ``configure_gpus(memory_limit_mb=...)`` with this, or None.
-        logical_gpus: split each visible GPU into this many logical GPUs (1: no split).
-        env: environment variables set for the session (and the processes tests start),
-            restored at its end.
-        visible_gpus: the GPUs TensorFlow showed this process before anything was applied.
-        xdist_workers: pytest-xdist's worker count, None outside xdist.
-        sources: ``(setting, where its value came from)`` for every setting.
-        reasons: why, one sentence per decision.
-    """
-
-    virtual_cpus: int
-    strategies: tuple[str, ...]
-    hide_gpus: bool
-    gpu_memory: str
-    memory_growth: bool
-    memory_limit_mb: int | None
-    env: tuple[tuple[str, str], ...]
-    logical_gpus: int
-    visible_gpus: int
-    xdist_workers: int | None
-    sources: tuple[tuple[str, str], ...]
-    reasons: tuple[str, ...]
-
-    def source(self, name: str) -> str:
-        """Where setting ``name`` came from (``"default"`` when nobody set it)."""
-        return dict(self.sources).get(name, "default")
-
-
-def _count(raw: Setting, what: str) -> int:
-    text = raw.value.strip()
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(
-            f"tfplace: {raw.source} must be {what}, found {raw.value!r}; "
-            "fix the value or remove it to use the default"
-        )
-    return int(text)
-
-
-def _flag(raw: Setting) -> bool:
-    text = raw.value.strip().lower()
-    if text in _TRUE or text in _FALSE:
-        return text in _TRUE
-    raise ValueError(
-        f"tfplace: {raw.source} must be true or false, found {raw.value!r}; "
-        f"use one of {', '.join(_TRUE + _FALSE)}"
-    )
-
-
-def _memory(raw: Setting) -> str | int:
-    text = raw.value.strip().lower()
-    if text in ("growth", "none"):
-        return text
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    raise ValueError(
-        f"tfplace: {raw.source} must be growth, none or a limit in MB per GPU (e.g. 4096), "
-        f"found {raw.value!r}"
-    )
-
-
-def _kinds(raw: Setting) -> tuple[str, ...]:
-    kinds = tuple(k.strip() for k in raw.value.split(",") if k.strip())
-    bad = [k for k in kinds if k not in _KINDS]
-    if bad or not kinds:
-        raise ValueError(
-            f"tfplace: {raw.source} lists unknown strategy kind(s) {bad or [raw.value]}; "
-            f"expected some of {', '.join(_KINDS)}"
-        )
-    return kinds
-
-
-def _activate_always(raw: Setting) -> bool:
-    text = raw.value.strip().lower()
-    if text not in ("auto", "always"):
-        raise ValueError(f"tfplace: {raw.source} must be auto or always, found {raw.value!r}")
-    return text == "always"
-
-
-def session_plan(
-    settings: Mapping[str, Setting], *, visible_gpus: int, environ: Mapping[str, str]
-) -> SessionPlan:
-    """Decide what the plugin applies to a test process. Pure: no TensorFlow, no side effects.
-
-    GPU memory defaults to growth, also under pytest-xdist. An even per-worker share (each
-    process capped at total / workers) was considered and not taken: TensorFlow cannot report a
-    GPU's total memory before its runtime starts, which is when the cap must be set, and a fixed
-    share fails a test that needs more than 1/N of the GPU even while the other workers sit
-    idle. Growth lets each process take what it uses; concurrent tests that together exceed the
-    GPU fail either way. A hard cap stays available: ``--tfplace-gpu-memory=MB``.
-
-    Args:
-        settings: setting name (``virtual_cpus``, ``strategies``, ``gpu_memory``,
-            ``hide_gpus``, ``activate``) -> its value and source; a missing name takes the
-            default.
-        visible_gpus: GPUs TensorFlow shows this process before the plugin applies anything.
-        environ: the environment; ``PYTEST_XDIST_WORKER_COUNT`` and
-            ``TF_FORCE_GPU_ALLOW_GROWTH`` are read from it.
-
-    Returns:
-        The frozen :class:`SessionPlan`, with the source of every setting and the reasons.
-
-    Raises:
-        ValueError: a bad value; the message names where it came from.
-
-    Example:
-        >>> plan = session_plan({}, visible_gpus=0, environ={})
-        >>> plan.virtual_cpus, plan.memory_growth, plan.reasons[-1]
-        (2, False, 'no GPU visible: no GPU memory setting to apply')
-    """
-    unknown = sorted(set(settings) - set(_DEFAULTS))
-    if unknown:
-        raise ValueError(f"session_plan: unknown setting(s) {unknown}; known: {sorted(_DEFAULTS)}")
-    if isinstance(visible_gpus, bool) or not isinstance(visible_gpus, int) or visible_gpus < 0:
-        raise ValueError(f"session_plan: visible_gpus must be an int >= 0, found {visible_gpus!r}")
-    s = {name: settings.get(name, Setting(default)) for name, default in _DEFAULTS.items()}
-    _activate_always(s["activate"])
-    cpus = _count(s["virtual_cpus"], "a positive integer")
-    kinds = _kinds(s["strategies"])
-    memory = _memory(s["gpu_memory"])
-    hide = _flag(s["hide_gpus"])
-    logical = _count(s["logical_gpus"], "a positive integer")
-    if logical > 1 and not hide and not isinstance(memory, int):
-        raise ValueError(
-            f"tfplace: {s['logical_gpus'].source} = {logical} needs a GPU memory limit in MB "
-            f"(the memory of each logical GPU), found {s['gpu_memory'].source} = "
-            f"{s['gpu_memory'].value!r}; set --tfplace-gpu-memory=MB, e.g. 4096"
-        )
-    workers: int | None = None
-    if environ.get(_XDIST_ENV):
-        workers = _count(Setting(environ[_XDIST_ENV], f"environment {_XDIST_ENV}"), "an integer")
-    reasons: list[str] = []
-    env: list[tuple[str, str]] = []
-    growth, limit = False, None
-    gpus = f"{visible_gpus} GPU{'s' if visible_gpus != 1 else ''} visible"
-    shared = f" shared by {workers} xdist workers" if workers and workers > 1 else ""
-    if hide:
-        memory = "unused (GPUs hidden)"
-        env.append(("CUDA_VISIBLE_DEVICES", "-1"))
-        reasons.append(
-            f"GPUs hidden ({s['hide_gpus'].source}): TensorFlow in this process uses none, "
-            "processes the tests start get CUDA_VISIBLE_DEVICES=-1"
-        )
-        if s["gpu_memory"].source != "default":
-            reasons.append(
-                f"GPU memory {s['gpu_memory'].value!r} ({s['gpu_memory'].source}) ignored: "
-                "the GPUs are hidden"
-            )
-    elif visible_gpus == 0:
-        reasons.append("no GPU visible: no GPU memory setting to apply")
-    elif memory == "growth":
-        growth = True
-        reasons.append(
-            f"{gpus}{shared}: memory growth, so each test process allocates only what it uses "
-            "and several processes can share a GPU"
-        )
-        if "TF_FORCE_GPU_ALLOW_GROWTH" not in environ:
-            env.append(("TF_FORCE_GPU_ALLOW_GROWTH", "true"))
-    elif memory == "none":
-        reasons.append(
-            f"{gpus}{shared}: TensorFlow's default, the first process to start TensorFlow maps "
-            "nearly all memory of each GPU"
-            + (" and the other workers run out of memory" if shared else "")
-        )
-    else:
-        limit = int(memory)
-        need = f"; together {workers * limit} MB of each GPU" if workers and workers > 1 else ""
-        if logical > 1:
-            reasons.append(
-                f"{gpus}{shared}: each split into {logical} logical GPUs of {limit} MB "
-                f"({s['logical_gpus'].source}), so mirrored tests run over "
-                f"{visible_gpus * logical} GPUs"
-            )
-        else:
-            reasons.append(
-                f"{gpus}{shared}: each test process may use {limit} MB of each GPU{need}"
-            )
-    words = f"{memory} MB" if isinstance(memory, int) else memory
-    return SessionPlan(
-        virtual_cpus=cpus,
-        strategies=kinds,
-        hide_gpus=hide,
-        gpu_memory=words,
-        memory_growth=growth,
-        memory_limit_mb=limit,
-        env=tuple(env),
-        logical_gpus=logical if limit is not None else 1,
-        visible_gpus=visible_gpus,
-        xdist_workers=workers,
-        sources=tuple((name, value.source) for name, value in s.items()),
-        reasons=tuple(reasons),
-    )
 
 
 # ------------------------------------------------------------------ options and activation
@@ -351,14 +127,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help=_HELP["hide_gpus"],
     )
-    for name in _DEFAULTS:
+    for name in SETTINGS:
         parser.addini(f"tfplace_{name}", _HELP[name], default="")
 
 
 def _settings(config: pytest.Config) -> dict[str, Setting]:
     """Each setting's text and source: the command line, else the ini file, else the default."""
     out: dict[str, Setting] = {}
-    for name, default in _DEFAULTS.items():
+    for name, default in SETTINGS.items():
         given = config.getoption(f"tfplace_{name}", None)
         ini = str(config.getini(f"tfplace_{name}") or "")
         if given is not None:
@@ -375,7 +151,7 @@ class _Session:
     """The plugin's per-session state (in ``config.stash``)."""
 
     settings: dict[str, Setting]
-    plan: SessionPlan
+    plan: SessionSetup
     active_because: str | None = None
     status: dict[str, str] = field(default_factory=dict)
     inventory: Any = None
@@ -393,14 +169,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "tfplace_tpu: skip unless a TPU is attached")
     settings = _settings(config)
     try:  # validate the settings now, with no TensorFlow: a typo fails every session alike
-        plan = session_plan(settings, visible_gpus=0, environ={})
+        plan = decide_session(settings, visible_gpus=0, environ={})
     except ValueError as err:
         raise pytest.UsageError(str(err)) from None
     config.stash[_STATE_KEY] = _Session(settings=settings, plan=plan)
     explicit = [s.source for s in settings.values() if s.source.startswith("--")]
     if getattr(config.option, "help", False):
         return  # pytest --help runs no test
-    if _activate_always(settings["activate"]):
+    if activate_always(settings["activate"]):
         _activate(config, f"{settings['activate'].source} = always")
     elif explicit:
         _activate(config, f"{explicit[0]} given")
@@ -420,7 +196,7 @@ def _activate(config: pytest.Config, because: str) -> _Session:
         seam = None
     visible = len(seam.get_visible("GPU")) if seam is not None else 0
     try:
-        state.plan = plan = session_plan(state.settings, visible_gpus=visible, environ=os.environ)
+        state.plan = plan = decide_session(state.settings, visible_gpus=visible, environ=os.environ)
     except ValueError as err:  # only the environment can be bad here; settings were checked
         raise pytest.UsageError(str(err)) from None
     _set_env(plan.env, state.saved_env)
@@ -428,15 +204,15 @@ def _activate(config: pytest.Config, because: str) -> _Session:
         state.status = dict.fromkeys(("cpus", "gpus"), "not applied: TensorFlow is not installed")
     else:
         state.status = _apply(plan)
-    from tfplace._inventory import inventory
+    from tfplace._facts.inventory import inventory
 
     state.inventory = inventory()
     return state
 
 
-def _apply(plan: SessionPlan) -> dict[str, str]:
+def _apply(plan: SessionSetup) -> dict[str, str]:
     """Apply ``plan`` to TensorFlow (the only place the plugin configures it)."""
-    from tfplace.config import configure_cpus, configure_gpus
+    from tfplace._configure import configure_cpus, configure_gpus
 
     late = (
         "NOT applied: TensorFlow had already started (e.g. in a conftest or a test module at "
@@ -518,7 +294,7 @@ def _header(state: _Session) -> list[str]:
     inv, plan = state.inventory, state.plan
     gpus = str(plan.visible_gpus)
     workers = (
-        f"; {plan.xdist_workers} xdist workers (from environment {_XDIST_ENV})"
+        f"; {plan.xdist_workers} xdist workers (from environment {XDIST_ENV})"
         if plan.xdist_workers
         else ""
     )
@@ -559,17 +335,17 @@ def _marker_kinds(metafunc: pytest.Metafunc, offered: Sequence[str]) -> list[str
     if marker is None:
         return list(offered)
     wanted = [str(k) for k in marker.args]
-    bad = [k for k in wanted if k not in _KINDS]
+    bad = [k for k in wanted if k not in KINDS]
     if bad or not wanted:
         raise pytest.UsageError(
             f"{metafunc.definition.nodeid}: tfplace_strategies({', '.join(map(repr, wanted))}) "
-            f"names unknown kind(s) {bad}; expected some of {', '.join(_KINDS)}"
+            f"names unknown kind(s) {bad}; expected some of {', '.join(KINDS)}"
         )
     return [k for k in offered if k in wanted] or wanted
 
 
 def _test_id(kind: str, inv: Any) -> str:
-    from tfplace._plan import plan
+    from tfplace._decide.strategy import plan
 
     try:
         p = plan(kind, inventory=inv)
@@ -614,7 +390,7 @@ def tfplace_strategy(request: pytest.FixtureRequest) -> Any:
     )
     kind = getattr(request, "param", "default")
     if kind not in state.strategies:
-        from tfplace.strategy import pick_strategy
+        from tfplace._strategy import pick_strategy
 
         state.strategies[kind] = pick_strategy(kind)
     return state.strategies[kind]
@@ -691,7 +467,7 @@ class _Workers:
             grace_seconds: between SIGTERM and SIGKILL when a worker fails.
             check: fail the test when any worker exits non-zero.
         """
-        from tfplace._launch import launch
+        from tfplace.cluster._launch import launch
 
         if callable(target):
             path = inspect.getsourcefile(target)
@@ -769,7 +545,7 @@ def tfplace_fake_hardware() -> Iterator[Callable[..., Any]]:
     machine until the test ends; TensorFlow itself still runs on the real one. Environment
     variables passed as ``set_env={...}`` are set and restored afterwards.
     """
-    from tfplace._inventory import Inventory, use_inventory
+    from tfplace._facts.inventory import Inventory, use_inventory
     from tfplace.testing import fake_inventory
 
     with contextlib.ExitStack() as stack:

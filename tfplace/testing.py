@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from tfplace._inventory import (
+from tfplace._facts.inventory import (
     ClusterEnv,
     CPUInfo,
     GPUInfo,
@@ -24,7 +24,7 @@ from tfplace._inventory import (
     TPUInfo,
     use_inventory,
 )
-from tfplace._nvidia import cuda_for_driver, parse_driver_version
+from tfplace._facts.nvidia import cuda_for_driver, parse_driver_version
 
 __all__ = ["fake_inventory", "use_inventory"]
 

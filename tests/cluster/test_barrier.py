@@ -1,0 +1,74 @@
+"""tfplace.barrier: a no-op alone, a real meeting point across workers, a named timeout."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from helpers import CPU_ONLY_ENV, run_cluster
+
+import tfplace
+from tfplace.cluster._multiworker import BarrierTimeoutError
+
+pytestmark = pytest.mark.slow
+
+
+def test_barrier_without_a_cluster_returns_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
+    start = time.monotonic()
+    tfplace.barrier(timeout=1)  # no cluster: nobody to wait for, no coordination service
+    one = json.dumps(
+        {"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 0}}
+    )
+    monkeypatch.setenv("TF_CONFIG", one)
+    tfplace.barrier(timeout=1)  # a single worker has nobody to wait for
+    assert time.monotonic() - start < 2.0  # neither call waited for its 1 s timeout
+
+
+def test_barrier_rejects_a_bad_timeout() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        tfplace.barrier(timeout=0)
+
+
+def test_barrier_timeout_error_is_a_tfplace_error_and_a_timeout() -> None:
+    assert issubclass(BarrierTimeoutError, tfplace.TfplaceError)
+    assert issubclass(BarrierTimeoutError, TimeoutError)
+
+
+MEET = """
+import json, time
+import tfplace
+
+strategy = tfplace.pick_strategy(communication_timeout=60, startup_timeout=120)
+chief = tfplace.is_chief()
+start = time.monotonic()
+if not chief:
+    time.sleep(2)  # the chief must wait for this worker at the barrier
+tfplace.barrier(timeout=60)
+waited = time.monotonic() - start
+error = None
+if chief:  # worker 1 never comes to the second barrier
+    try:
+        tfplace.barrier(timeout=3)
+    except tfplace.TfplaceError as err:
+        error = [type(err).__name__, str(err)]
+else:
+    time.sleep(8)  # stay alive (but absent) while the chief times out
+print(json.dumps({"chief": chief, "waited": waited, "error": error}))
+"""
+
+
+@pytest.mark.slow
+def test_barrier_waits_for_every_worker_and_names_the_missing_one() -> None:
+    results = []
+    for proc in run_cluster(MEET, extra_env=CPU_ONLY_ENV, timeout=180):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    chief, worker = sorted(results, key=lambda r: not r["chief"])
+    assert chief["chief"] and not worker["chief"]
+    assert chief["waited"] >= 1.9  # it waited for the late worker
+    assert chief["error"][0] == "BarrierTimeoutError"
+    assert "missing: worker 1" in chief["error"][1] and "within 3 s" in chief["error"][1]
+    assert worker["error"] is None

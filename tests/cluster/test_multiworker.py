@@ -1,0 +1,289 @@
+"""Keras 3 model.fit across two local worker processes equals one process with 2 replicas."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import CPU_ONLY_ENV, QUIET_ENV, run_json, run_workers
+
+pytestmark = pytest.mark.tf
+
+TRAIN = """
+import json, os
+import numpy as np
+import tfplace
+if os.environ.get("TF_CONFIG"):
+    strategy = tfplace.pick_strategy(communication_timeout=60, startup_timeout=120)
+else:
+    tfplace.configure_cpus(virtual_devices=2)
+    strategy = tfplace.pick_strategy("mirrored")
+import tensorflow as tf
+
+keras = tf.keras  # Keras 3, or tf_keras under TF_USE_LEGACY_KERAS=1
+rng = np.random.default_rng(0)
+x = rng.normal(size=(96, 4)).astype("float32")
+y = x @ np.array([[1.0], [-2.0], [0.5], [3.0]], dtype="float32")
+with strategy.scope():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, "relu"), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse", metrics=["mae"])
+history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False)
+evaluation = model.evaluate(x, y, batch_size=16, verbose=0)
+prediction = model.predict(x, batch_size=16, verbose=0)
+children = sum(
+    len(open(f"/proc/self/task/{t}/children").read().split()) for t in os.listdir("/proc/self/task")
+)
+print(json.dumps({
+    "children": children,
+    "keras": keras.__name__,
+    "kind": type(strategy).__name__,
+    "replicas": strategy.num_replicas_in_sync,
+    "loss": history.history["loss"],
+    "mae": history.history["mae"],
+    "evaluate": evaluation,
+    "predict_rows": int(prediction.shape[0]),
+    "predict_sum": float(prediction.sum()),
+    "weights": [w.ravel().tolist() for w in model.get_weights()],
+}))
+"""
+
+
+def close(a: Any, b: Any) -> bool:
+    if isinstance(a, list):
+        return len(a) == len(b) and all(close(x, y) for x, y in zip(a, b, strict=True))
+    return bool(abs(a - b) <= 1e-4 * max(1.0, abs(b)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flavour", ["keras3", "tf_keras"])
+def test_two_workers_match_one_process_with_two_replicas(flavour: str) -> None:
+    env = {"TF_USE_LEGACY_KERAS": "1" if flavour == "tf_keras" else "0"}
+    if flavour == "tf_keras":
+        pytest.importorskip("tf_keras")
+    # The comparison is about the strategies, not the hardware: every process runs on the CPU
+    # (two workers on one GPU host would share its GPU, which NCCL refuses).
+    single = run_json(TRAIN, env={"TF_CONFIG": None, **env}, cpu_only=True)
+    workers = run_workers(TRAIN, extra_env={**env, **CPU_ONLY_ENV})
+    assert single["replicas"] == 2
+    assert single["keras"].startswith("tf_keras" if flavour == "tf_keras" else "keras")
+    for w in workers:
+        assert w["children"] == 0  # the start-up watchdog process is gone
+        assert w["keras"] == single["keras"]
+        assert w["kind"] == "KerasMultiWorkerMirroredStrategy"
+        assert w["replicas"] == 2
+        assert w["loss"][-1] < w["loss"][0]
+        for key in ("loss", "mae", "evaluate", "weights"):
+            assert close(w[key], single[key]), (key, w[key], single[key])
+        assert w["predict_rows"] == single["predict_rows"] == 96
+        assert close(w["predict_sum"], single["predict_sum"])
+
+
+def test_is_chief_and_worker_save_path(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tfplace
+    from tfplace.cluster._spec import from_mapping
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.delenv("SLURM_PROCID", raising=False)  # in case the suite runs under srun
+    assert tfplace.is_chief() is True  # no cluster: the only process is the chief
+    cluster = {"worker": ["a:1", "b:1"], "chief": ["c:1"]}
+    chief = from_mapping({"cluster": cluster, "task": {"type": "chief", "index": 0}})
+    worker = from_mapping({"cluster": cluster, "task": {"type": "worker", "index": 0}})
+    assert tfplace.is_chief(chief) is True
+    assert tfplace.is_chief(worker) is False
+    target = tmp_path / "model.keras"
+    with tfplace.worker_save_path(target, chief) as p:
+        assert p == str(target)
+    with tfplace.worker_save_path(target, worker) as p:
+        assert p != str(target)
+        assert p.endswith("model.keras")
+        private = os.path.dirname(p)
+        assert os.path.isdir(private)
+        open(p, "w").close()
+    assert not os.path.exists(private)  # removed afterwards
+    monkeypatch.setenv(
+        "TF_CONFIG",
+        json.dumps({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"index": 1, "type": "worker"}}),
+    )
+    assert tfplace.is_chief() is False
+    with pytest.raises(TypeError):
+        tfplace.is_chief({"worker": []})  # type: ignore[arg-type]
+    with pytest.raises(TypeError), tfplace.worker_save_path(3):  # type: ignore[arg-type]
+        pass
+
+
+def test_is_chief_and_worker_save_path_read_the_environment_only(tmp_path: Any) -> None:
+    """No TensorFlow import and no installed-package scan: a fresh process that forbids the
+    scan still answers from TF_CONFIG, then from SLURM variables."""
+    tf_config = json.dumps(
+        {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}
+    )
+    result = run_json(
+        f"""
+        import json, os, sys
+        from importlib import metadata
+
+        def no_scan(*args, **kwargs):
+            raise AssertionError("is_chief/worker_save_path scanned the installed packages")
+
+        metadata.distributions = metadata.distribution = metadata.version = no_scan
+        import tfplace
+
+        answers = [tfplace.is_chief()]
+        with tfplace.worker_save_path({str(tmp_path / "m.keras")!r}) as path:
+            answers.append(path)
+        del os.environ["TF_CONFIG"]
+        os.environ.update(SLURM_PROCID="0", SLURM_NTASKS="2", SLURM_JOB_NODELIST="n[1-2]")
+        answers.append(tfplace.is_chief())
+        with tfplace.worker_save_path({str(tmp_path / "m.keras")!r}) as path:
+            answers.append(path)
+        loaded = sorted(m for m in ("tensorflow", "keras", "tf_keras") if m in sys.modules)
+        print(json.dumps({{"answers": answers, "loaded": loaded}}))
+        """,
+        env={"TF_CONFIG": tf_config, "SLURM_PROCID": None, "SLURM_JOB_NODELIST": None},
+    )
+    worker_1, private, slurm_0, real = result["answers"]
+    assert worker_1 is False
+    assert private != str(tmp_path / "m.keras") and private.endswith("m.keras")
+    assert slurm_0 is True
+    assert real == str(tmp_path / "m.keras")
+    assert result["loaded"] == []
+
+
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "multi-worker.md"
+LAUNCH = "tfplace launch -n 2 docs/examples/multi_worker_train.py /tmp/out"
+
+
+def page_commands() -> list[tuple[str, list[str]]]:
+    """Every ``tfplace`` command in the page's bash blocks, with the output the page shows
+    after it (``$ command`` lines are followed by their output; ``# or: command`` lines are
+    alternatives). The SLURM batch script needs a SLURM cluster and is not run."""
+    found: list[tuple[str, list[str]]] = []
+    for block in re.findall(r"```bash\n(.*?)```", PAGE.read_text(), flags=re.S):
+        prompted = block.startswith("$ ")
+        for line in block.splitlines():
+            command = line.removeprefix("# or: ").removeprefix("$ ")
+            if command.startswith(("tfplace ", "python -m tfplace ")):
+                found.append((command, []))
+            elif prompted and found and line.strip():
+                found[-1][1].append(line)
+    return found
+
+
+def run_page_command(command: str, out_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command of the page from the repository root, as a user would type it. The
+    program is this environment's ``tfplace`` script or Python; ``/tmp/out`` becomes
+    ``out_dir`` (a folder that does not exist yet, as on a fresh machine) so that parallel
+    runs and the user's own /tmp/out are left alone."""
+    argv = shlex.split(command)
+    bin_dir = Path(sys.executable).parent
+    program = {"tfplace": bin_dir / "tfplace", "python": Path(sys.executable)}[argv[0]]
+    assert program.exists(), f"{program} is missing: install tfplace (pip install -e .)"
+    if out_dir is not None:
+        argv = [str(out_dir) if a == "/tmp/out" else a for a in argv]
+    return subprocess.run(
+        [str(program), *argv[1:]],
+        cwd=PAGE.parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, **QUIET_ENV, **CPU_ONLY_ENV},  # "2 replicas": one CPU each
+    )
+
+
+def test_the_page_shows_the_commands_these_tests_run() -> None:
+    commands = [c for c, _ in page_commands()]
+    assert LAUNCH in commands
+    assert f"python -m {LAUNCH}" in commands
+    assert "tfplace tf-config node1 node2 --port 2222" in commands
+
+
+def test_the_pages_tf_config_command_prints_what_the_page_shows() -> None:
+    for command, shown in page_commands():
+        if " tf-config " in f" {command} ":
+            assert shown, f"the page shows no output for {command!r}"
+            proc = run_page_command(command)
+            assert proc.returncode == 0, proc.stderr
+            assert proc.stdout.splitlines() == shown
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [LAUNCH, f"python -m {LAUNCH}"])
+def test_the_pages_launch_command_works_on_a_fresh_machine(command: str, tmp_path: Path) -> None:
+    out_dir = tmp_path / "out"  # does not exist yet, like /tmp/out on a fresh machine
+    proc = run_page_command(command, out_dir)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "[worker 0] chief: 2 replicas" in proc.stdout
+    assert "[worker 1] worker: 2 replicas" in proc.stdout
+    assert os.listdir(out_dir) == ["model.keras"]  # only the chief wrote there
+
+
+@pytest.mark.slow
+def test_a_worker_whose_peer_never_starts_fails_clearly_instead_of_hanging() -> None:
+    import time
+
+    from helpers import run_fresh
+
+    from tfplace.cluster._launch import free_ports
+    from tfplace.cluster._spec import ClusterSpec
+
+    mine, missing = free_ports(2)
+    config = ClusterSpec.local([mine, missing]).for_task(0).to_tf_config()
+    start = time.monotonic()
+    proc = run_fresh(
+        """
+        import tfplace
+        tfplace.pick_strategy(startup_timeout=5)
+        print("built")  # must never happen: worker 1 does not exist
+        """,
+        env={"TF_CONFIG": config},
+        check=False,
+        timeout=120,
+    )
+    assert time.monotonic() - start < 60
+    assert proc.returncode == -9
+    assert "built" not in proc.stdout
+    assert f"Nothing listens at 127.0.0.1:{missing}" in proc.stderr
+    assert "not every worker joined within 5 s" in proc.stderr
+
+
+def test_compare_replica_counts() -> None:
+    from tfplace.cluster._multiworker import compare_replica_counts
+    from tfplace.errors import ClusterConfigError
+
+    compare_replica_counts({"worker 0": 2, "worker 1": 2}, "TF_CONFIG")
+    with pytest.raises(ClusterConfigError, match=r"worker 0: 2, worker 1: 1.*group_size"):
+        compare_replica_counts({"worker 0": 2, "worker 1": 1}, "TF_CONFIG")
+
+
+@pytest.mark.slow
+def test_workers_with_different_replica_counts_stop_before_training() -> None:
+    from helpers import run_cluster
+
+    # Worker 1 pretends to have two local replicas (as with a second GPU); the counts are
+    # exchanged for real through TensorFlow's coordination service.
+    code = """
+    import json, os, tfplace, tfplace.cluster._multiworker as mw
+    if json.loads(os.environ["TF_CONFIG"])["task"]["index"] == 1:
+        mw._local_replicas = lambda strategy: 2
+    try:
+        tfplace.pick_strategy(communication_timeout=30, startup_timeout=120)
+    except tfplace.ClusterConfigError as err:
+        print("refused:", err)
+        raise SystemExit(3)
+    print("built")
+    """
+    done = run_cluster(code, extra_env=CPU_ONLY_ENV)  # worker 0 has exactly 1 replica
+    for proc in done:
+        assert proc.returncode == 3, proc.stdout + proc.stderr[-2000:]
+        assert "replicas per worker differ (worker 0: 1, worker 1: 2)" in proc.stdout

@@ -1,0 +1,411 @@
+"""MultiWorkerMirroredStrategy construction, made to work with Keras 3 ``model.fit``.
+
+Keras 3's TensorFlow trainer calls ``strategy.reduce`` in two ways that TensorFlow's collective
+(multi-worker) strategy rejects with ``Attempt to convert a value (PerReplica:{...}) ... to a
+Tensor`` (keras-team/keras#20585, tensorflow/tensorflow#72388):
+
+1. on a nested structure (the first data batch, in ``_maybe_symbolic_build``), although
+   ``Strategy.reduce`` is documented to take nests and the mirrored strategy accepts them;
+2. with ``axis=0`` on scalar per-replica values (metrics, in ``reduce_per_replica``), where
+   there is no axis 0 to reduce along.
+
+tfplace builds a subclass of ``tf.distribute.MultiWorkerMirroredStrategy`` whose ``reduce``
+maps over nests leaf by leaf and treats ``axis=0`` on a scalar as a reduction across replicas
+only. Everything else is TensorFlow's strategy unchanged, so ``isinstance`` checks (Keras's
+own among them) still see a ``MultiWorkerMirroredStrategy``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tfplace import _tf
+from tfplace._decide.strategy import Plan
+from tfplace.cluster._env import from_env
+from tfplace.cluster._spec import ClusterSpec
+from tfplace.errors import (
+    AlreadyInitializedError,
+    BarrierTimeoutError,
+    ClusterConfigError,
+    TfplaceError,
+)
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+__all__ = [
+    "MULTI_WORKER_FIX",
+    "BarrierTimeoutError",
+    "barrier",
+    "compare_replica_counts",
+    "is_chief",
+    "make_multi_worker",
+    "multi_worker_class",
+    "worker_save_path",
+]
+
+MULTI_WORKER_FIX = (
+    "Create the multi-worker strategy first: call tfplace.configure_*() (optional), then "
+    "tfplace.pick_strategy(), then build models and data, in a fresh process (TF#47861)."
+)
+
+log = logging.getLogger("tfplace")
+_class_lock = threading.Lock()
+_class: type | None = None
+
+
+def _rank(value: Any) -> int | None:
+    values = getattr(value, "values", None)
+    first = values[0] if isinstance(values, tuple) and values else value
+    shape = getattr(first, "shape", None)
+    return getattr(shape, "rank", None) if shape is not None else None
+
+
+def multi_worker_class() -> type:
+    """The Keras-compatible ``MultiWorkerMirroredStrategy`` subclass (created once)."""
+    global _class
+    with _class_lock:
+        if _class is not None:
+            return _class
+        base = _tf.multi_worker_base()
+        nest = _tf.nest()
+
+        class KerasMultiWorkerMirroredStrategy(base):  # type: ignore[misc, valid-type]
+            """``MultiWorkerMirroredStrategy`` whose ``reduce`` handles what Keras 3 passes."""
+
+            def reduce(self, reduce_op: Any, value: Any, axis: int | None = None) -> Any:
+                if not nest.is_nested(value):
+                    if axis is not None and _rank(value) == 0:
+                        axis = None  # a scalar has no axis: reduce across replicas only
+                    return super().reduce(reduce_op, value, axis=axis)
+                return nest.map_structure(lambda v: self.reduce(reduce_op, v, axis), value)
+
+        KerasMultiWorkerMirroredStrategy.__module__ = __name__
+        _class = KerasMultiWorkerMirroredStrategy
+        return _class
+
+
+_WATCHDOG = r"""
+import os, select, signal, socket, sys
+parent, timeout, me, peers = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4:]
+ready, _, _ = select.select([sys.stdin], [], [], timeout)
+if ready:
+    sys.exit(0)  # the strategy was built (or the parent died and closed the pipe)
+def reachable(address):
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False
+down = [a for a in peers if a != me and not reachable(a)]
+detail = (
+    "Nothing listens at " + ", ".join(down) + ": start those workers, or check the addresses "
+    "and the firewall." if down else
+    "Every peer accepts connections but not all joined: check that they run the same program "
+    "with the same cluster."
+)
+sys.stderr.write(
+    "tfplace: pick_strategy('multi_worker'): not every worker joined within %g s (this is %s). "
+    "%s Stopping this worker (SIGKILL) instead of waiting forever; "
+    "pick_strategy(startup_timeout=...) changes the limit, None waits forever.\n"
+    % (timeout, me, detail)
+)
+sys.stderr.flush()
+os.kill(parent, signal.SIGKILL)
+"""
+
+
+def _start_watchdog(spec: ClusterSpec, startup_timeout: float) -> subprocess.Popen[bytes]:
+    """Kill this worker, saying why, unless the strategy is built within ``startup_timeout``.
+
+    TensorFlow waits in C++ for every worker to join, holding the GIL, where neither a Python
+    thread nor a signal handler can run; a worker that never starts would leave the others
+    waiting for good. So the watchdog is a small separate process; closing its stdin (see
+    :func:`_stop_watchdog`) tells it the strategy exists.
+    """
+    peers = [a for name, addrs in spec.jobs if name in ("chief", "worker") for a in addrs]
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _WATCHDOG,
+            str(os.getpid()),
+            str(startup_timeout),
+            spec.address,
+            *peers,
+        ],
+        stdin=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def _stop_watchdog(watchdog: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        assert watchdog.stdin is not None
+        watchdog.stdin.close()
+    try:
+        watchdog.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # it should end as soon as its stdin closes
+        watchdog.kill()
+        watchdog.wait()
+
+
+def make_multi_worker(
+    decision: Plan, timeout: float | None, startup_timeout: float | None = None
+) -> tf.distribute.Strategy:
+    """Build the multi-worker strategy for ``decision`` (collectives with a timeout)."""
+    if _tf.runtime_started():
+        raise AlreadyInitializedError(
+            "pick_strategy('multi_worker'): TensorFlow's runtime has already started, and "
+            f"collective ops must be configured at program start-up. {MULTI_WORKER_FIX}"
+        )
+    if decision.cross_device_ops is None:
+        raise ValueError(
+            "a multi_worker plan must name its collective implementation (one of "
+            "'ring', 'nccl', 'auto'); found None. Make plans with tfplace.plan()."
+        )
+    options = _tf.communication_options(decision.cross_device_ops, timeout)
+    resolver: Any = None
+    if decision.cluster is not None:
+        spec = decision.cluster
+        resolver = _tf.simple_cluster_resolver(
+            {name: list(addrs) for name, addrs in spec.jobs}, spec.task_type, spec.task_index
+        )
+    watchdog = (
+        _start_watchdog(decision.cluster, startup_timeout)
+        if decision.cluster is not None and startup_timeout is not None
+        else None
+    )
+    try:
+        strategy: Any = multi_worker_class()(
+            cluster_resolver=resolver, communication_options=options
+        )
+    finally:
+        if watchdog is not None:
+            _stop_watchdog(watchdog)
+    if decision.cluster is not None:
+        _exchange_replica_counts(strategy, decision.cluster, timeout)
+    return strategy
+
+
+def _local_replicas(strategy: Any) -> int:
+    return len(strategy.extended.worker_devices)
+
+
+def compare_replica_counts(counts: dict[str, int], source: str) -> None:
+    """Raise :class:`ClusterConfigError` unless every worker runs as many replicas. Pure.
+
+    Args:
+        counts: ``{"worker 0": 2, "worker 1": 1, ...}``.
+        source: where the cluster came from, for the message.
+    """
+    if len(set(counts.values())) <= 1:
+        return
+    listing = ", ".join(f"{task}: {n}" for task, n in counts.items())
+    raise ClusterConfigError(
+        f"{source}: replicas per worker differ ({listing}). Every worker must run the same "
+        "number of replicas, or collectives fail with 'Collective Op has group_size ... but "
+        "that group has size ...' (TF#47203). Give every worker the same GPUs "
+        "(CUDA_VISIBLE_DEVICES, or tfplace.configure_gpus(visible=...))."
+    )
+
+
+def _exchange_replica_counts(strategy: Any, spec: ClusterSpec, timeout: float | None) -> None:
+    """Tell the other workers how many replicas this one runs, through TensorFlow's
+    coordination service, and compare, before the first collective could fail on it."""
+    try:
+        ctx = _tf.coordination_context()
+        mine = _local_replicas(strategy)
+        prefix = "tfplace/replicas"
+        with contextlib.suppress(Exception):  # already published by an earlier strategy
+            ctx.set_config_key_value(f"{prefix}/{spec.task_type}/{spec.task_index}", str(mine))
+        wait_ms = int((timeout or 300.0) * 1000)
+        counts = {
+            f"{job} {i}": int(ctx.get_config_key_value(f"{prefix}/{job}/{i}", wait_ms))
+            for job, i in _worker_tasks(spec)
+        }
+    except Exception as err:  # no coordination service here: the collectives still check
+        log.debug("tfplace: could not compare replica counts across workers: %s", err)
+        return
+    compare_replica_counts(counts, spec.source)
+
+
+def _worker_tasks(spec: ClusterSpec) -> list[tuple[str, int]]:
+    """``(task type, index)`` of every task that trains (chief, then workers)."""
+    return [
+        (job, i)
+        for job, addrs in spec.jobs
+        if job in ("chief", "worker")
+        for i in range(len(addrs))
+    ]
+
+
+def _current_cluster(cluster: ClusterSpec | None) -> ClusterSpec | None:
+    if cluster is not None:
+        if not isinstance(cluster, ClusterSpec):
+            raise TypeError(f"cluster must be a ClusterSpec, found {type(cluster).__name__}")
+        return cluster
+    return from_env()  # the environment only: no TensorFlow, no package scan
+
+
+def is_chief(cluster: ClusterSpec | None = None) -> bool:
+    """Whether this process is the chief: the one that writes checkpoints, logs and exports.
+
+    The ``chief`` task when the cluster has one, else worker 0; True outside a cluster.
+    Reads only the environment (``TF_CONFIG``, else the SLURM variables): it imports no
+    TensorFlow, so it is cheap to call anywhere, before ``pick_strategy`` too.
+
+    Args:
+        cluster: an explicit cluster; by default TF_CONFIG or SLURM.
+
+    Raises:
+        ClusterConfigError: the cluster description is malformed.
+
+    Example:
+        >>> from tfplace.cluster._spec import ClusterSpec
+        >>> cluster = ClusterSpec.from_hosts(["node1", "node2"])
+        >>> is_chief(cluster), is_chief(cluster.for_task(1))
+        (True, False)
+    """
+    spec = _current_cluster(cluster)
+    return True if spec is None else spec.is_chief
+
+
+@contextlib.contextmanager
+def worker_save_path(
+    path: str | os.PathLike[str], cluster: ClusterSpec | None = None
+) -> Iterator[str]:
+    """A path to save to that never races: the real path on the chief, a private one elsewhere.
+
+    Under a multi-worker strategy every worker must take part in saving (the variables are
+    synchronized through collectives), but only one may write the real file. The chief gets
+    ``path``; every other worker gets a path in its own temporary directory, deleted when
+    the block ends. Like :func:`is_chief`, it reads only the environment. The folder of
+    ``path`` must exist on the chief (create it first, as for any save).
+
+    Args:
+        path: where the model or checkpoint should end up.
+        cluster: an explicit cluster; by default TF_CONFIG or SLURM.
+
+    Example:
+        >>> from tfplace.cluster._spec import ClusterSpec
+        >>> second = ClusterSpec.from_hosts(["node1", "node2"]).for_task(1)
+        >>> with worker_save_path("model.keras", second) as p:  # model.save(p) goes here
+        ...     p != "model.keras" and p.endswith("model.keras")
+        True
+    """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a str or os.PathLike, found {path!r}")
+    spec = _current_cluster(cluster)
+    target = Path(path)
+    if spec is None or spec.is_chief:
+        yield str(target)
+        return
+    private = tempfile.mkdtemp(prefix=f"tfplace-{spec.task_type}-{spec.task_index}-")
+    try:
+        yield str(Path(private) / target.name)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+_barrier_lock = threading.Lock()
+_barrier_counts: dict[str, int] = {}
+
+
+def barrier(timeout: float | None = 300.0, *, name: str = "tfplace") -> None:
+    """Wait until every worker of the cluster has reached this call (a no-op with one worker).
+
+    Use it where one worker reads what another wrote: the chief saves, ``barrier()``, then the
+    others load. Every worker must call it the same number of times with the same ``name``
+    (the n-th call of each worker meets the n-th call of the others). It goes through
+    TensorFlow's coordination service, which the multi-worker strategy starts, so call
+    :func:`tfplace.pick_strategy` first; it runs no collective op and needs no device.
+
+    Outside a cluster (no ``TF_CONFIG``/SLURM, or a single worker) it returns at once.
+
+    Args:
+        timeout: seconds to wait for the other workers (``None``: one day).
+        name: separates independent sequences of barriers (a library's from the user's).
+
+    Raises:
+        BarrierTimeoutError: a worker did not arrive in time (it died, hangs, or runs a
+            different program).
+        TfplaceError: in a cluster, but the multi-worker strategy was not built in this
+            process, so there is no coordination service to meet in.
+        ValueError: ``timeout`` is not positive.
+
+    Example:
+        >>> import tfplace
+        >>> tfplace.barrier(timeout=5)  # no cluster here: returns at once
+    """
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"barrier(timeout={timeout!r}): expected a positive number of seconds")
+    spec = from_env()
+    if spec is None or spec.num_workers <= 1:
+        return
+    if not _tf.runtime_started():
+        raise TfplaceError(
+            f"barrier(): this process is {spec.task_type} {spec.task_index} of a "
+            f"{spec.num_workers}-worker cluster ({spec.source}), but TensorFlow has not started "
+            "the multi-worker strategy, whose coordination service barriers use. Fix: call "
+            "tfplace.pick_strategy() before barrier()."
+        )
+    ctx = _tf.coordination_context()
+    if getattr(ctx, "coordination_service", None) is None:
+        raise TfplaceError(
+            f"barrier(): {spec.task_type} {spec.task_index} of a {spec.num_workers}-worker "
+            "cluster has no TensorFlow coordination service (the multi-worker strategy starts "
+            "it). Fix: build the strategy with tfplace.pick_strategy() first, in every worker."
+        )
+    # Counted only once the call can really meet the others: a refused call (above) must not
+    # put this worker one barrier ahead of its peers.
+    with _barrier_lock:
+        count = _barrier_counts.get(name, 0)
+        _barrier_counts[name] = count + 1
+    barrier_id = f"tfplace/barrier/{name}/{count}"
+    wait = 86_400.0 if timeout is None else timeout
+    started = time.monotonic()
+    with contextlib.suppress(Exception):  # only for naming the missing workers on failure
+        ctx.set_config_key_value(f"{barrier_id}/{spec.task_type}/{spec.task_index}", "1")
+    try:
+        ctx.wait_at_barrier(barrier_id, int(wait * 1000))
+    except Exception as err:
+        waited = time.monotonic() - started
+        missing = _not_arrived(ctx, barrier_id, spec)
+        who = f"missing: {', '.join(missing)}" if missing else "every worker had arrived"
+        raise BarrierTimeoutError(
+            f"barrier({name!r}, call {count}): not every worker arrived within {wait:g} s "
+            f"({who}; this is {spec.task_type} {spec.task_index}, waited {waited:.1f} s; "
+            f"TensorFlow says: {_first_line(err)}). Every worker must call barrier() the same "
+            "number of times: check that none died or took another branch, or raise the "
+            "timeout."
+        ) from err
+    log.debug("tfplace: passed barrier %s in %.3f s", barrier_id, time.monotonic() - started)
+
+
+def _not_arrived(ctx: Any, barrier_id: str, spec: ClusterSpec) -> list[str]:
+    """The workers whose arrival mark for ``barrier_id`` is absent (best effort)."""
+    missing = []
+    for job, i in _worker_tasks(spec):
+        try:
+            ctx.get_config_key_value(f"{barrier_id}/{job}/{i}", 200)
+        except Exception:
+            missing.append(f"{job} {i}")
+    return missing
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:500] if text else type(err).__name__
