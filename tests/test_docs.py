@@ -45,7 +45,7 @@ EXAMPLE_REF = re.compile(r"docs/examples/(\w+\.py)")
 
 
 #: Examples that need an engine are run by that engine's test, under it, instead of here.
-RUN_ELSEWHERE = {"ray_train.py": "test_ray.py"}
+RUN_ELSEWHERE = {"ray_train.py": "cluster/test_ray.py"}
 RUN_HERE = [p for p in EXAMPLES if p.name not in RUN_ELSEWHERE]
 
 
@@ -275,7 +275,7 @@ def test_readme_commands_are_what_ci_runs() -> None:
 
 def _test_names() -> set[str]:
     names = set()
-    for path in (ROOT / "tests").glob("test_*.py"):
+    for path in (ROOT / "tests").rglob("test_*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
                 names.add(node.name)

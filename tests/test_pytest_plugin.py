@@ -62,9 +62,7 @@ def facts(pytester: pytest.Pytester) -> dict[str, object]:
     return data
 
 
-def plan_for(
-    gpus: int, xdist: str | None = None, **settings: Setting
-) -> SessionSetup:
+def plan_for(gpus: int, xdist: str | None = None, **settings: Setting) -> SessionSetup:
     environ = {"PYTEST_XDIST_WORKER_COUNT": xdist} if xdist else {}
     return decide_session(settings, visible_gpus=gpus, environ=environ)
 
