@@ -162,12 +162,12 @@ def test_nvml_that_cannot_start_falls_through_to_nvidia_smi(tmp_path: Path) -> N
 @pytest.mark.slow
 def test_fake_pynvml_module_is_used_by_a_fresh_inventory(tmp_path: Path) -> None:
     """The import path: a ``pynvml`` module on sys.path (here a fake) feeds inventory()."""
-    HERE = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+    here = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
     (tmp_path / "pynvml.py").write_text(
         textwrap.dedent(
             f"""
             import sys
-            sys.path[:0] = {HERE!r}
+            sys.path[:0] = {here!r}
             from test_nvidia import FakeNVML
             _fake = FakeNVML()
             def __getattr__(name):
