@@ -102,6 +102,7 @@ def test_options_cache_drop_remainder_deterministic(tmp_path: Path) -> None:
         ({"prefetch": 0}, ValueError),
         ({"drop_remainder": "yes"}, TypeError),
         ({"deterministic": 1}, TypeError),
+        ({"repeat": "yes"}, TypeError),
         ({"batch_size": 0}, ValueError),
     ],
 )
@@ -112,6 +113,25 @@ def test_bad_arguments(kwargs: dict[str, object], error: type[Exception]) -> Non
         tfplace.prepare_dataset(tf.data.Dataset.range(4), **args)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"tf\.data\.Dataset"):
         tfplace.prepare_dataset([1, 2, 3], 4)
+
+
+def test_repeat_keeps_one_iterator_and_says_the_steps_per_epoch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``repeat=True``: batches forever (so Keras keeps one distributed iterator for the whole
+    fit), and the log gives the ``steps_per_epoch`` to pass; without it the size stays finite."""
+    raw = tf.data.Dataset.range(100)
+    assert int(tfplace.prepare_dataset(raw, 32).cardinality()) == 4
+    with caplog.at_level(logging.INFO, logger="tfplace"):
+        ds = tfplace.prepare_dataset(raw, 32, repeat=True)
+    assert int(ds.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
+    assert "pass steps_per_epoch=4 to fit" in caplog.text
+    first_two_epochs = [int(b.shape[0]) for b in ds.take(8)]
+    assert first_two_epochs == [32, 32, 32, 4] * 2
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tfplace"):
+        tfplace.prepare_dataset(raw.filter(lambda x: x >= 0), 32, repeat=True)
+    assert "size of one epoch is unknown" in caplog.text
 
 
 def write_records(tmp_path: Path, files: int) -> list[str]:
