@@ -258,9 +258,3 @@ class on_gpu(_Scope):
 
     def __repr__(self) -> str:
         return f"on_gpu({self._index}, strict={self._strict})"
-
-
-def _reset_device_cache() -> None:
-    """Forget cached device counts (tests that swap TensorFlow contexts use this)."""
-    with _devices_lock:
-        _devices.clear()
