@@ -63,6 +63,8 @@ _EXPORTS: dict[str, str] = {
     "on_gpu": "tfplace._placement",
     "configure_precision": "tfplace._precision",
     "pick_strategy": "tfplace._strategy",
+    "ReplicaReport": "tfplace._replicas",
+    "compare_replicas": "tfplace._replicas",
     "AutotuneReport": "tfplace.tuning._autotune",
     "autotune": "tfplace.tuning._autotune",
     "find_batch_size": "tfplace.tuning._autotune",
@@ -103,6 +105,10 @@ if TYPE_CHECKING:  # static view for type checkers and IDEs (explicit re-exports
     )
     from tfplace._precision import (
         configure_precision as configure_precision,
+    )
+    from tfplace._replicas import (
+        ReplicaReport as ReplicaReport,
+        compare_replicas as compare_replicas,
     )
     from tfplace._strategy import (
         pick_strategy as pick_strategy,

@@ -25,6 +25,7 @@ __all__ = [
     "TFConfig",
     "already_initialized",
     "clear_keras_session",
+    "collective_mirrored_strategy",
     "communication_options",
     "connect_tpu",
     "coordination_context",
@@ -34,11 +35,17 @@ __all__ = [
     "data_autotune",
     "device_check",
     "device_scope_ops",
+    "fit_steps",
+    "fresh_collective_keys",
+    "fresh_keras_names",
     "is_dataset",
     "is_multi_worker",
     "is_placement_error",
     "is_resource_exhausted",
     "keras_of",
+    "keras_policy",
+    "keras_random_seed",
+    "layer_kinds",
     "load",
     "load_keras",
     "logical_device_names",
@@ -50,9 +57,11 @@ __all__ = [
     "profile_trace",
     "profiler_start",
     "profiler_stop",
+    "replica_arrays",
     "reraise_if_initialized",
     "reset_memory_stats",
     "runtime_started",
+    "set_keras_policy",
     "shard_options",
     "simple_cluster_resolver",
     "tpu_strategy",
@@ -487,9 +496,9 @@ def one_device_strategy(device: str) -> Any:
 
 def mirrored_strategy(devices: list[str], reduction: str) -> Any:
     """``tf.distribute.MirroredStrategy`` over ``devices`` with the named reduction."""
-    return load().distribute.MirroredStrategy(
-        devices=devices, cross_device_ops=cross_device_ops(reduction)
-    )
+    distribute, ops = load().distribute, cross_device_ops(reduction)
+    # in collective keys of its own: XLA on GPUs all-reduces with them (tensorflow#61314)
+    return _own_keys(lambda: distribute.MirroredStrategy(devices=devices, cross_device_ops=ops))
 
 
 def tpu_strategy(address: str) -> Any:  # pragma: no cover - needs a TPU
@@ -565,3 +574,136 @@ def keras_of(model: object) -> ModuleType:
     if root in ("keras", "tf_keras"):
         return importlib.import_module(root)
     return load_keras(stacklevel=3)
+
+
+# -- strategies side by side in one process (tensorflow#61314) ---------------------------------
+
+#: Collective group keys each ``MirroredStrategy`` range spans; range 0 is TensorFlow's default.
+_COLLECTIVE_KEY_STRIDE = 100_000
+_key_lock = threading.Lock()
+_key_ranges = iter(range(1, 2**31 // _COLLECTIVE_KEY_STRIDE))
+
+
+def fresh_collective_keys() -> int:
+    """Make the next ``tf.distribute.MirroredStrategy`` use collective keys no other one used.
+
+    Every ``MirroredStrategy`` numbers its collective groups from the class attribute
+    ``_collective_key_base`` (0 unless set; TensorFlow's own tests set it). Two strategies of
+    different sizes in one process then join the same group, and the process's collectives
+    abort for good ("joining a group with size 4, but that group has size 2",
+    tensorflow#61314). Moving the base to a new range before each strategy prevents it.
+
+    Returns:
+        The new key base.
+    """
+    cls = load().distribute.MirroredStrategy
+    with _key_lock:
+        base = next(_key_ranges) * _COLLECTIVE_KEY_STRIDE
+        cls._collective_key_base = base
+    return base
+
+
+def _own_keys(make: Callable[[], Any]) -> Any:
+    """``make()`` a MirroredStrategy in its own key range; the class then points at a fresh
+    range, so the next strategy anyone builds does not share this one's keys either."""
+    fresh_collective_keys()
+    try:
+        return make()
+    finally:
+        fresh_collective_keys()
+
+
+def collective_mirrored_strategy(devices: list[str]) -> Any:
+    """``tf.distribute.MirroredStrategy(devices)`` with TensorFlow's default reduction
+    (collective all-reduce), in collective keys of its own (see :func:`fresh_collective_keys`)."""
+    distribute = load().distribute
+    return _own_keys(lambda: distribute.MirroredStrategy(devices=devices))
+
+
+# -- the replica check (tfplace._replicas): the Keras and tf.data calls it makes ---------------
+
+#: Keras layers whose output is random in training: they draw other numbers per replica.
+_RANDOM_LAYERS = (
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "RandomFlip",
+    "RandomRotation",
+    "RandomZoom",
+    "RandomTranslation",
+    "RandomCrop",
+    "RandomContrast",
+)
+
+
+def keras_random_seed(seed: int) -> None:
+    """``keras.utils.set_random_seed(seed)``: Python's, NumPy's and TensorFlow's seeds."""
+    load_keras(stacklevel=3).utils.set_random_seed(seed)
+
+
+def keras_policy() -> str:
+    """The name of Keras's global dtype policy (``"float32"``, ``"mixed_float16"``, ...)."""
+    return str(load_keras(stacklevel=3).mixed_precision.global_policy().name)
+
+
+def set_keras_policy(name: str) -> None:
+    """``keras.mixed_precision.set_global_policy(name)``."""
+    load_keras(stacklevel=3).mixed_precision.set_global_policy(name)
+
+
+def fresh_keras_names() -> None:
+    """Reset Keras's name counters (``clear_session``), keeping the global dtype policy, so
+    two builds of one model name their variables alike (``sequential/dense/kernel``)."""
+    policy = keras_policy()
+    clear_keras_session()
+    set_keras_policy(policy)
+
+
+def layer_kinds(model: Any) -> list[tuple[str, str]]:
+    """``(name, kind)`` of every layer of ``model``, nested ones included; kind is
+    ``"batchnorm"`` (not synchronized across replicas), ``"random"`` or ``"other"``."""
+    keras = keras_of(model)
+    random = tuple(getattr(keras.layers, n) for n in _RANDOM_LAYERS if hasattr(keras.layers, n))
+    found: list[tuple[str, str]] = []
+    stack = list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop(0)
+        synced = getattr(layer, "synchronized", False) or "Sync" in type(layer).__name__
+        if isinstance(layer, keras.layers.BatchNormalization) and not synced:
+            found.append((layer.name, "batchnorm"))
+        elif random and isinstance(layer, random):
+            found.append((layer.name, "random"))
+        else:
+            found.append((layer.name, "other"))
+        stack.extend(getattr(layer, "layers", []))
+    return found
+
+
+def replica_arrays(strategy: Any, element: Any) -> list[list[Any]]:
+    """Per component of one input element, its per-replica values as NumPy arrays (one entry
+    when the element is a plain, undistributed value)."""
+    tf = load()
+    out: list[list[Any]] = []
+    for part in tf.nest.flatten(element, expand_composites=False):
+        local = strategy.experimental_local_results(part)
+        out.append([tf.convert_to_tensor(v).numpy() for v in local])
+    return out
+
+
+def fit_steps(model: Any, data: Any, steps: int, after_step: Callable[[float], None]) -> None:
+    """``model.fit(data)`` for ``steps`` steps; ``after_step(loss)`` after each, with that
+    step's loss alone (the metrics are reset before every step)."""
+    base: Any = keras_of(model).callbacks.Callback
+
+    class _Steps(base):  # type: ignore[misc]
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            model.reset_metrics()
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            after_step(float((logs or {}).get("loss", float("nan"))))
+
+    model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[_Steps()])

@@ -1,4 +1,5 @@
-"""Synthetic inventories for testing device-dependent decisions on any machine.
+"""Helpers for tests: synthetic inventories for device-dependent decisions on any machine, and
+a one-line check that the user's training gives the same result on 1 and on N replicas.
 
 Example:
     >>> from tfplace.testing import fake_inventory
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tfplace._facts.inventory import (
     ClusterEnv,
@@ -26,7 +27,12 @@ from tfplace._facts.inventory import (
 )
 from tfplace._facts.nvidia import cuda_for_driver, parse_driver_version
 
-__all__ = ["fake_inventory", "use_inventory"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tfplace._replicas import ReplicaReport
+
+__all__ = ["assert_same_training", "fake_inventory", "use_inventory"]
 
 #: ``/proc/driver/nvidia/version``'s first line on the H100 host of tests/fixtures/gpu-host.
 _H100_DRIVER_LINE = (
@@ -179,3 +185,36 @@ def fake_inventory(
         nvidia_driver=driver_line,
         nvidia=nvidia,
     )
+
+
+def assert_same_training(
+    build: Callable[[], Any], data: Callable[[Any], Any], **options: Any
+) -> ReplicaReport:
+    """Fail the test unless the training gives the same result on 1 and on N replicas.
+
+    :func:`tfplace.compare_replicas` for tests: raises ``AssertionError`` with the report's
+    text (where the runs part, the loss side by side, the likely causes and their fixes) when
+    they part; returns the report when they agree.
+
+    Args:
+        build: makes and compiles the Keras model (see :func:`tfplace.compare_replicas`).
+        data: ``data(strategy)`` returns the input as the training consumes it.
+        **options: ``replicas``, ``steps``, ``rtol``, ``atol``, ``train_step``, ``devices``,
+            ``reduction``, ``seed``, as :func:`tfplace.compare_replicas` takes them.
+
+    Returns:
+        The :class:`tfplace.ReplicaReport` of a check that passed.
+
+    Raises:
+        AssertionError: 1 and N replicas part; the message is the report.
+
+    Example:
+        >>> def test_training_is_replica_invariant():  # doctest: +SKIP
+        ...     assert_same_training(build, data, replicas=4)
+    """
+    from tfplace._replicas import compare_replicas
+
+    report = compare_replicas(build, data, **options)
+    if not report.same:
+        raise AssertionError("\n" + str(report))
+    return report
