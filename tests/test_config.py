@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from fakes import FakeGPUMachine
 from helpers import run_json
 
 import tfplace
-from tfplace._decide.devices import CPUFacts, GPUFacts, choose_gpus, cpu_changes, gpu_changes
+from tfplace._decide.devices import (
+    CPUFacts,
+    GPUFacts,
+    choose_gpus,
+    cpu_changes,
+    gpu_changes,
+    gpu_fallback,
+)
 from tfplace._decide.strategy import decide
 from tfplace._decide.threads import auto_threads
 from tfplace._facts.inventory import GPUInfo
@@ -244,12 +257,77 @@ def test_dry_run_shows_the_change_set_without_applying_it() -> None:
     assert real == dataclasses.replace(dry, changed=True)
     assert real.changes == dry.changes
     assert m.calls == ["split 0 [100]", "split 1 [200]"]
-    # After start-up a dry run still answers (what would change); applying it raises.
-    m.started = True
     cpu = tfplace.configure_cpus(3, virtual_devices=2, dry_run=True, backend=m)
     assert [c.setting for c in cpu.changes] == ["intra-op threads", "virtual CPU devices"]
-    with pytest.raises(tfplace.AlreadyInitializedError):
-        tfplace.configure_cpus(3, virtual_devices=2, backend=m)
+    assert (cpu.intra_op_threads, cpu.virtual_devices, cpu.changed) == (3, 2, False)
+    assert m.calls == ["split 0 [100]", "split 1 [200]"]  # the CPU dry run applied nothing
+
+
+def refusal(call: Callable[[], object]) -> str:
+    with pytest.raises(tfplace.AlreadyInitializedError) as info:
+        call()
+    return str(info.value)
+
+
+def test_a_dry_run_after_start_up_raises_the_refusal_of_the_real_call() -> None:
+    # A dry run answers what the real call would do; after start-up that is a refusal, the same
+    # exception with the same text, and nothing is applied.
+    m = FakeGPUMachine(n=2)
+    m.started = True
+    dry = refusal(lambda: tfplace.configure_gpus(memory_growth=True, dry_run=True, backend=m))
+    real = refusal(lambda: tfplace.configure_gpus(memory_growth=True, backend=m))
+    assert dry == real and "memory growth False -> True" in dry
+    dry_cpu = refusal(lambda: tfplace.configure_cpus(3, virtual_devices=2, dry_run=True, backend=m))
+    real_cpu = refusal(lambda: tfplace.configure_cpus(3, virtual_devices=2, backend=m))
+    assert dry_cpu == real_cpu and "virtual CPU devices 1 -> 2" in dry_cpu
+    assert m.calls == []
+    # What is already in force is no change: the dry run answers it, also after start-up.
+    same = tfplace.configure_cpus(None, virtual_devices=1, dry_run=True, backend=m)
+    assert (same.changes, same.changed, same.virtual_devices) == ((), False, 1)
+    assert tfplace.configure_gpus(memory_growth=False, dry_run=True, backend=m).changes == ()
+
+
+@pytest.mark.slow
+def test_dry_run_after_start_up_refuses_like_the_real_call_in_a_fresh_process() -> None:
+    out = run_json(
+        """
+        import json, tfplace, tensorflow as tf
+        tfplace.configure_cpus(2, inter_op_threads=1, virtual_devices=3)
+        tf.constant(1.0)                                   # the runtime starts
+        refused = {}
+        for dry in (True, False):
+            try:
+                tfplace.configure_cpus(2, virtual_devices=4, dry_run=dry)
+            except tfplace.AlreadyInitializedError as err:
+                refused[str(dry)] = str(err)
+        same = tfplace.configure_cpus(2, inter_op_threads=1, virtual_devices=3, dry_run=True)
+        now = tfplace.configure_cpus(None)                 # reads back what is in force
+        print(json.dumps({"refused": refused, "same": [list(same.changes), same.changed],
+                          "now": [now.intra_op_threads, now.inter_op_threads,
+                                  now.virtual_devices],
+                          "logical": len(tf.config.list_logical_devices("CPU"))}))
+        """,
+        cpu_only=True,
+    )
+    assert set(out["refused"]) == {"True", "False"}
+    assert out["refused"]["True"] == out["refused"]["False"]
+    assert "virtual CPU devices 3 -> 4" in out["refused"]["True"]
+    assert out["same"] == [[], False]
+    assert out["now"] == [2, 1, 3] and out["logical"] == 3
+
+
+def test_configure_cpus_reads_back_what_is_in_force() -> None:
+    class IgnoresCPUSplit(FakeGPUMachine):  # a backend that drops the CPU split silently
+        def set_split(self, device: Any, limits: list[int | None]) -> None:
+            if device.device_type != "CPU":
+                super().set_split(device, limits)
+
+    m = IgnoresCPUSplit()
+    cfg = tfplace.configure_cpus(None, virtual_devices=2, backend=m)
+    assert cfg.virtual_devices == 1  # read back, not the 2 that was asked for
+    assert [c.setting for c in cfg.changes] == ["virtual CPU devices"]
+    honest = tfplace.configure_cpus(None, virtual_devices=2, backend=FakeGPUMachine())
+    assert honest.virtual_devices == 2
 
 
 def test_configure_applies_exactly_its_change_set() -> None:
@@ -341,13 +419,151 @@ def test_logical_gpus_are_counted_and_mirrored_without_nccl() -> None:
     assert (mw.cross_device_ops, mw.num_replicas_in_sync) == ("ring", 4)
 
 
-def test_an_explicit_gpu_request_without_gpus_is_an_error_not_a_silent_no_op() -> None:
+POLICY = "Pass strict=True to make this an error."
+
+
+def test_gpus_asked_for_where_there_is_none_warn_and_continue_on_the_cpu() -> None:
+    # The one fallback policy (on_gpu's): warn and carry on without the GPU.
     none = FakeGPUMachine(n=0)
-    with pytest.raises(tfplace.DeviceNotFoundError, match=r"no GPU is visible.*tfplace doctor"):
-        tfplace.configure_gpus(visible=[3], backend=none)
-    with pytest.raises(tfplace.DeviceNotFoundError, match="count=2"):
+    with pytest.warns(tfplace.DeviceFallbackWarning, match=r"no GPU is visible") as caught:
+        cfg = tfplace.configure_gpus(visible=[0], backend=none)
+    assert cfg == tfplace.GPUConfig((), None, None, changed=False)
+    (warning,) = caught
+    assert str(warning.message) == (
+        "configure_gpus(visible=[0]): no GPU is visible to TensorFlow here "
+        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); nothing "
+        f"configured, TensorFlow runs on the CPU. {POLICY}"
+    )
+    assert warning.filename == __file__  # points at the caller's line
+    with pytest.warns(tfplace.DeviceFallbackWarning, match=r"count=2"):
         tfplace.configure_gpus(visible="auto", count=2, backend=none)
-    # what a script asks on any machine stays a clean no-op where there is no GPU
-    assert tfplace.configure_gpus(memory_growth=True, backend=none).visible == ()
-    assert tfplace.configure_gpus(visible=[], backend=none).visible == ()
-    assert tfplace.configure_gpus(visible="auto", backend=none).visible == ()
+    with pytest.warns(tfplace.DeviceFallbackWarning):
+        assert tfplace.configure_gpus(visible=[0], dry_run=True, backend=none).visible == ()
+    assert none.calls == []
+    # what a script asks on any machine stays a clean, silent no-op where there is no GPU
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tfplace.configure_gpus(memory_growth=True, backend=none).visible == ()
+        assert tfplace.configure_gpus(visible=[], backend=none).visible == ()
+        assert tfplace.configure_gpus(visible="auto", backend=none).visible == ()
+
+
+def test_strict_gpu_request_without_gpus_raises() -> None:
+    none = FakeGPUMachine(n=0)
+    with pytest.raises(tfplace.DeviceNotFoundError) as info:
+        tfplace.configure_gpus(visible=[0], strict=True, backend=none)
+    msg = str(info.value)
+    assert msg.startswith("configure_gpus(visible=[0], strict=True): no GPU is visible")
+    assert "tfplace doctor" in msg and "strict=False" in msg
+    with pytest.raises(tfplace.DeviceNotFoundError, match=r"count=2, strict=True"):
+        tfplace.configure_gpus(visible="auto", count=2, strict=True, backend=none)
+    with pytest.raises(TypeError, match="strict"):
+        tfplace.configure_gpus(visible=[0], strict=cast(bool, "yes"), backend=none)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_gpu_index_that_does_not_exist_on_a_gpu_machine_still_raises(strict: bool) -> None:
+    m = FakeGPUMachine(n=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a wrong index is an error, never a fallback
+        with pytest.raises(tfplace.DeviceNotFoundError, match=r"GPU\(s\) \[5\] do not exist"):
+            tfplace.configure_gpus(visible=[0, 5], strict=strict, backend=m)
+    assert m.calls == []
+
+
+def test_one_fallback_policy_for_on_gpu_and_configure_gpus() -> None:
+    kwargs = {"strict_call": "x(strict=True)", "fix": "Fix it.", "instead": "on the CPU"}
+    assert (
+        gpu_fallback("x()", "no GPU", strict=False, **kwargs)
+        == f"x(): no GPU; on the CPU. {POLICY}"
+    )
+    with pytest.raises(tfplace.DeviceNotFoundError, match=r"^x\(strict=True\): no GPU\. Fix it\.$"):
+        gpu_fallback("x()", "no GPU", strict=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_one_script_runs_on_a_machine_without_gpus() -> None:
+    # TensorFlow's GPU guide guards set_visible_devices with `if gpus:`; with tfplace the same
+    # lines run unguarded, and configure_gpus and on_gpu fall back the same way.
+    out = run_json(
+        """
+        import json, warnings, tfplace
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cfg = tfplace.configure_gpus(visible=[0], memory_growth=True)
+            with tfplace.on_gpu() as name:
+                pass
+        try:
+            tfplace.configure_gpus(visible=[0], strict=True)
+        except tfplace.DeviceNotFoundError as err:
+            strict = str(err)
+        else:
+            strict = "no error"
+        print(json.dumps({"visible": list(cfg.visible), "name": name, "strict": strict,
+                          "warnings": [[w.category.__name__, str(w.message)] for w in caught]}))
+        """,
+        cpu_only=True,
+    )
+    assert out["visible"] == [] and out["name"] == "/CPU:0"
+    assert [w[0] for w in out["warnings"]] == ["DeviceFallbackWarning"] * 2
+    assert out["warnings"][0][1].startswith("configure_gpus(visible=[0]): no GPU is visible")
+    assert all(w[1].endswith(POLICY) for w in out["warnings"])
+    assert out["strict"].startswith("configure_gpus(visible=[0], strict=True): no GPU")
+
+
+def test_configs_print_as_readable_text() -> None:
+    m = FakeGPUMachine(n=2)
+    growth = tfplace.configure_gpus(memory_growth=True, backend=m)
+    assert str(growth) == (
+        "GPUs 0, 1: memory growth on, no memory limit\n"
+        "  changed: memory growth False -> True (memory_growth=True was requested)"
+    )
+    m.started = True
+    assert str(tfplace.configure_gpus(memory_growth=True, backend=m)) == (
+        "GPUs 0, 1: memory growth on, no memory limit\n  no change"
+    )
+    dry = tfplace.configure_gpus(
+        visible=[1], memory_limit_mb=4096, dry_run=True, backend=FakeGPUMachine()
+    )
+    assert str(dry) == (
+        "GPUs 1: memory growth not set, memory limit 4096 MB\n"
+        "  would change (dry run): visible GPUs [0, 1] -> [1] (visible=[1] was requested)\n"
+        "  would change (dry run): memory limits (MB) [None] -> [4096] "
+        "(memory_limit_mb=4096 was requested)"
+    )
+    split = tfplace.configure_gpus(
+        logical_gpus=2, memory_limit_mb=[1024, 2048], backend=FakeGPUMachine()
+    )
+    assert str(split).splitlines()[0] == (
+        "GPUs 0, 1: memory growth not set, each split into 2 logical GPUs of 1024, 2048 MB"
+    )
+    assert (
+        str(tfplace.configure_gpus(backend=FakeGPUMachine(n=0)))
+        == "GPUs: none visible\n  no change"
+    )
+    cpu = tfplace.configure_cpus(4, inter_op_threads=2, virtual_devices=2, backend=FakeGPUMachine())
+    assert str(cpu) == (
+        "CPU: 4 intra-op / 2 inter-op threads, 2 CPU devices\n"
+        "  changed: intra-op threads default -> 4 (was requested)\n"
+        "  changed: inter-op threads default -> 2 (was requested)\n"
+        "  changed: virtual CPU devices 1 -> 2 (virtual_devices=2 was requested)"
+    )
+    assert str(tfplace.configure_cpus(None, backend=FakeGPUMachine())) == (
+        "CPU: default intra-op / default inter-op threads, 1 CPU device\n  no change"
+    )
+    # JSON-ready, like every report
+    data = json.loads(json.dumps({"gpu": dry.to_dict(), "cpu": cpu.to_dict()}))
+    assert data["gpu"]["visible"] == [1] and data["gpu"]["changes"][0]["setting"] == "visible GPUs"
+    assert data["cpu"]["virtual_devices"] == 2 and len(data["cpu"]["changes"]) == 3
+
+
+def test_the_configuration_page_shows_the_printed_text() -> None:
+    # docs/configuration.md shows print(configure_gpus(...)) / print(configure_cpus(...)) as
+    # they print on the machines named there; the blocks must match what the code prints.
+    page = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    m = FakeGPUMachine(n=2)
+    gpu = str(tfplace.configure_gpus(memory_growth=True, backend=m))
+    with use_inventory(fake_inventory(cores=2)):
+        cpu = str(tfplace.configure_cpus("auto", virtual_devices=2, backend=FakeGPUMachine()))
+    for text in (gpu, cpu):
+        assert "\n".join(f"# {line}" for line in text.splitlines()) in page, text

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -30,8 +31,9 @@ from tfplace._decide.devices import (
     choose_gpus,
     cpu_changes,
     gpu_changes,
+    gpu_fallback,
 )
-from tfplace.errors import AlreadyInitializedError, DeviceNotFoundError
+from tfplace.errors import AlreadyInitializedError, DeviceFallbackWarning
 
 if TYPE_CHECKING:
     pass
@@ -81,6 +83,41 @@ class GPUConfig:
     changes: tuple[ConfigChange, ...] = field(default=(), compare=False)
     logical_gpus: int = 1
 
+    def __str__(self) -> str:
+        """The settings in force, then what this call changed (or would change), one a line.
+
+        Example:
+            >>> print(GPUConfig((0, 1), True, None, changed=False))
+            GPUs 0, 1: memory growth on, no memory limit
+              no change
+        """
+        if not self.visible:
+            head = "GPUs: none visible"
+        else:
+            growth = {True: "on", False: "off", None: "not set"}[self.memory_growth]
+            if self.memory_limit_mb is None:
+                limit = "no memory limit"
+            elif self.logical_gpus > 1:
+                limit = (
+                    f"each split into {self.logical_gpus} logical GPUs of "
+                    f"{_mb(self.memory_limit_mb)} MB"
+                )
+            else:
+                limit = f"memory limit {_mb(self.memory_limit_mb)} MB"
+            head = f"GPUs {', '.join(map(str, self.visible))}: memory growth {growth}, {limit}"
+        return head + _changes_text(self.changed, self.changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        return {
+            "visible": list(self.visible),
+            "memory_growth": self.memory_growth,
+            "memory_limit_mb": None if self.memory_limit_mb is None else list(self.memory_limit_mb),
+            "logical_gpus": self.logical_gpus,
+            "changed": self.changed,
+            "changes": [c.to_dict() for c in self.changes],
+        }
+
 
 @dataclass(frozen=True)
 class CPUConfig:
@@ -94,6 +131,46 @@ class CPUConfig:
     virtual_devices: int
     changed: bool
     changes: tuple[ConfigChange, ...] = field(default=(), compare=False)
+
+    def __str__(self) -> str:
+        """The settings in force, then what this call changed (or would change), one a line.
+
+        Example:
+            >>> print(CPUConfig(2, 0, 1, changed=False))
+            CPU: 2 intra-op / default inter-op threads, 1 CPU device
+              no change
+        """
+        intra = self.intra_op_threads or "default"
+        inter = self.inter_op_threads or "default"
+        devices = f"{self.virtual_devices} CPU device" + ("s" if self.virtual_devices != 1 else "")
+        head = f"CPU: {intra} intra-op / {inter} inter-op threads, {devices}"
+        return head + _changes_text(self.changed, self.changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        return {
+            "intra_op_threads": self.intra_op_threads,
+            "inter_op_threads": self.inter_op_threads,
+            "virtual_devices": self.virtual_devices,
+            "changed": self.changed,
+            "changes": [c.to_dict() for c in self.changes],
+        }
+
+
+def _mb(limits: tuple[int, ...]) -> str:
+    """``4096`` when every GPU has the same limit, else ``4096, 8192``."""
+    return str(limits[0]) if len(set(limits)) == 1 else ", ".join(map(str, limits))
+
+
+def _changes_text(changed: bool, changes: Sequence[ConfigChange]) -> str:
+    """The lines under a config's first line: what changed, or would with ``dry_run``."""
+    if not changes:
+        return "\n  no change"
+    verb = "changed" if changed else "would change (dry run)"
+    return "".join(
+        f"\n  {verb}: {c.setting} {_short(c.before)} -> {_short(c.after)} ({c.reason})"
+        for c in changes
+    )
 
 
 class ConfigBackend(Protocol):
@@ -172,6 +249,7 @@ def configure_gpus(
     count: int | None = None,
     min_free_mb: int | None = None,
     logical_gpus: int | None = None,
+    strict: bool = False,
     dry_run: bool = False,
     backend: ConfigBackend | None = None,
 ) -> GPUConfig:
@@ -193,26 +271,42 @@ def configure_gpus(
         logical_gpus: split each visible GPU into this many logical GPUs of
             ``memory_limit_mb`` each (TensorFlow's way to run multi-GPU code on one card);
             ``plan()`` and ``pick_strategy("mirrored")`` then count and mirror over them.
-        dry_run: decide and return the changes (``.changes``) without applying them.
+        strict: on a machine where TensorFlow sees no GPU at all, raise instead of warning
+            when ``visible`` (or ``visible="auto"`` with ``count``) asks for GPUs.
+        dry_run: decide and return the changes (``.changes``) without applying them. It
+            refuses what the real call refuses: after the runtime started, a dry run that
+            would change something raises the same :class:`AlreadyInitializedError`.
         backend: for tests only: a substitute for ``tf.config``.
+
+    GPU fallback: this call follows the one policy that :class:`~tfplace.on_gpu` follows
+    (:func:`tfplace._decide.devices.gpu_fallback`). Asked for GPUs on a machine where
+    TensorFlow sees none at all, it applies nothing, warns with a
+    :class:`~tfplace.errors.DeviceFallbackWarning` and TensorFlow runs on the CPU; with
+    ``strict=True`` it raises :class:`DeviceNotFoundError`. On a machine that has GPUs, an
+    index that does not exist always raises: that is a wrong index, not a missing GPU.
 
     Returns:
         The :class:`GPUConfig` in force afterwards (with ``dry_run``: the one that would be).
-        On a machine without GPUs it returns cleanly with nothing applied.
+        On a machine without GPUs it returns ``GPUConfig(visible=(), ...)`` with nothing
+        applied. ``print()`` it for a readable summary.
 
     Raises:
         ValueError / TypeError: bad arguments (checked before TensorFlow is touched).
-        DeviceNotFoundError: ``visible`` names a GPU that does not exist (also where no GPU
-            is visible at all), or fewer GPUs than ``count`` qualify for ``visible="auto"``.
-        AlreadyInitializedError: different settings after the runtime started.
+        DeviceNotFoundError: ``visible`` names a GPU that does not exist on a machine with
+            GPUs; with ``strict=True``, GPUs asked for where there is none; fewer GPUs than
+            ``count`` qualify for ``visible="auto"``.
+        AlreadyInitializedError: different settings after the runtime started (also with
+            ``dry_run=True``).
 
     Example:
         The result depends on the machine's GPUs (skipped under doctest):
 
-        >>> tfplace.configure_gpus(memory_growth=True)  # doctest: +SKIP
-        GPUConfig(visible=(0, 1), memory_growth=True, memory_limit_mb=None, changed=True)
+        >>> print(tfplace.configure_gpus(memory_growth=True))  # doctest: +SKIP
+        GPUs 0, 1: memory growth on, no memory limit
+          changed: memory growth False -> True (memory_growth=True was requested)
     """
     check_bool("dry_run", dry_run)
+    check_bool("strict", strict)
     check_gpu_request(memory_growth, memory_limit_mb, visible, logical_gpus)
     if count is not None:
         check_count("count", count)
@@ -230,14 +324,21 @@ def configure_gpus(
             asked = (visible not in (None, "auto") and len(visible) > 0) or (
                 visible == "auto" and count is not None
             )
-            if asked:  # an explicit request for GPUs is not silently dropped
-                raise DeviceNotFoundError(
-                    f"configure_gpus(visible={visible!r}"
-                    + (f", count={count}" if count is not None else "")
-                    + "): no GPU is visible to TensorFlow here "
-                    f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). Run "
-                    "`tfplace doctor` to see why, or drop visible= on machines without GPUs."
+            if asked:  # an explicit request for GPUs is never silently dropped
+                call = f"configure_gpus(visible={visible!r}" + (
+                    f", count={count}" if count is not None else ""
                 )
+                message = gpu_fallback(
+                    call + ")",
+                    "no GPU is visible to TensorFlow here (CUDA_VISIBLE_DEVICES="
+                    f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r})",
+                    strict=strict,
+                    strict_call=call + ", strict=True)",
+                    fix="Run `tfplace doctor` to see why, or pass strict=False to warn and "
+                    "continue on the CPU.",
+                    instead="nothing configured, TensorFlow runs on the CPU",
+                )
+                warnings.warn(message, DeviceFallbackWarning, stacklevel=2)
             log.info("configure_gpus: no GPU is visible to TensorFlow; nothing to configure")
             return GPUConfig((), None, None, changed=False)
         indices: Sequence[int] | None
@@ -257,7 +358,7 @@ def configure_gpus(
             visible_env=os.environ.get("CUDA_VISIBLE_DEVICES"),
             visible_reason=why,
         )
-        if decision.changes and facts.runtime_started and not dry_run:
+        if decision.changes and facts.runtime_started:  # a dry run refuses it too
             raise AlreadyInitializedError(
                 f"configure_gpus: cannot change {_describe(decision.changes)}: TensorFlow's "
                 f"runtime has already started and fixes GPU settings at start-up. {_GPU_FIX}"
@@ -349,21 +450,28 @@ def configure_cpus(
             ``"auto"``, else TensorFlow's default.
         virtual_devices: split the CPU into this many logical devices (``/CPU:0`` ...), for
             running multi-replica code (MirroredStrategy) on one CPU.
-        dry_run: decide and return the changes (``.changes``) without applying them.
+        dry_run: decide and return the changes (``.changes``) without applying them. It
+            refuses what the real call refuses: after the runtime started, a dry run that
+            would change something raises the same :class:`AlreadyInitializedError`.
         backend: for tests only: a substitute for ``tf.config``.
 
     Returns:
-        The :class:`CPUConfig` in force afterwards (with ``dry_run``: the one that would be).
+        The :class:`CPUConfig` in force afterwards, read back from TensorFlow (with
+        ``dry_run``: the one that would be). ``print()`` it for a readable summary.
 
     Raises:
         ValueError / TypeError: bad arguments.
-        AlreadyInitializedError: different settings after the runtime started.
+        AlreadyInitializedError: different settings after the runtime started (also with
+            ``dry_run=True``).
 
     Example:
         The thread counts follow the machine's usable cores (skipped under doctest):
 
-        >>> tfplace.configure_cpus("auto", virtual_devices=2)  # doctest: +SKIP
-        CPUConfig(intra_op_threads=2, inter_op_threads=2, virtual_devices=2, changed=True)
+        >>> print(tfplace.configure_cpus("auto", virtual_devices=2))  # doctest: +SKIP
+        CPU: 2 intra-op / 2 inter-op threads, 2 CPU devices
+          changed: intra-op threads default -> 2 (threads="auto": 2 usable core(s))
+          changed: inter-op threads default -> 2 (threads="auto": 2 usable core(s))
+          changed: virtual CPU devices 1 -> 2 (virtual_devices=2 was requested)
     """
     if threads != "auto" and threads is not None:
         check_count("threads", threads)
@@ -388,6 +496,12 @@ def configure_cpus(
         be = backend or _tf.TFConfig()
         facts = read_cpu_facts(be)
         decision = cpu_changes(facts, intra, inter, virtual_devices, why=why)
+        if decision.changes and facts.runtime_started:  # a dry run refuses it too
+            raise AlreadyInitializedError(
+                f"configure_cpus: cannot change {_describe(decision.changes)}: TensorFlow's "
+                "runtime has already started and fixes thread pools and devices at start-up. "
+                f"{_CPU_FIX}"
+            )
         if dry_run:
             return CPUConfig(
                 intra_op_threads=intra if intra is not None else facts.intra_op_threads,
@@ -395,12 +509,6 @@ def configure_cpus(
                 virtual_devices=virtual_devices or facts.virtual_devices,
                 changed=False,
                 changes=decision.changes,
-            )
-        if decision.changes and facts.runtime_started:
-            raise AlreadyInitializedError(
-                f"configure_cpus: cannot change {_describe(decision.changes)}: TensorFlow's "
-                "runtime has already started and fixes thread pools and devices at start-up. "
-                f"{_CPU_FIX}"
             )
         if decision.changes:
             try:
@@ -412,13 +520,11 @@ def configure_cpus(
                 _tf.reraise_if_initialized(err, "configure_cpus", _CPU_FIX)
                 raise
             log.info("configure_cpus: %s", _describe(decision.changes))
-        new_intra, new_inter = be.get_threads()
+        after = read_cpu_facts(be)  # what is in force now, read back, not what was asked
         return CPUConfig(
-            intra_op_threads=new_intra,
-            inter_op_threads=new_inter,
-            virtual_devices=virtual_devices
-            if virtual_devices is not None
-            else facts.virtual_devices,
+            intra_op_threads=after.intra_op_threads,
+            inter_op_threads=after.inter_op_threads,
+            virtual_devices=after.virtual_devices,
             changed=bool(decision.changes),
             changes=decision.changes,
         )

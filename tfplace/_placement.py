@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from tfplace import _tf
+from tfplace._decide.devices import gpu_fallback
 from tfplace.errors import DeviceFallbackWarning, DeviceNotFoundError
 
 __all__ = ["on_cpu", "on_device", "on_gpu"]
@@ -206,7 +207,9 @@ class on_gpu(_Scope):
 
     TensorFlow's own ``tf.device("/GPU:0")`` silently runs on the CPU when there is no such
     GPU. ``on_gpu`` says so: with ``strict=True`` it raises, otherwise it falls back to
-    ``/CPU:0`` with a :class:`~tfplace.errors.DeviceFallbackWarning`.
+    ``/CPU:0`` with a :class:`~tfplace.errors.DeviceFallbackWarning`. This is the one GPU
+    fallback policy, which :func:`~tfplace.configure_gpus` follows too: asked for a GPU that is
+    not there, warn and continue on the CPU, or raise with ``strict=True``.
 
     Args:
         index: the logical GPU index (after ``configure_gpus(visible=...)``).
@@ -239,18 +242,16 @@ class on_gpu(_Scope):
         if self._index < gpus:
             return self._name
         have = f"only GPU:0..GPU:{gpus - 1} are visible" if gpus else "no GPU is visible"
-        if self._strict:
-            raise DeviceNotFoundError(
-                f"on_gpu({self._index}, strict=True): {have} (visible devices: {_visible()}). "
-                + (f"Use an index below {gpus}, " if gpus else "Run `tfplace doctor` to see why, ")
-                + f"or on_gpu({self._index}, strict=False) to fall back to the CPU."
-            )
-        warnings.warn(
-            f"on_gpu({self._index}): {have}; running on /CPU:0 instead. "
-            "Pass strict=True to make this an error.",
-            DeviceFallbackWarning,
-            stacklevel=3,
+        message = gpu_fallback(
+            f"on_gpu({self._index})",
+            f"{have} (visible devices: {_visible()})" if self._strict else have,
+            strict=self._strict,
+            strict_call=f"on_gpu({self._index}, strict=True)",
+            fix=(f"Use an index below {gpus}, " if gpus else "Run `tfplace doctor` to see why, ")
+            + f"or on_gpu({self._index}, strict=False) to fall back to the CPU.",
+            instead="running on /CPU:0 instead",
         )
+        warnings.warn(message, DeviceFallbackWarning, stacklevel=3)
         return "/CPU:0"
 
     def _clone(self) -> on_gpu:

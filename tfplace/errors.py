@@ -86,4 +86,5 @@ class TfplaceWarning(UserWarning):
 
 
 class DeviceFallbackWarning(TfplaceWarning):
-    """Emitted when ``on_gpu(strict=False)`` falls back to the CPU because the GPU is absent."""
+    """Emitted when ``on_gpu(strict=False)`` or ``configure_gpus(visible=...)`` falls back to
+    the CPU because the GPU is absent (the one policy; ``strict=True`` raises instead)."""

@@ -37,6 +37,7 @@ __all__ = [
     "choose_gpus",
     "cpu_changes",
     "gpu_changes",
+    "gpu_fallback",
 ]
 
 
@@ -182,6 +183,50 @@ def check_gpu_request(
         if len(set(wanted)) != len(wanted):
             raise ValueError(f"visible lists a GPU twice: {list(visible)}")
     return limits, wanted
+
+
+def gpu_fallback(
+    call: str, missing: str, *, strict: bool, strict_call: str, fix: str, instead: str
+) -> str:
+    """The one policy when code asks for a GPU that is not there. Pure.
+
+    ``on_gpu`` (a GPU index past the last visible one, or no GPU at all) and
+    ``configure_gpus`` (``visible=[...]`` or ``visible="auto", count=N`` on a machine where
+    TensorFlow sees no GPU at all) both follow it, so one script runs on a laptop and on a GPU
+    workstation:
+
+    - ``strict=False`` (the default of both calls): carry on without the GPU, on the CPU; the
+      caller emits the returned text as a :class:`~tfplace.errors.DeviceFallbackWarning`;
+    - ``strict=True``: raise :class:`~tfplace.errors.DeviceNotFoundError`.
+
+    (``configure_gpus`` on a machine that *has* GPUs still raises for an index that does not
+    exist: that is a wrong index, not a missing GPU; see :func:`gpu_changes`.)
+
+    Args:
+        call: the call as the warning names it, e.g. ``"on_gpu(0)"``.
+        missing: what is missing, e.g. ``"no GPU is visible"``.
+        strict: raise instead of falling back.
+        strict_call: the call as the error names it, e.g. ``"on_gpu(0, strict=True)"``.
+        fix: the error's fix.
+        instead: what runs instead, for the warning (``"running on /CPU:0 instead"``).
+
+    Returns:
+        The warning's text (only with ``strict=False``).
+
+    Raises:
+        DeviceNotFoundError: with ``strict=True``.
+
+    Example:
+        >>> print(gpu_fallback("on_gpu(0)", "no GPU is visible", strict=False,
+        ...                    strict_call="on_gpu(0, strict=True)", fix="",
+        ...                    instead="running on /CPU:0 instead"))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        on_gpu(0): no GPU is visible; running on /CPU:0 instead.
+        Pass strict=True to make this an error.
+    """
+    if strict:
+        raise DeviceNotFoundError(f"{strict_call}: {missing}. {fix}".rstrip())
+    return f"{call}: {missing}; {instead}. Pass strict=True to make this an error."
 
 
 def gpu_changes(
