@@ -38,7 +38,18 @@ __all__ = [
     "fit_steps",
     "fresh_collective_keys",
     "fresh_keras_names",
+    "gfile_exists",
+    "gfile_isdir",
+    "gfile_listdir",
+    "gfile_makedirs",
+    "gfile_read_text",
+    "gfile_remove",
+    "gfile_rename",
+    "gfile_rmtree",
+    "gfile_write_text",
+    "is_already_exists",
     "is_dataset",
+    "is_deadline_exceeded",
     "is_multi_worker",
     "is_placement_error",
     "is_resource_exhausted",
@@ -707,3 +718,68 @@ def fit_steps(model: Any, data: Any, steps: int, after_step: Callable[[float], N
             after_step(float((logs or {}).get("loss", float("nan"))))
 
     model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[_Steps()])
+
+
+# -- tf.io.gfile: files on any file system TensorFlow knows (local, gs://, ram://, ...) ------
+
+
+def gfile_exists(path: str) -> bool:
+    """``tf.io.gfile.exists``: whether a file or folder exists."""
+    return bool(load().io.gfile.exists(path))
+
+
+def gfile_isdir(path: str) -> bool:
+    """``tf.io.gfile.isdir``: whether ``path`` is a folder."""
+    return bool(load().io.gfile.isdir(path))
+
+
+def gfile_listdir(path: str) -> list[str]:
+    """``tf.io.gfile.listdir``: the names in a folder (object stores may end folders in ``/``)."""
+    return [str(name) for name in load().io.gfile.listdir(path)]
+
+
+def gfile_makedirs(path: str) -> None:
+    """``tf.io.gfile.makedirs``: create a folder and its parents (no error if it exists)."""
+    load().io.gfile.makedirs(path)
+
+
+def gfile_rename(source: str, target: str, overwrite: bool = False) -> None:
+    """``tf.io.gfile.rename``: atomic on a local file system; object stores copy, then
+    delete, object by object."""
+    load().io.gfile.rename(source, target, overwrite=overwrite)
+
+
+def gfile_rmtree(path: str) -> None:
+    """``tf.io.gfile.rmtree``, and nothing when ``path`` is already gone."""
+    gfile = load().io.gfile
+    if gfile.exists(path):
+        gfile.rmtree(path)
+
+
+def gfile_remove(path: str) -> None:
+    """``tf.io.gfile.remove``: delete one file, and nothing when it is already gone."""
+    gfile = load().io.gfile
+    if gfile.exists(path):
+        gfile.remove(path)
+
+
+def gfile_read_text(path: str) -> str:
+    """The text of a file, through ``tf.io.gfile.GFile``."""
+    with load().io.gfile.GFile(path, "r") as handle:
+        return str(handle.read())
+
+
+def gfile_write_text(path: str, text: str) -> None:
+    """Write ``text`` to a file (replacing it), through ``tf.io.gfile.GFile``."""
+    with load().io.gfile.GFile(path, "w") as handle:
+        handle.write(text)
+
+
+def is_already_exists(err: BaseException) -> bool:
+    """Whether ``err`` is TensorFlow's ``AlreadyExistsError`` (e.g. a key set twice)."""
+    return "tensorflow" in sys.modules and isinstance(err, load().errors.AlreadyExistsError)
+
+
+def is_deadline_exceeded(err: BaseException) -> bool:
+    """Whether ``err`` is TensorFlow's ``DeadlineExceededError`` (a wait that timed out)."""
+    return "tensorflow" in sys.modules and isinstance(err, load().errors.DeadlineExceededError)
