@@ -9,7 +9,7 @@ from typing import get_args
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import run_json
+from helpers import run_fresh, run_json, run_workers
 
 import tfplace
 from tfplace import _tf
@@ -162,6 +162,86 @@ def test_a_synthetic_inventory_drives_the_decision_not_the_real_machine() -> Non
     assert (p.kind, p.devices) == ("mirrored", ("/GPU:0", "/GPU:1"))
     real = tfplace.plan()
     assert real.devices == tfplace.plan(inventory=tfplace.inventory()).devices
+
+
+def test_the_same_request_returns_the_same_strategy_in_one_process() -> None:
+    first = tfplace.pick_strategy("mirrored")
+    assert tfplace.pick_strategy("mirrored") is first
+    assert tfplace.pick_strategy(devices=["/CPU:0", "/CPU:1"]) is first  # plans the same
+    other = tfplace.pick_strategy("one_device", devices=["/CPU:1"])
+    assert other is not first  # a local strategy of another kind is simply built
+    assert tfplace.pick_strategy("one_device", devices=["/CPU:1"]) is other
+
+
+def test_none_means_auto() -> None:
+    s = tfplace.pick_strategy(None)
+    assert s.num_replicas_in_sync == tfplace.plan("auto").num_replicas_in_sync
+    assert tfplace.plan(None) == tfplace.plan()
+
+
+def test_every_reason_is_logged_and_a_fallback_is_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    inv = fake_inventory()  # one CPU device: mirrored falls back to one replica
+    expected = tfplace.plan("mirrored", inventory=inv)
+    assert len(expected.reasons) >= 3 and expected.fallbacks
+    with caplog.at_level(logging.INFO, logger="tfplace"):
+        tfplace.pick_strategy("mirrored", inventory=inv)
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    for reason in expected.reasons:
+        assert any(reason in line for line in infos), (reason, infos)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"tfplace: pick_strategy('mirrored'): {expected.fallbacks[0]}"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tfplace"):
+        tfplace.pick_strategy("one_device", devices=["/CPU:0"])  # what was asked: no warning
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.slow
+def test_multi_worker_without_a_cluster_is_a_logged_fallback() -> None:
+    proc = run_fresh(
+        """
+        import logging, tfplace
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        tfplace.pick_strategy("multi_worker", communication_timeout=30)
+        """,
+        env={"TF_CONFIG": None, "SLURM_PROCID": None, "SLURM_NTASKS": None},
+    )
+    assert (
+        "WARNING tfplace: pick_strategy('multi_worker'): multi_worker was asked for, but no "
+        "cluster is configured: this process trains alone, as a one-worker cluster"
+    ) in proc.stderr, proc.stderr
+    assert "INFO tfplace:   - gRPC ring collectives" in proc.stderr
+
+
+TWO_WORKER_REUSE = """
+import json, tfplace
+from tfplace.errors import AlreadyInitializedError
+first = tfplace.pick_strategy(communication_timeout=60)
+again = tfplace.pick_strategy(communication_timeout=60)
+explicit = tfplace.pick_strategy("multi_worker", communication_timeout=60)
+try:
+    tfplace.pick_strategy("multi_worker", communication_timeout=30)
+    refused = None
+except AlreadyInitializedError as err:
+    refused = str(err)
+print(json.dumps({"kind": type(first).__name__, "same": again is first,
+                  "explicit_same": explicit is first, "refused": refused}))
+"""
+
+
+@pytest.mark.slow
+def test_a_second_pick_strategy_on_two_workers_returns_the_first_or_says_why_not() -> None:
+    results = run_workers(TWO_WORKER_REUSE, extra_env={"CUDA_VISIBLE_DEVICES": "-1"})
+    for out in results:
+        assert out["kind"] == "KerasMultiWorkerMirroredStrategy"
+        assert out["same"] and out["explicit_same"]
+        refused = out["refused"]
+        assert refused is not None
+        assert "already built" in refused and "multi_worker on /CPU:0 (2 replica(s)" in refused
+        assert "communication_timeout=60" in refused and "communication_timeout=30" in refused
+        assert "call pick_strategy() again with the same arguments" in refused
 
 
 def test_multi_worker_after_start_is_already_initialized() -> None:

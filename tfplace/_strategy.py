@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from tfplace import _tf
 from tfplace._decide.strategy import REDUCTIONS, Plan, plan
 from tfplace._facts.inventory import Inventory
 from tfplace.cluster._multiworker import MULTI_WORKER_FIX
 from tfplace.cluster._spec import ClusterSpec
+from tfplace.errors import AlreadyInitializedError
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -32,8 +35,52 @@ DEFAULT_COMMUNICATION_TIMEOUT = 300.0
 DEFAULT_STARTUP_TIMEOUT = 900.0
 
 
+@dataclass(frozen=True)
+class _Request:
+    """What decides whether two ``pick_strategy`` calls ask for the same strategy: the plan
+    (its reasons aside: ``"auto"`` and ``"multi_worker"`` may plan the same thing) and the
+    timeouts the strategy is built with."""
+
+    plan: Plan
+    communication_timeout: float | None
+    startup_timeout: float | None
+
+    @classmethod
+    def of(
+        cls, decision: Plan, communication_timeout: float | None, startup_timeout: float | None
+    ) -> _Request:
+        return cls(
+            replace(decision, reasons=(), fallbacks=()), communication_timeout, startup_timeout
+        )
+
+    def describe(self) -> str:
+        timeouts = (
+            f"communication_timeout={self.communication_timeout!r}"
+            if self.plan.kind != "multi_worker"
+            else f"communication_timeout={self.communication_timeout!r}, "
+            f"startup_timeout={self.startup_timeout!r}"
+        )
+        return f"{self.plan.summary().rstrip(': ')} with {timeouts}"
+
+
+#: The strategies this process built, by request (the ``default`` kind is not kept: it is
+#: TensorFlow's own, always at hand).
+_built: list[tuple[_Request, Any]] = []
+_built_lock = threading.Lock()
+
+
+def _another_strategy_message(existing: _Request, wanted: _Request) -> str:
+    return (
+        f"pick_strategy(): this process already built a strategy that TensorFlow can set up "
+        f"only once per process: {existing.describe()}. This call asks for a different one: "
+        f"{wanted.describe()}. Fix: reuse the strategy built first: keep the object "
+        "pick_strategy() returned, or call pick_strategy() again with the same arguments "
+        "(it returns that same strategy); a different strategy needs a new process."
+    )
+
+
 def pick_strategy(
-    kind: str = "auto",
+    kind: str | None = "auto",
     *,
     devices: Sequence[str] | None = None,
     cross_device_ops: str | None = None,
@@ -49,11 +96,19 @@ def pick_strategy(
     a TF_CONFIG/SLURM cluster -> ``MultiWorkerMirroredStrategy``; two or more GPUs ->
     ``MirroredStrategy`` (NCCL where it exists, HierarchicalCopyAllReduce elsewhere); one
     GPU -> ``OneDeviceStrategy`` on it; otherwise TensorFlow's default strategy on the CPU.
-    Logs one line saying what it chose and why.
+    Logs what it chose and every reason (logger ``"tfplace"``, INFO), and at WARNING each
+    fallback from what was asked (``"multi_worker"`` with no cluster trains as one worker;
+    ``"mirrored"`` on one device runs one replica).
+
+    Idempotent, like ``configure_*``: the same request again in this process returns the
+    strategy built the first time (the same object). A multi-worker or TPU strategy can be
+    set up only once per process, so asking for a different one after it raises
+    :class:`~tfplace.errors.AlreadyInitializedError` naming both.
 
     Args:
         kind: ``"auto"``, ``"default"``, ``"one_device"``, ``"mirrored"``,
-            ``"multi_worker"`` or ``"tpu"``.
+            ``"multi_worker"`` or ``"tpu"``; None means ``"auto"`` (so
+            ``pick_strategy(os.environ.get("STRATEGY"))`` works with the variable unset).
         devices: explicit local devices for ``one_device`` / ``mirrored``.
         cross_device_ops: override the reduction (see :func:`tfplace.plan`).
         cluster: an explicit cluster instead of TF_CONFIG / SLURM.
@@ -78,7 +133,8 @@ def pick_strategy(
         ValueError / TypeError: bad arguments, e.g. an unknown kind.
         DeviceNotFoundError: a requested device or TPU is not there.
         ClusterConfigError: the cluster description is malformed.
-        AlreadyInitializedError: a multi-worker strategy after the runtime started.
+        AlreadyInitializedError: a multi-worker strategy after the runtime started, or a
+            different multi-worker / TPU strategy after one was built in this process.
 
     Example:
         >>> s = tfplace.pick_strategy("one_device", devices=["/CPU:0"])
@@ -109,11 +165,32 @@ def pick_strategy(
         inventory=inventory,
         port=port,
     )
-    strategy = build_strategy(
-        decision, communication_timeout=communication_timeout, startup_timeout=startup_timeout
-    )
-    log.info("tfplace: %s", decision.summary())
+    wanted = _Request.of(decision, communication_timeout, startup_timeout)
+    with _built_lock:  # one build at a time: a second thread gets the first one's strategy
+        for request, built in _built:
+            if request == wanted:
+                log.info("tfplace: the same strategy as before: %s", decision.summary())
+                return built
+        if decision.needs_fresh_runtime:
+            for request, _ in _built:
+                if request.plan.needs_fresh_runtime:
+                    raise AlreadyInitializedError(_another_strategy_message(request, wanted))
+        strategy = build_strategy(
+            decision, communication_timeout=communication_timeout, startup_timeout=startup_timeout
+        )
+        if decision.kind != "default":
+            _built.append((wanted, strategy))
+    _log_plan(decision, kind)
     return strategy
+
+
+def _log_plan(decision: Plan, kind: str | None) -> None:
+    """The choice and every reason at INFO, each fallback from the request at WARNING."""
+    log.info("tfplace: %s", decision.summary())
+    for reason in decision.reasons[1:]:
+        log.info("tfplace:   - %s", reason)
+    for text in decision.fallbacks:
+        log.warning("tfplace: pick_strategy(%r): %s", kind, text)
 
 
 def build_strategy(

@@ -301,3 +301,38 @@ def test_an_explicit_port_reaches_the_planned_slurm_cluster() -> None:
     assert tfplace.plan(inventory=fake_inventory(slurm=slurm), port=4200) == p
     with pytest.raises(ValueError, match="port must be an integer"):
         decide(fake_inventory(slurm=slurm), port=0)
+
+
+def test_none_means_auto_wherever_a_kind_is_taken() -> None:
+    inv = fake_inventory(gpus=2)
+    assert decide(inv, None) == decide(inv, "auto")
+    assert tfplace.plan(None, inventory=inv) == tfplace.plan(inventory=inv)
+    with pytest.raises(ValueError, match="unknown strategy kind 'none'"):
+        decide(inv, "none")  # only None itself, not a string that looks like it
+
+
+def test_a_fallback_from_the_request_is_named_in_the_plan() -> None:
+    alone = decide(fake_inventory(), "multi_worker")
+    assert alone.fallbacks == (
+        "multi_worker was asked for, but no cluster is configured: this process trains "
+        "alone, as a one-worker cluster",
+    )
+    one = decide(fake_inventory(), "mirrored")  # one CPU device, no GPU
+    assert len(one.fallbacks) == 1 and "one replica" in one.fallbacks[0]
+    assert one.to_dict()["fallbacks"] == list(one.fallbacks)
+    # what was asked is what is given: no fallback
+    assert decide(fake_inventory(tf_config=TWO_WORKERS), "multi_worker").fallbacks == ()
+    assert decide(fake_inventory(virtual_cpus=2), "mirrored").fallbacks == ()
+    assert decide(fake_inventory(), "auto").fallbacks == ()
+    assert decide(fake_inventory(), "mirrored", devices=["/CPU:0"]).fallbacks == ()
+
+
+def test_a_plan_prints_as_its_summary_then_each_reason() -> None:
+    p = decide(fake_inventory(), "multi_worker")
+    text = str(p)
+    lines = text.splitlines()
+    assert lines[0] == p.summary()
+    assert lines[1:-1] == [f"  - {r}" for r in p.reasons[1:]]
+    assert lines[-1] == f"  fallback: {p.fallbacks[0]}"
+    assert "Plan(" not in text
+    assert str(decide(fake_inventory(gpus=2))).count("\n") == 2  # three reasons, no fallback

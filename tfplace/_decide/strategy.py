@@ -68,6 +68,10 @@ class Plan:
         tpu_address: for ``tpu``: the TPU to connect to (``""``: the local TPU VM).
         needs_fresh_runtime: building this strategy must happen before TensorFlow's runtime
             starts (multi-worker collectives and TPU initialisation are start-up settings).
+        fallbacks: where the plan gives less than the request asked for, in plain words
+            (``multi_worker`` with no cluster trains as one worker; ``mirrored`` on one device
+            runs one replica); empty when it gives what was asked. ``pick_strategy`` logs
+            each one at WARNING.
 
     A TPU plan has no devices and ``num_replicas_in_sync == 0``: both are known only once the
     TPU system is initialised, which ``pick_strategy`` does.
@@ -81,6 +85,23 @@ class Plan:
     cluster: ClusterSpec | None = field(default=None)
     tpu_address: str | None = field(default=None)
     needs_fresh_runtime: bool = field(default=False)
+    fallbacks: tuple[str, ...] = field(default=())
+
+    def __str__(self) -> str:
+        """:meth:`summary`, then each further reason and each fallback on its own line.
+
+        Example:
+            >>> from tfplace.testing import fake_inventory
+            >>> print(plan("mirrored", inventory=fake_inventory()))  # one CPU device
+            mirrored on /CPU:0 (1 replica(s), reduce_to_one reduction): kind='mirrored' was requested
+              - only one CPU device, so one replica; split it with tfplace.configure_cpus(virtual_devices=N) before TensorFlow starts
+              - one device: its values are the result (ReductionToOneDevice)
+              fallback: mirrored was asked for, but there is only one device (no GPU, one CPU device): it runs one replica. Split the CPU with tfplace.configure_cpus(virtual_devices=N) before TensorFlow starts, or ask for 'auto'
+        """  # noqa: E501
+        lines = [self.summary()]
+        lines += [f"  - {reason}" for reason in self.reasons[1:]]
+        lines += [f"  fallback: {text}" for text in self.fallbacks]
+        return "\n".join(lines)
 
     def summary(self) -> str:
         """One line: what was chosen and the first reason.
@@ -110,6 +131,7 @@ class Plan:
             "cluster": self.cluster.to_dict() if self.cluster else None,
             "tpu_address": self.tpu_address,
             "needs_fresh_runtime": self.needs_fresh_runtime,
+            "fallbacks": list(self.fallbacks),
         }
 
 
@@ -221,7 +243,7 @@ def _mirror_ops(inv: Inventory, devices: Sequence[str]) -> tuple[CrossDeviceOps,
 
 def decide(
     inv: Inventory,
-    kind: str = "auto",
+    kind: str | None = "auto",
     *,
     devices: Sequence[str] | None = None,
     cross_device_ops: str | None = None,
@@ -232,7 +254,7 @@ def decide(
 
     Args:
         inv: the facts (real from :func:`~tfplace.inventory`, or synthetic).
-        kind: one of :data:`KINDS`.
+        kind: one of :data:`KINDS`; None means ``"auto"``.
         devices: explicit local devices for ``one_device`` / ``mirrored``.
         cross_device_ops: override the reduction (one of ``CrossDeviceOps``).
         cluster: an explicit cluster, used instead of TF_CONFIG / SLURM.
@@ -247,6 +269,8 @@ def decide(
         DeviceNotFoundError: a requested device or TPU is not there.
         ClusterConfigError: the cluster description is malformed or unsupported.
     """
+    if kind is None:  # e.g. pick_strategy(os.environ.get("STRATEGY")) with the variable unset
+        kind = "auto"
     if not isinstance(kind, str) or kind not in KINDS:
         raise ValueError(f"unknown strategy kind {kind!r}; expected one of {', '.join(KINDS)}")
     if cross_device_ops is not None and (
@@ -379,9 +403,16 @@ def _build_mirrored(
                 "only one CPU device, so one replica; split it with "
                 "tfplace.configure_cpus(virtual_devices=N) before TensorFlow starts"
             )
+    fallbacks: tuple[str, ...] = ()
+    if devices is None and len(chosen) < 2:
+        fallbacks = (
+            "mirrored was asked for, but there is only one device (no GPU, one CPU device): "
+            "it runs one replica. Split the CPU with tfplace.configure_cpus(virtual_devices=N) "
+            "before TensorFlow starts, or ask for 'auto'",
+        )
     ops, why = _mirror_ops(inv, chosen)
     reasons.append(why)
-    return Plan("mirrored", chosen, ops, len(chosen), tuple(reasons))
+    return Plan("mirrored", chosen, ops, len(chosen), tuple(reasons), fallbacks=fallbacks)
 
 
 def _build_multi_worker(
@@ -389,7 +420,12 @@ def _build_multi_worker(
 ) -> Plan:
     gpus = _gpu_names(inv)
     local = gpus or ("/CPU:0",)
+    fallbacks: tuple[str, ...] = ()
     if spec is None:
+        fallbacks = (
+            "multi_worker was asked for, but no cluster is configured: this process trains "
+            "alone, as a one-worker cluster",
+        )
         reasons.append(
             "no cluster is configured (no TF_CONFIG or SLURM step), so this process trains "
             "alone as a one-worker cluster"
@@ -427,6 +463,7 @@ def _build_multi_worker(
         tuple(reasons),
         spec,
         needs_fresh_runtime=True,
+        fallbacks=fallbacks,
     )
 
 
@@ -456,7 +493,7 @@ _BUILDERS: dict[
 
 
 def plan(
-    kind: str = "auto",
+    kind: str | None = "auto",
     *,
     devices: Sequence[str] | None = None,
     cross_device_ops: str | None = None,
@@ -467,8 +504,8 @@ def plan(
     """Return what :func:`~tfplace.pick_strategy` would build, without creating anything.
 
     Args:
-        kind: ``"auto"`` or one of ``default``, ``one_device``, ``mirrored``,
-            ``multi_worker``, ``tpu``.
+        kind: ``"auto"`` (or None, the same) or one of ``default``, ``one_device``,
+            ``mirrored``, ``multi_worker``, ``tpu``.
         devices: explicit local devices, e.g. ``["/GPU:0", "/GPU:1"]``.
         cross_device_ops: override the reduction: ``nccl``, ``hierarchical_copy``,
             ``reduce_to_one`` (mirrored) or ``ring``, ``nccl``, ``auto`` (multi-worker); see
