@@ -653,3 +653,43 @@ def test_logical_gpus_split_a_one_gpu_host_for_mirrored_tests() -> None:
         pytest_plugin.decide_session(
             {"logical_gpus": Setting("2", "--tfplace-logical-gpus")}, visible_gpus=1, environ={}
         )
+
+
+# ------------------------------------------------------------------ strategy matrix (TF#61314)
+
+MATRIX_TEST = """
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+
+@pytest.mark.parametrize("replicas", [2, 4, 2])
+def test_sync_batchnorm_trains(replicas):
+    strategy = tf.distribute.MirroredStrategy([f"/CPU:{i}" for i in range(replicas)])
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4),
+                                  keras.layers.BatchNormalization(synchronized=True),
+                                  keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
+    model.fit(x, x[:, :1], batch_size=16, epochs=1, verbose=0)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("quiet")
+def test_a_strategy_matrix_in_one_process_cannot_collapse(pytester: pytest.Pytester) -> None:
+    """MirroredStrategy over 2 CPUs in one test, over 4 in the next: without fresh collective
+    keys per test the second joins the group the first registered with size 2, and every later
+    collective aborts (tensorflow#61314); the active plugin gives each test keys of its own."""
+    pytester.makepyfile(test_matrix=MATRIX_TEST)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--tfplace-virtual-cpus=4")
+    result.assert_outcomes(passed=3)
+    # the same tests, the CPU split the same way, without the plugin: they collapse
+    pytester.makeconftest(
+        "import tfplace\ntfplace.configure_cpus(threads=None, virtual_devices=4)\n"
+    )
+    bare = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:tfplace")
+    bare.assert_outcomes(passed=1, failed=2)
+    assert "but that group has size 2" in bare.stdout.str()

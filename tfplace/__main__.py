@@ -6,6 +6,7 @@ Commands:
     tfplace launch -n N SCRIPT [ARGS]   N local workers of one cluster
     tfplace tf-config HOST [HOST ...]   the TF_CONFIG of each host of a cluster
     tfplace tf-config --k8s -n N --subdomain S   this Kubernetes pod's TF_CONFIG
+    tfplace check [-n N] SCRIPT          1 vs N replicas of SCRIPT's build() and data(strategy)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main"]
 
@@ -26,6 +28,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     _doctor_options(parser)
     sub = parser.add_subparsers(dest="command")
+    _add_doctor(sub)
+    _add_launch(sub)
+    _add_tf_config(sub)
+    _add_check(sub)
+    return parser
+
+
+def _add_doctor(sub: Any) -> None:
     doctor = sub.add_parser(
         "doctor",
         help="what TensorFlow can use here, and why not (the default command)",
@@ -35,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _doctor_options(doctor)
 
+
+def _add_launch(sub: Any) -> None:
     launch = sub.add_parser(
         "launch",
         help="run a training script as N local workers of one TensorFlow cluster",
@@ -85,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     launch.add_argument("script", help="the Python script (or module with -m)")
     launch.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
 
+
+def _add_tf_config(sub: Any) -> None:
     tfc = sub.add_parser(
         "tf-config",
         help="print the TF_CONFIG of each host of a multi-machine cluster",
@@ -109,7 +123,31 @@ def _parser() -> argparse.ArgumentParser:
         "--subdomain",
         help="the pods' headless Service (a JobSet's name, or its spec.network.subdomain)",
     )
-    return parser
+
+
+def _add_check(sub: Any) -> None:
+    check = sub.add_parser(
+        "check",
+        help="does a training script give the same result on 1 and on N replicas?",
+        description="Import SCRIPT (not as __main__, so its own training does not run), take "
+        "its build() and data(strategy) functions (and train_step(strategy, model, batch) if "
+        "it defines one), and run tfplace.compare_replicas on N virtual CPUs: the verdict, "
+        "where 1 and N replicas part, the loss side by side, the likely causes and their "
+        "fixes. Exit codes: 0 the same, 1 they part, 2 the script cannot be checked.",
+    )
+    check.add_argument(
+        "-n",
+        "--replicas",
+        type=int,
+        action="append",
+        metavar="N",
+        help="replicas compared with one (>= 2; repeat for several: -n 2 -n 4; default 2)",
+    )
+    check.add_argument("--steps", type=int, default=5, help="training steps (default 5)")
+    check.add_argument("--rtol", type=float, default=None, help="relative tolerance (1e-4)")
+    check.add_argument("--atol", type=float, default=None, help="absolute tolerance (1e-5)")
+    check.add_argument("--json", action="store_true", help="print the reports as JSON")
+    check.add_argument("script", help="the training script defining build() and data(strategy)")
 
 
 def _doctor_options(parser: argparse.ArgumentParser) -> None:
@@ -187,56 +225,109 @@ def _k8s_tf_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     return 0
 
 
+def _launch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from tfplace.cluster._launch import launch
+    from tfplace.errors import ClusterConfigError
+
+    if args.num_workers < 1:
+        parser.error(f"-n must be >= 1, found {args.num_workers}")
+    if args.max_restarts < 0:
+        parser.error(f"--max-restarts must be >= 0, found {args.max_restarts}")
+    if not math.isfinite(args.grace) or args.grace < 0:
+        parser.error(f"--grace must be a finite number of seconds >= 0, found {args.grace}")
+    target = ["-m", args.script] if args.module else [args.script]
+    try:
+        result = launch(
+            [sys.executable, *target, *args.args],
+            args.num_workers,
+            grace_seconds=args.grace,
+            host=args.host,
+            network=args.network,
+            max_restarts=args.max_restarts,
+            restart_on=args.restart_on,
+        )
+    except ClusterConfigError as err:  # a bad --host: nothing was started
+        print(f"tfplace {err}", file=sys.stderr)  # "tfplace launch: host: ..."
+        return 2
+    return result.returncode
+
+
+def _tf_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from tfplace.cluster._launch import tf_configs
+    from tfplace.errors import ClusterConfigError
+
+    if args.k8s:
+        return _k8s_tf_config(parser, args)
+    if not args.hosts:
+        parser.error("tf-config needs the workers' hosts, or --k8s inside a Kubernetes pod")
+    if args.num_workers is not None or args.subdomain is not None:
+        parser.error("-n/--num-workers and --subdomain go with --k8s")
+    try:
+        configs = tf_configs(args.hosts, args.port)
+    except ClusterConfigError as err:
+        print(f"tfplace tf-config: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([json.loads(c) for c in configs], indent=2))
+    else:
+        for host, config in zip(args.hosts, configs, strict=True):
+            print(f"{host}: export TF_CONFIG='{config}'")
+    return 0
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``check SCRIPT``: the replica check of a script's build() and data(strategy)."""
+    import importlib.util
+    from pathlib import Path
+
+    counts = args.replicas or [2]
+    if min(counts) < 2 or args.steps < 1:
+        parser.error(f"-n must be >= 2 and --steps >= 1, found -n {counts}, --steps {args.steps}")
+    path = Path(args.script)
+    if not path.is_file():
+        parser.error(f"check: no such script {args.script!r}")
+    from tfplace._configure import configure_cpus
+    from tfplace._replicas import compare_replicas
+
+    # before the script runs: it may start TensorFlow at import
+    configure_cpus(threads=None, virtual_devices=max(counts))
+    sys.path.insert(0, str(path.resolve().parent))  # the script's own imports, as with python
+    spec = importlib.util.spec_from_file_location("__tfplace_check__", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    build, data = getattr(module, "build", None), getattr(module, "data", None)
+    if not callable(build) or not callable(data):
+        print(
+            f"tfplace check: {args.script} must define build() (returns the compiled model) "
+            "and data(strategy) (returns the input as the training consumes it); found "
+            f"build={type(build).__name__}, data={type(data).__name__}",
+            file=sys.stderr,
+        )
+        return 2
+    options: dict[str, Any] = {
+        "steps": args.steps,
+        "train_step": getattr(module, "train_step", None),
+    }
+    options.update({k: v for k in ("rtol", "atol") if (v := getattr(args, k)) is not None})
+    reports = [compare_replicas(build, data, replicas=n, **options) for n in counts]
+    if args.json:
+        print(json.dumps([r.to_dict() for r in reports], indent=2))
+    else:
+        print("\n\n".join(str(r) for r in reports))
+    return 0 if all(r.same for r in reports) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "launch":
-        from tfplace.cluster._launch import launch
-        from tfplace.errors import ClusterConfigError
-
-        if args.num_workers < 1:
-            parser.error(f"-n must be >= 1, found {args.num_workers}")
-        if args.max_restarts < 0:
-            parser.error(f"--max-restarts must be >= 0, found {args.max_restarts}")
-        if not math.isfinite(args.grace) or args.grace < 0:
-            parser.error(f"--grace must be a finite number of seconds >= 0, found {args.grace}")
-        target = ["-m", args.script] if args.module else [args.script]
-        try:
-            result = launch(
-                [sys.executable, *target, *args.args],
-                args.num_workers,
-                grace_seconds=args.grace,
-                host=args.host,
-                network=args.network,
-                max_restarts=args.max_restarts,
-                restart_on=args.restart_on,
-            )
-        except ClusterConfigError as err:  # a bad --host: nothing was started
-            print(f"tfplace {err}", file=sys.stderr)  # "tfplace launch: host: ..."
-            return 2
-        return result.returncode
+        return _launch(parser, args)
     if args.command == "tf-config":
-        from tfplace.cluster._launch import tf_configs
-        from tfplace.errors import ClusterConfigError
-
-        if args.k8s:
-            return _k8s_tf_config(parser, args)
-        if not args.hosts:
-            parser.error("tf-config needs the workers' hosts, or --k8s inside a Kubernetes pod")
-        if args.num_workers is not None or args.subdomain is not None:
-            parser.error("-n/--num-workers and --subdomain go with --k8s")
-        try:
-            configs = tf_configs(args.hosts, args.port)
-        except ClusterConfigError as err:
-            print(f"tfplace tf-config: {err}", file=sys.stderr)
-            return 2
-        if args.json:
-            print(json.dumps([json.loads(c) for c in configs], indent=2))
-        else:
-            for host, config in zip(args.hosts, configs, strict=True):
-                print(f"{host}: export TF_CONFIG='{config}'")
-        return 0
+        return _tf_config(parser, args)
+    if args.command == "check":
+        return _check(parser, args)
     return _doctor(args)
 
 

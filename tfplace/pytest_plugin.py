@@ -16,7 +16,10 @@ settings, the visible GPUs and pytest-xdist's worker count):
 * the CPU split into N virtual devices, so ``mirrored`` runs on a CPU-only machine;
 * on a host with GPUs, GPU memory growth, so several test processes (pytest-xdist workers and
   the processes tests start) share a GPU instead of the first mapping all of it;
-* with ``--tfplace-hide-gpus``, no GPU at all (a CPU-only run on a GPU host).
+* with ``--tfplace-hide-gpus``, no GPU at all (a CPU-only run on a GPU host);
+* before each test, collective keys no earlier test used, so the strategies of a strategy
+  matrix (``MirroredStrategy`` over 2 devices in one test, over 4 in the next) cannot collapse
+  into one another's collective groups (tensorflow#61314).
 
 Options (command line, or the ini key in brackets):
     --tfplace-virtual-cpus N     [tfplace_virtual_cpus]  split the CPU into N devices (default 2)
@@ -397,6 +400,7 @@ def tfplace_strategy(request: pytest.FixtureRequest) -> Any:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    _fresh_collective_keys(item.config)
     gpus = item.get_closest_marker("tfplace_gpus")
     tpu = item.get_closest_marker("tfplace_tpu")
     if gpus is None and tpu is None:
@@ -409,6 +413,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             pytest.skip(f"needs {need} GPU(s); {have} visible")
     if tpu is not None and not inv.tpu.present:
         pytest.skip("needs a TPU; none attached")
+
+
+def _fresh_collective_keys(config: pytest.Config) -> None:
+    """Before each test of an active session: the ``MirroredStrategy`` objects a test builds
+    get collective keys no earlier test's strategy used. A strategy matrix (2 replicas in one
+    test, 4 in the next) otherwise joins a collective group registered with another size, and
+    every later collective in the process aborts (tensorflow#61314)."""
+    state = config.stash.get(_STATE_KEY, None)
+    if state is None or state.active_because is None or "tensorflow" not in sys.modules:
+        return
+    from tfplace import _tf
+
+    _tf.fresh_collective_keys()
 
 
 # ------------------------------------------------------------------ multi-worker fixture
