@@ -1,0 +1,324 @@
+"""The hostfile launcher across simulated hosts (issue 19, items 4 and 5).
+
+Each simulated host (tests/sim_hosts.py: a network and UTS namespace on one bridge) runs its
+own ``sshd`` with a host key and an authorized key made by the test in a temporary folder; the
+launcher runs on host 0 and reaches every host by name over ssh. The tests check TF_CONFIG,
+core shares, prefixes, restarts, and that nothing is left on any host after success, failure,
+Ctrl-C, a killed host and a cut link; the last test trains through ``pick_strategy`` across
+two hosts, kills every process of host 1 mid-training, and checks that the restarted group
+resumes from the shared backup to an uninterrupted run's weights.
+
+Where namespaces or sshd are unavailable the tests skip saying why (fail under
+``TFPLACE_REQUIRE_ENGINES=1``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import QUIET_ENV, skip_or_fail
+from sim_hosts import SimulatedHosts, unavailable
+
+pytestmark = pytest.mark.slow
+
+SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin") or ""
+SSH = shutil.which("ssh") or ""
+KEYGEN = shutil.which("ssh-keygen") or ""
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class SshHosts:
+    """Simulated hosts, each with an sshd that lets root in with a key made here."""
+
+    def __init__(self, hosts: SimulatedHosts, folder: Path) -> None:
+        self.hosts = hosts
+        self.folder = folder
+        self.key = folder / "id_ed25519"
+        self.sshd: dict[int, subprocess.Popen[bytes]] = {}
+        self.made_run_sshd = False
+
+    @property
+    def ssh(self) -> list[str]:
+        """The client command line the launcher gets (``ssh=`` / ``--ssh``)."""
+        return [
+            SSH, "-F", "/dev/null", "-i", str(self.key), "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={self.folder / 'known_hosts'}",
+            "-o", "StrictHostKeyChecking=accept-new",
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        f = self.folder
+        for name in ("id_ed25519", "host_key"):
+            subprocess.run([KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(f / name)],
+                           check=True)  # fmt: skip
+        shutil.copy(f / "id_ed25519.pub", f / "authorized_keys")
+        if not Path("/run/sshd").exists():  # sshd's privilege separation folder
+            Path("/run/sshd").mkdir(mode=0o755)
+            self.made_run_sshd = True
+        for h in self.hosts:
+            self.start_sshd(h.index)
+        for h in self.hosts:
+            self.wait_ready(h.index)
+
+    def start_sshd(self, i: int) -> None:
+        h = self.hosts[i]
+        config = self.folder / f"sshd_config_{i}"
+        config.write_text(
+            textwrap.dedent(f"""\
+            ListenAddress {h.address}
+            Port 22
+            HostKey {self.folder / "host_key"}
+            AuthorizedKeysFile {self.folder / "authorized_keys"}
+            PidFile {self.folder / f"sshd_{i}.pid"}
+            PermitRootLogin prohibit-password
+            PubkeyAuthentication yes
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            UsePAM no
+            StrictModes no
+            LogLevel ERROR
+            """)
+        )
+        log = open(self.folder / f"sshd_{i}.log", "ab")  # noqa: SIM115 (closed in stop)
+        self.sshd[i] = h.popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
+        log.close()
+
+    def wait_ready(self, i: int, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        name = self.hosts[i].name
+        while True:
+            done = self.hosts[0].run([*self.ssh, "-o", "BatchMode=yes", name, "true"], timeout=20)
+            if done.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                log = (self.folder / f"sshd_{i}.log").read_text(errors="replace")
+                raise RuntimeError(f"sshd on {name} not ready: {done.stderr} {log}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for proc in self.sshd.values():
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        if self.made_run_sshd:
+            shutil.rmtree("/run/sshd", ignore_errors=True)
+
+    def workers_left(self) -> list[str]:
+        """Processes on any host other than sshd (the launcher's host ignores itself)."""
+        left = []
+        for h in self.hosts:
+            for pid in h.pids():
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                except OSError:
+                    continue
+                if b"sshd" in cmd.split(b" ")[0] or b"sshd:" in cmd:
+                    continue
+                left.append(f"{h.name}: {pid} {cmd.decode(errors='replace')[:120]}")
+        return left
+
+
+def unavailable_here() -> str | None:
+    if not (SSHD and SSH and KEYGEN):
+        return "the multi-host launcher tests need OpenSSH (sshd, ssh, ssh-keygen): not found"
+    return unavailable()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[SshHosts]:
+    reason = unavailable_here()
+    if reason:
+        skip_or_fail(reason)
+    folder = tmp_path / "ssh"
+    folder.mkdir(mode=0o700)
+    with SimulatedHosts(2) as hosts:
+        ssh = SshHosts(hosts, folder)
+        try:
+            ssh.start()
+            yield ssh
+            assert ssh.workers_left() == []
+        finally:
+            ssh.stop()
+    assert hosts.leftovers() == []
+
+
+LAUNCHER = """
+import json, sys
+from tfplace.cluster._remote import launch_on_hosts
+from tfplace.cluster._hosts import parse_hosts
+a = json.loads(sys.argv[1])
+code, codes, failed, seconds, attempts = launch_on_hosts(
+    a["command"], parse_hosts(a["hosts"]), ssh=a["ssh"], grace_seconds=a.get("grace", 5.0),
+    max_restarts=a.get("max_restarts", 0), port=a.get("port"))
+print("RESULT", json.dumps({"code": code, "codes": codes, "failed": failed,
+                            "seconds": seconds, "attempts": attempts}), flush=True)
+sys.exit(code)
+"""
+
+
+def start_launcher(c: SshHosts, tmp: Path, script: str, hosts: str, **opts: Any) -> Any:
+    """Start the launcher on host 0 running ``script``; returns the Popen (text output)."""
+    path = tmp / "worker.py"
+    path.write_text(textwrap.dedent(script))
+    args = {"command": [sys.executable, str(path)], "hosts": hosts, "ssh": c.ssh, **opts}
+    env = {**os.environ, **QUIET_ENV, "CUDA_VISIBLE_DEVICES": "-1"}
+    return c.hosts[0].popen(
+        [sys.executable, "-c", LAUNCHER, json.dumps(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=tmp,
+        start_new_session=True,
+    )
+
+
+def result_of(text: str) -> dict[str, Any]:
+    found = re.findall(r"^RESULT (.*)$", text, re.M)
+    assert found, text[-3000:]
+    return json.loads(found[-1])  # type: ignore[no-any-return]
+
+
+REPORT = """
+import json, os, socket
+e = os.environ
+print("report", json.dumps({"name": socket.gethostname(), "tf": json.loads(e["TF_CONFIG"]),
+      "intra": e.get("TF_NUM_INTRAOP_THREADS"), "count": e["TFPLACE_RESTART_COUNT"],
+      "index": e["TFPLACE_WORKER_INDEX"], "cwd": os.getcwd()}), flush=True)
+"""
+
+
+def test_workers_run_on_their_hosts_with_tf_config_shares_and_prefixes(
+    cluster: SshHosts, tmp_path: Path
+) -> None:
+    names = [h.name for h in cluster.hosts]
+    proc = start_launcher(cluster, tmp_path, REPORT, f"{names[0]}:2,{names[1]}:1")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    reports = {}
+    for prefix, body in re.findall(r"^\[worker (\d \S+)\] report (.*)$", out, re.M):
+        reports[prefix] = json.loads(body)
+    assert sorted(reports) == [f"0 {names[0]}", f"1 {names[0]}", f"2 {names[1]}"], out
+    cores = len(os.sched_getaffinity(0))
+    for key, r in reports.items():
+        index, host = key.split()
+        assert r["name"] == host  # really ran on that host
+        assert r["index"] == index and r["count"] == "0"
+        assert r["tf"]["task"] == {"type": "worker", "index": int(index)}
+        assert [a.rsplit(":", 1)[0] for a in r["tf"]["cluster"]["worker"]] == [
+            names[0],
+            names[0],
+            names[1],
+        ]
+        assert r["cwd"] == str(tmp_path)
+        # host 0 shares its cores between two workers, host 1 gives its one worker all
+        assert r["intra"] == str(max(1, cores // 2) if host == names[0] else cores)
+    ports = reports[f"0 {names[0]}"]["tf"]["cluster"]["worker"]
+    assert len(set(ports)) == 3
+
+
+FAIL_ONE = """
+import os, time, subprocess, sys
+print("pid", os.getpid(), flush=True)
+if os.environ["TFPLACE_WORKER_INDEX"] == "1":
+    time.sleep(1)
+    sys.exit(3)
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # a grandchild
+time.sleep(300)
+"""
+
+
+def test_a_failure_stops_every_host_and_leaves_nothing(cluster: SshHosts, tmp_path: Path) -> None:
+    names = [h.name for h in cluster.hosts]
+    t0 = time.monotonic()
+    proc = start_launcher(cluster, tmp_path, FAIL_ONE, f"{names[0]},{names[1]}", grace=2.0)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 3, out
+    assert result_of(out)["failed"] == 1
+    assert f"worker 1 on {names[1]} exited with code 3; stopping the others" in out
+    assert time.monotonic() - t0 < 30
+    assert cluster.workers_left() == []
+
+
+SLEEP = """
+import os, time, subprocess, sys
+print("pid", os.getpid(), flush=True)
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+time.sleep(300)
+"""
+
+
+def wait_for(proc: Any, pattern: str, count: int, timeout: float = 60) -> str:
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while len(re.findall(pattern, seen, re.M)) < count:
+        assert time.monotonic() < deadline, seen
+        line = proc.stdout.readline()
+        assert line, seen
+        seen += line
+    return seen
+
+
+def test_ctrl_c_stops_every_host_and_leaves_nothing(cluster: SshHosts, tmp_path: Path) -> None:
+    names = [h.name for h in cluster.hosts]
+    proc = start_launcher(cluster, tmp_path, SLEEP, f"{names[0]}:1,{names[1]}:1")
+    seen = wait_for(proc, r"\] pid \d+", 2)
+    time.sleep(0.5)  # the grandchildren are up
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, seen + out
+    assert f"received signal {int(signal.SIGINT)}; stopping the workers" in seen + out
+    assert cluster.workers_left() == []
+
+
+def test_a_killed_launcher_leaves_nothing_on_the_hosts(cluster: SshHosts, tmp_path: Path) -> None:
+    """SIGKILL to the launcher and its ssh clients: each host's wrapper sees its input close
+    and stops its worker."""
+    names = [h.name for h in cluster.hosts]
+    proc = start_launcher(cluster, tmp_path, SLEEP, f"{names[0]}:1,{names[1]}:1")
+    wait_for(proc, r"\] pid \d+", 2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 15
+    while cluster.workers_left() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cluster.workers_left() == []
+
+
+def test_a_cut_link_is_noticed_within_seconds_and_leaves_nothing(
+    cluster: SshHosts, tmp_path: Path
+) -> None:
+    """Host 1's cable is pulled: its ssh ends after about 4 s (ServerAlive), the launcher stops
+    the group; host 1's wrapper misses the heartbeat and stops its worker by itself."""
+    names = [h.name for h in cluster.hosts]
+    proc = start_launcher(cluster, tmp_path, SLEEP, f"{names[0]}:1,{names[1]}:1", grace=1.0)
+    wait_for(proc, r"\] pid \d+", 2)
+    cluster.hosts.cut_link(1)
+    t0 = time.monotonic()
+    out, _ = proc.communicate(timeout=60)
+    noticed = time.monotonic() - t0
+    assert proc.returncode == 255, out
+    assert f"worker 1 on {names[1]}: lost the connection" in out
+    assert noticed < 10, noticed
+    deadline = time.monotonic() + 15
+    while cluster.workers_left() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cluster.workers_left() == []
+    cluster.hosts.restore_link(1)
+    print(f"cut link noticed after {noticed:.1f} s")

@@ -1,0 +1,576 @@
+"""Workers on other hosts over SSH: the action behind ``tfplace launch --hosts/--hostfile``.
+
+Each worker is one ``ssh`` client on the launching machine running a small wrapper on its
+host (``python -I -S -c``). The wrapper reads the worker's description (command, extra
+environment, working folder, grace period) as one JSON line on its standard input, starts the
+worker in a new session (so its process group holds everything the worker starts), and then
+keeps listening on its standard input:
+
+- ``.`` is the launcher's heartbeat (one a second);
+- ``SIG n`` sends signal n to the worker's group, ``KILL`` sends SIGKILL;
+- end of input (the launcher or its ssh ended, the connection closed), or no heartbeat for
+  :data:`HEARTBEAT_TIMEOUT` seconds (the link is cut: nothing closes), stops the worker's
+  group: SIGTERM, then SIGKILL after the grace period.
+
+When the worker ends the wrapper SIGKILLs what is left of its group and exits with the
+worker's code (128 + n for a death by signal n), which ssh passes back. So nothing is left on
+a host after success, failure, Ctrl-C, a killed launcher or a lost link.
+
+Before each attempt one short ssh call per host (in parallel) reports that host's usable cores
+and free TCP ports (or checks fixed ones): the workers' ``TF_CONFIG`` names the hosts as
+written in the host list, with ports free on each host, and each worker's TensorFlow thread
+pools get its share of its host's cores (:func:`~tfplace._decide.threads.split_threads`).
+
+Only chosen variables of the launcher's environment reach the workers (ssh does not forward
+the environment): those named with a prefix of :data:`FORWARD_PREFIXES`, and any named in
+``forward``; the rest comes from the host's own login environment.
+
+The ssh client runs with ``BatchMode=yes`` (never a password prompt), a 10 s connect timeout,
+and ``ServerAliveInterval=1`` / ``ServerAliveCountMax=3``: a host that stops answering (power
+loss, cut link) ends its ssh within about 4 s, the launcher sees a failed worker (exit code 255)
+and stops the group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import IO, Any
+
+from tfplace._decide.threads import split_threads
+from tfplace.cluster._hosts import HostSlots, worker_hosts
+from tfplace.cluster._restarts import RESTART_COUNT_ENV, RESTART_EXIT_CODE, is_retryable
+from tfplace.cluster._spec import ClusterSpec
+from tfplace.errors import ClusterConfigError
+
+__all__ = [
+    "FORWARD_PREFIXES",
+    "HEARTBEAT_TIMEOUT",
+    "SSH_OPTIONS",
+    "forwarded_env",
+    "launch_on_hosts",
+    "ssh_command",
+]
+
+log = logging.getLogger("tfplace")
+
+#: Options every ssh call gets after the user's own (ssh keeps the first value it sees, so
+#: the user's ``-o`` wins).
+SSH_OPTIONS = (
+    "-T",
+    "-o", "BatchMode=yes",
+    "-o", "ConnectTimeout=10",
+    "-o", "ConnectionAttempts=3",
+    "-o", "ServerAliveInterval=1",
+    "-o", "ServerAliveCountMax=3",
+    "-o", "LogLevel=ERROR",
+)  # fmt: skip
+
+#: Variables of the launcher's environment that reach the workers, by name prefix.
+FORWARD_PREFIXES = (
+    "TF_", "TFPLACE_", "KERAS_", "PYTHON", "XLA_", "CUDA_", "NCCL_", "OMP_", "KMP_",
+)  # fmt: skip
+
+#: Seconds without the launcher's heartbeat after which a wrapper stops its worker.
+HEARTBEAT_TIMEOUT = 5.0
+
+#: ssh's own exit code for a failed or lost connection.
+SSH_LOST = 255
+
+#: After a worker failure the others get SIGTERM and at most this long before SIGKILL (see
+#: ``launch_on_hosts``).
+FAILURE_GRACE = 1.0
+
+_WRAPPER = r"""
+import json, os, signal, subprocess, sys, threading, time
+spec = json.loads(sys.stdin.readline() or "null")
+if not spec:
+    sys.exit(0)
+env = dict(os.environ)
+env.update(spec["env"])
+try:
+    proc = subprocess.Popen(spec["argv"], env=env, cwd=spec["cwd"], stdin=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+except OSError as err:
+    print("tfplace launch: cannot start %r here: %s" % (spec["argv"][0], err), flush=True)
+    sys.exit(127)
+state = {"seen": time.monotonic(), "stop": False}
+def group(sig):
+    try:
+        os.killpg(proc.pid, sig)
+    except OSError:
+        pass
+def listen():
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            state["stop"] = True
+            return
+        word = line.strip()
+        state["seen"] = time.monotonic()
+        if word.startswith("SIG "):
+            group(int(word[4:]))
+        elif word == "KILL":
+            group(signal.SIGKILL)
+def on_signal(sig, frame):
+    state["stop"] = True
+for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    signal.signal(s, on_signal)
+threading.Thread(target=listen, daemon=True).start()
+deadline = None
+while proc.poll() is None:
+    lost = time.monotonic() - state["seen"] > spec["heartbeat"]
+    if deadline is None and (state["stop"] or lost):
+        group(signal.SIGTERM)
+        deadline = time.monotonic() + spec["grace"]
+    if deadline is not None and time.monotonic() > deadline:
+        group(signal.SIGKILL)
+    time.sleep(0.05)
+group(signal.SIGKILL)
+code = proc.returncode
+os._exit(128 - code if code < 0 else code)
+"""
+
+_PROBE = r"""
+import json, os, socket, sys
+n, fixed = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
+try:
+    cores = len(os.sched_getaffinity(0))
+except AttributeError:
+    cores = os.cpu_count() or 1
+try:
+    quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+    if quota != "max":
+        cores = max(1, min(cores, int(int(quota) / int(period))))
+except (OSError, ValueError):
+    pass
+socks, ports, busy = [], [], []
+for port in fixed or [0] * n:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    socks.append(s)
+    try:
+        s.bind(("", port))
+        ports.append(s.getsockname()[1])
+    except OSError:
+        busy.append(port)
+print(json.dumps({"cores": cores, "ports": ports, "busy": busy, "name": socket.gethostname()}))
+"""
+
+
+def ssh_command(ssh: Sequence[str], host: str, remote: Sequence[str]) -> list[str]:
+    """The ssh command line that runs ``remote`` (a program and its arguments) on ``host``.
+
+    Args:
+        ssh: the ssh client and the user's own options, e.g. ``["ssh", "-p", "2222"]``.
+        host: the host as written in the host list (IPv6 in brackets).
+        remote: the remote program and arguments; each is shell-quoted.
+
+    Example:
+        >>> ssh_command(["ssh"], "node1", ["python3", "-c", "print(1)"])[-2:]
+        ['node1', "python3 -c 'print(1)'"]
+        >>> "BatchMode=yes" in ssh_command(["ssh"], "node1", ["true"])
+        True
+    """
+    return [*ssh, *SSH_OPTIONS, host.strip("[]"), shlex.join(remote)]
+
+
+def forwarded_env(env: Mapping[str, str], forward: Sequence[str] = ()) -> dict[str, str]:
+    """The part of ``env`` a remote worker gets (pure): :data:`FORWARD_PREFIXES` and ``forward``.
+
+    ``TF_CONFIG`` is never forwarded (each worker gets its own).
+
+    Example:
+        >>> forwarded_env({"TF_CPP_MIN_LOG_LEVEL": "2", "HOME": "/root", "LR": "0.1"}, ["LR"])
+        {'TF_CPP_MIN_LOG_LEVEL': '2', 'LR': '0.1'}
+    """
+    return {
+        k: v
+        for k, v in env.items()
+        if k != "TF_CONFIG" and (k.startswith(FORWARD_PREFIXES) or k in forward)
+    }
+
+
+@dataclass(frozen=True)
+class _Probe:
+    cores: int
+    ports: tuple[int, ...]
+
+
+def _probe(
+    ssh: Sequence[str], python: str, host: HostSlots, port: int | None, source: str
+) -> _Probe:
+    fixed = [str(port + i) for i in range(host.slots)] if port else []
+    cmd = ssh_command(ssh, host.host, [python, "-I", "-S", "-c", _PROBE, str(host.slots), *fixed])
+    try:
+        done = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise ClusterConfigError(
+            f"{source}: host {host.host}: cannot run ssh ({err}); expected an ssh client "
+            "that reaches the host within 60 s. Fix: install OpenSSH's client, or pass ssh=[...]"
+        ) from err
+    said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+    last = said[-1] if said else "no message"
+    if done.returncode == SSH_LOST:
+        raise ClusterConfigError(
+            f"{source}: host {host.host}: cannot log in over ssh ({last}); expected "
+            f"'ssh {host.host}' to work without a password or prompt (BatchMode). Fix: set up "
+            "key login (ssh-copy-id), accept the host key once, or pass ssh options (--ssh)"
+        )
+    if done.returncode != 0:
+        raise ClusterConfigError(
+            f"{source}: host {host.host}: {python!r} failed there (exit code "
+            f"{done.returncode}: {last}); expected the same Python at the same path on every "
+            "host. Fix: install the environment at that path on every host, or pass python=..."
+        )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    if report["busy"]:
+        raise ClusterConfigError(
+            f"{source}: host {host.host}: port(s) {report['busy']} in use; expected "
+            f"{host.slots} free port(s) from {port}. Fix: choose another port base, or leave "
+            "it out to use free ports"
+        )
+    return _Probe(int(report["cores"]), tuple(int(p) for p in report["ports"]))
+
+
+def _probe_all(
+    ssh: Sequence[str], python: str, hosts: Sequence[HostSlots], port: int | None, source: str
+) -> list[_Probe]:
+    with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
+        futures = [pool.submit(_probe, ssh, python, h, port, source) for h in hosts]
+        return [f.result() for f in futures]
+
+
+class _Worker:
+    """One ssh client running the wrapper, and the thread that prefixes its output."""
+
+    def __init__(self, index: int, host: str, proc: subprocess.Popen[bytes]) -> None:
+        self.index = index
+        self.host = host
+        self.proc = proc
+        self.lock = threading.Lock()
+
+    def send(self, word: str) -> None:
+        with self.lock, contextlib.suppress(OSError, ValueError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(word.encode() + b"\n")
+            self.proc.stdin.flush()
+
+    def close_input(self) -> None:
+        with self.lock, contextlib.suppress(OSError, ValueError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+
+
+class _Interrupt:
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+
+class _Group:
+    def __init__(
+        self,
+        out: IO[str],
+        on_line: Callable[[int, str], None] | None,
+        interrupt: _Interrupt,
+    ) -> None:
+        self.out = out
+        self.on_line = on_line
+        self.interrupt = interrupt
+        self.workers: list[_Worker] = []
+        self.threads: list[threading.Thread] = []
+        self.out_lock = threading.Lock()
+        self.callback_error: BaseException | None = None
+        self.done = threading.Event()
+
+    def say(self, text: str) -> None:
+        with self.out_lock:
+            self.out.write(f"[tfplace launch] {text}\n")
+            self.out.flush()
+
+    def _pump(self, worker: _Worker) -> None:
+        prefix = f"[worker {worker.index} {worker.host}] "
+        stream = worker.proc.stdout
+        assert stream is not None
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            with self.out_lock:
+                self.out.write(prefix + line + "\n")
+                self.out.flush()
+                if self.on_line is not None and self.callback_error is None:
+                    try:
+                        self.on_line(worker.index, line)
+                    except BaseException as err:  # stops the launch; re-raised by the caller
+                        self.callback_error = err
+        stream.close()
+
+    def _heartbeat(self) -> None:
+        while not self.done.wait(1.0):
+            for w in self.workers:
+                if w.proc.poll() is None:
+                    w.send(".")
+
+    def start(self, commands: Sequence[tuple[str, list[str], dict[str, Any]]]) -> None:
+        for index, (host, cmd, spec) in enumerate(commands):
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            worker = _Worker(index, host, proc)
+            self.workers.append(worker)
+            worker.send(json.dumps(spec, separators=(",", ":")))
+            reader = threading.Thread(target=self._pump, args=(worker,), daemon=True)
+            reader.start()
+            self.threads.append(reader)
+        beat = threading.Thread(target=self._heartbeat, daemon=True)
+        beat.start()
+        self.threads.append(beat)
+
+    def stop(self, sig: int, grace: float) -> None:
+        """Signal every live worker, SIGKILL after ``grace``, and end every ssh client."""
+        live = [w for w in self.workers if w.proc.poll() is None]
+        for w in live:
+            w.send(f"SIG {int(sig)}")
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(w.proc.poll() is None for w in live):
+            time.sleep(0.02)
+        for w in live:
+            if w.proc.poll() is None:
+                w.send("KILL")
+            w.close_input()
+        # The wrappers exit once their workers are gone and ssh ends with them; an ssh whose
+        # host does not answer is killed here (its wrapper stops on the missing heartbeat).
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and any(w.proc.poll() is None for w in live):
+            time.sleep(0.02)
+        self.kill_clients()
+
+    def kill_clients(self) -> None:
+        for w in self.workers:
+            if w.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(w.proc.pid, signal.SIGKILL)
+            w.proc.wait()
+            w.close_input()
+        self.done.set()
+
+    def wait(self, grace: float, failure_grace: float) -> tuple[int, int | None]:
+        while True:
+            if self.callback_error is not None:
+                self.say("the on_line callback raised an error; stopping the workers")
+                self.stop(signal.SIGTERM, grace)
+                raise self.callback_error
+            sig = self.interrupt.signal
+            if sig is not None:
+                self.say(f"received signal {sig}; stopping the workers")
+                self.stop(sig, grace)
+                return 128 + sig, None
+            codes = [w.proc.poll() for w in self.workers]
+            for i, code in enumerate(codes):
+                if code is not None and code != 0:
+                    self.say(f"{_cause(self.workers[i], code)}; stopping the others")
+                    self.stop(signal.SIGTERM, min(grace, failure_grace))
+                    return _code(code), i
+            if all(code == 0 for code in codes):
+                self.kill_clients()
+                return 0, None
+            time.sleep(0.01)
+
+
+def _code(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _cause(worker: _Worker, returncode: int) -> str:
+    code = _code(returncode)
+    name = f"worker {worker.index} on {worker.host}"
+    if code == SSH_LOST:
+        return f"{name}: lost the connection (ssh exit code 255: host down, unreachable or killed)"
+    return f"{name} exited with code {code}"
+
+
+def _retryable(code: int) -> bool:
+    return code == SSH_LOST or is_retryable(code)
+
+
+def launch_on_hosts(
+    command: Sequence[str],
+    hosts: Sequence[HostSlots],
+    *,
+    env: Mapping[str, str] | None = None,
+    forward: Sequence[str] = (),
+    ssh: Sequence[str] = ("ssh",),
+    python: str | None = None,
+    port: int | None = None,
+    grace_seconds: float = 5.0,
+    failure_grace: float = FAILURE_GRACE,
+    out: IO[str] | None = None,
+    on_line: Callable[[int, str], None] | None = None,
+    max_restarts: int = 0,
+    restart_on: str = "retryable",
+    cwd: str | None = None,
+) -> tuple[int, tuple[int | None, ...], int | None, float, int]:
+    """Run ``command`` as workers on ``hosts`` over ssh; see :func:`tfplace.cluster._launch.launch`.
+
+    ``python`` is the interpreter that runs the small wrapper and probe on each host (default:
+    this one's path, the same environment on every host as Horovod and DeepSpeed expect);
+    ``cwd`` the workers' folder (default: this one's: a shared file system). ``port``: a fixed
+    base (workers on a host use port, port + 1, ...; checked free) instead of free ports.
+    A worker failure (not a launcher signal) gives the others ``min(grace_seconds,
+    failure_grace)`` between SIGTERM and SIGKILL: in a synchronous group the survivors wait in
+    a collective on the lost peer and cannot save anything, so a long grace only delays the
+    restart. ssh's exit code 255 (a lost connection or host) is retried like a killed worker.
+
+    Returns:
+        ``(returncode, worker codes, failed worker, seconds, attempts)``.
+    """
+    started = time.monotonic()
+    base = dict(os.environ if env is None else env)
+    python = python or sys.executable
+    workdir = cwd or os.getcwd()
+    out = out or sys.stdout
+    interrupt = _Interrupt()
+    previous: dict[int, Any] = {}
+
+    def on_signal(sig: int, _frame: object) -> None:
+        interrupt.signal = sig
+
+    in_main = threading.current_thread() is threading.main_thread()
+    probes = _probe_all(ssh, python, hosts, port, "launch")  # errors before anything starts
+    if in_main:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        attempt = 1
+        while True:
+            group = _Group(out, on_line, interrupt)
+            commands = _commands(command, hosts, probes, base, forward, ssh, python, workdir,
+                                 grace_seconds, attempt)  # fmt: skip
+            try:
+                group.start(commands)
+                code, failed = group.wait(grace_seconds, failure_grace)
+            except BaseException:
+                group.stop(signal.SIGTERM, grace_seconds)
+                raise
+            finally:
+                group.done.set()
+                for t in group.threads:
+                    t.join(timeout=5)
+            if group.callback_error is not None:
+                raise group.callback_error
+            codes = tuple(
+                None if w.proc.returncode is None else _code(w.proc.returncode)
+                for w in group.workers
+            )
+            seconds = time.monotonic() - started
+            if failed is None:
+                return code, codes, None, seconds, attempt
+            if interrupt.signal is not None:
+                group.say(f"received signal {interrupt.signal}; not restarting")
+                return code, codes, failed, seconds, attempt
+            why = _refuse(code, attempt, max_restarts, restart_on)
+            if why is not None:
+                if why:
+                    group.say(f"not restarting: {why}; exit code {code}")
+                    log.warning("tfplace launch: not restarting: %s. Exit code %d", why, code)
+                return code, codes, failed, seconds, attempt
+            group.say(
+                f"restarting all {len(commands)} workers (restart {attempt} of {max_restarts}, "
+                f"{RESTART_COUNT_ENV}={attempt})"
+            )
+            log.warning(
+                "tfplace launch: %s on attempt %d; restarting all %d workers (restart %d of %d)",
+                _cause(group.workers[failed], code),
+                attempt,
+                len(commands),
+                attempt,
+                max_restarts,
+            )
+            try:
+                probes = _probe_all(ssh, python, hosts, port, "launch")
+            except ClusterConfigError as err:
+                group.say(f"cannot restart: {err}")
+                log.warning("tfplace launch: cannot restart: %s", err)
+                return code, codes, failed, time.monotonic() - started, attempt
+            attempt += 1
+    finally:
+        if in_main:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _refuse(code: int, attempt: int, limit: int, on: str) -> str | None:
+    if attempt > limit:
+        if limit == 0:
+            return ""
+        return f"restarts exhausted: {attempt} attempts (1 start + {limit} restarts)"
+    if on != "any" and not _retryable(code):
+        return (
+            f"exit code {code} is a permanent failure (retryable: a death by a signal, a lost "
+            f"host (ssh's 255), or the restart exit code {RESTART_EXIT_CODE}); "
+            "restart_on='any' (--restart-on any) restarts every failure"
+        )
+    return None
+
+
+def _commands(
+    command: Sequence[str],
+    hosts: Sequence[HostSlots],
+    probes: Sequence[_Probe],
+    base: Mapping[str, str],
+    forward: Sequence[str],
+    ssh: Sequence[str],
+    python: str,
+    workdir: str,
+    grace: float,
+    attempt: int,
+) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """Each worker's (host, ssh command, wrapper description), workers numbered host by host."""
+    ports = {h.host: list(p.ports) for h, p in zip(hosts, probes, strict=True)}
+    layout = worker_hosts(hosts)
+    addresses = [f"{host}:{ports[host][slot]}" for host, slot in layout]
+    cluster = ClusterSpec.from_hosts(addresses, source="launch")
+    shared = forwarded_env(base, forward)
+    threads = {
+        h.host: split_threads(p.cores, h.slots, base) for h, p in zip(hosts, probes, strict=True)
+    }
+    if attempt == 1:
+        for h in hosts:
+            for reason in threads[h.host].reasons:
+                log.info("tfplace launch: %s: %s", h.host, reason)
+        log.info("tfplace launch: %d workers on %s", len(addresses), ", ".join(addresses))
+    wrapper = shlex.join([python, "-I", "-S", "-c", _WRAPPER])
+    result = []
+    for index, (host, _) in enumerate(layout):
+        worker_env = {
+            **shared,
+            **dict(threads[host].set_env),
+            "TF_CONFIG": cluster.for_task(index).to_tf_config(),
+            "TFPLACE_WORKER_INDEX": str(index),
+            RESTART_COUNT_ENV: str(attempt - 1),
+        }
+        worker_env.setdefault("PYTHONUNBUFFERED", "1")
+        spec = {
+            "argv": list(command),
+            "env": worker_env,
+            "cwd": workdir,
+            "grace": float(grace),
+            "heartbeat": HEARTBEAT_TIMEOUT,
+        }
+        result.append((host, [*ssh, *SSH_OPTIONS, host.strip("[]"), wrapper], spec))
+    return result
