@@ -31,6 +31,8 @@ import pytest
 from helpers import QUIET_ENV, skip_or_fail
 from sim_hosts import SimulatedHosts, unavailable
 
+from tfplace.cluster._remote import _WRAPPER
+
 pytestmark = pytest.mark.slow
 
 SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin") or ""
@@ -322,3 +324,76 @@ def test_a_cut_link_is_noticed_within_seconds_and_leaves_nothing(
     assert cluster.workers_left() == []
     cluster.hosts.restore_link(1)
     print(f"cut link noticed after {noticed:.1f} s")
+
+
+# ------------------------------------------------ the remote wrapper, on this machine
+
+
+def wrapper(spec: dict[str, object]) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _WRAPPER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(spec).encode() + b"\n")
+    proc.stdin.flush()
+    return proc
+
+
+def spec(code: str, heartbeat: float = 30.0) -> dict[str, object]:
+    return {
+        "argv": [sys.executable, "-c", code],
+        "env": {"X": "1"},
+        "cwd": "/",
+        "grace": 0.5,
+        "heartbeat": heartbeat,
+    }
+
+
+def test_the_wrapper_passes_the_exit_code_environment_and_folder() -> None:
+    proc = wrapper(spec("import os, sys; print(os.environ['X'], os.getcwd()); sys.exit(7)"))
+    assert proc.stdout is not None and proc.stdin is not None
+    out = proc.stdout.read()  # the input stays open: closing it would stop the worker
+    proc.wait(timeout=30)
+    proc.stdin.close()
+    assert proc.returncode == 7 and out.split() == [b"1", b"/"]
+
+
+def test_the_wrapper_stops_its_worker_when_its_input_closes() -> None:
+    proc = wrapper(spec("import time; print('up', flush=True); time.sleep(60)"))
+    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout.readline() == b"up\n"
+    t0 = time.monotonic()
+    proc.stdin.close()
+    proc.wait(timeout=30)
+    assert proc.returncode == 128 + 15  # SIGTERM to the worker's group
+    assert time.monotonic() - t0 < 5
+
+
+def test_the_wrapper_stops_its_worker_when_the_heartbeat_stops() -> None:
+    proc = wrapper(spec("import time; print('up', flush=True); time.sleep(60)", heartbeat=1.0))
+    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout.readline() == b"up\n"
+    t0 = time.monotonic()
+    proc.wait(timeout=30)  # no "." sent: stopped after 1 s
+    proc.stdin.close()
+    assert proc.returncode == 128 + 15
+    assert 0.8 < time.monotonic() - t0 < 10
+
+
+def test_the_wrapper_forwards_a_signal_and_kills_on_request() -> None:
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"  # noqa: E501
+    proc = wrapper(spec(code))
+    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout.readline() == b"up\n"
+    proc.stdin.write(b"SIG 15\n")  # ignored by the worker
+    proc.stdin.flush()
+    time.sleep(0.3)
+    assert proc.poll() is None
+    proc.stdin.write(b"KILL\n")
+    proc.stdin.flush()
+    proc.wait(timeout=30)
+    proc.stdin.close()
+    assert proc.returncode == 128 + 9

@@ -80,9 +80,8 @@ def _host_and_slots(source: str, where: str, entry: str) -> HostSlots:
             source,
             where,
             entry,
-            "host[:slots]; an IPv6 address in brackets",
-            f"write [{entry}] (or [{entry.rsplit(':', 1)[0]}]:{entry.rsplit(':', 1)[1]} "
-            "if the last part is the slot count)",
+            "host[:slots], an IPv6 address in brackets",
+            f"write the address in brackets: [{entry}], or [ADDRESS]:SLOTS",
         )
     else:
         host, _, slots_text_raw = entry.partition(":")

@@ -1,0 +1,142 @@
+"""Host lists for the hostfile launcher: ``--hosts`` and hostfiles (pure), and the pure parts
+of the ssh launcher (the ssh command line, the forwarded environment)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from tfplace.cluster._hosts import (
+    HostSlots,
+    parse_hostfile,
+    parse_hosts,
+    read_hostfile,
+    worker_hosts,
+)
+from tfplace.cluster._remote import SSH_OPTIONS, forwarded_env, ssh_command
+from tfplace.errors import ClusterConfigError
+
+pytestmark = pytest.mark.pure
+
+
+def pairs(hosts: tuple[HostSlots, ...]) -> list[tuple[str, int]]:
+    return [(h.host, h.slots) for h in hosts]
+
+
+def test_hosts_list_with_and_without_slots() -> None:
+    assert pairs(parse_hosts("h1:2,h2:2")) == [("h1", 2), ("h2", 2)]
+    assert pairs(parse_hosts(" node-1.example.org , 10.0.0.3:4 ")) == [
+        ("node-1.example.org", 1),
+        ("10.0.0.3", 4),
+    ]
+    assert pairs(parse_hosts("[fd00::1]:2,[fd00::2]")) == [("[fd00::1]", 2), ("[fd00::2]", 1)]
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("", ["entry 1", "found ''", "expected host[:slots]"]),
+        ("h1:2,,h2", ["entry 2", "remove the extra comma"]),
+        ("h1:0", ["entry 1", "found '0'", "a slot count", "Fix:"]),
+        ("h1:two", ["found 'two'", "whole number"]),
+        ("h1:-1", ["found '-1'"]),
+        ("h1:2,h1:1", ["entry 2", "found 'h1'", "each host once", "entry 1", "node1:4"]),
+        ("root@h1:2", ["found 'root@h1:2'", "without a user", "~/.ssh/config"]),
+        ("fd00::1:2", ["an IPv6 address in brackets", "[fd00::1:2], or [ADDRESS]:SLOTS"]),
+        ("bad host:2", ["found 'bad host'", "expected an IPv4 address"]),
+        ("[fd00::1]x", ["[IPv6 address]:slots"]),
+    ],
+)
+def test_bad_hosts_lists_say_expected_found_fix(text: str, words: list[str]) -> None:
+    with pytest.raises(ClusterConfigError) as err:
+        parse_hosts(text)
+    message = str(err.value)
+    assert message.startswith("--hosts: ")
+    for word in words:
+        assert word in message, message
+
+
+def test_hostfile_in_the_horovod_deepspeed_and_open_mpi_forms() -> None:
+    text = """
+    # a comment line
+    node1 slots=2          # Horovod / DeepSpeed
+    node2 slots=4 max_slots=8
+    node3:2
+    node4
+
+    """
+    assert pairs(parse_hostfile(text)) == [("node1", 2), ("node2", 4), ("node3", 2), ("node4", 1)]
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("# only a comment\n", ["found no host", "node1 slots=2"]),
+        ("node1 slot=2\n", ["line 1", "found 'slot=2'", "'slots=N'"]),
+        ("node1 slots=x\n", ["line 1", "found 'x'", "slot count"]),
+        ("node1\nnode1 slots=2\n", ["line 2", "each host once", "line 1"]),
+        ("node1:2 slots=2\n", ["line 1", "the slot count once"]),
+        ("node1 slots=2 slots=3\n", ["one slots=N"]),
+        ("node1 max_slots=0\n", ["found '0'"]),
+    ],
+)
+def test_bad_hostfiles_name_the_line(text: str, words: list[str]) -> None:
+    with pytest.raises(ClusterConfigError) as err:
+        parse_hostfile(text, "hosts.txt")
+    message = str(err.value)
+    assert message.startswith("hosts.txt: ")
+    for word in words:
+        assert word in message, message
+
+
+def test_read_hostfile(tmp_path: Path) -> None:
+    path = tmp_path / "hostfile"
+    path.write_text("a slots=2\nb slots=1\n")
+    assert pairs(read_hostfile(path)) == [("a", 2), ("b", 1)]
+    path.write_text("a slots=2\na\n")
+    with pytest.raises(ClusterConfigError, match=f"^{path}: line 2"):
+        read_hostfile(path)
+    with pytest.raises(ClusterConfigError, match=r"cannot read .*Fix: check the path"):
+        read_hostfile(tmp_path / "missing")
+
+
+def test_workers_are_numbered_host_by_host() -> None:
+    assert worker_hosts(parse_hosts("a:2,b:1,c:2")) == [
+        ("a", 0),
+        ("a", 1),
+        ("b", 0),
+        ("c", 0),
+        ("c", 1),
+    ]
+
+
+def test_ssh_command_never_prompts_and_lets_the_users_options_win() -> None:
+    cmd = ssh_command(["ssh", "-o", "ConnectTimeout=30"], "[fd00::1]", ["python3", "-c", "a b"])
+    assert cmd[:3] == ["ssh", "-o", "ConnectTimeout=30"]  # first value wins in ssh
+    assert cmd[3 : 3 + len(SSH_OPTIONS)] == list(SSH_OPTIONS)
+    assert "BatchMode=yes" in cmd and "ServerAliveInterval=1" in cmd
+    assert cmd[-2] == "fd00::1"  # ssh takes a bare IPv6 address
+    assert shlex.split(cmd[-1]) == ["python3", "-c", "a b"]
+
+
+def test_forwarded_environment() -> None:
+    env = {
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "TF_CONFIG": "{}",
+        "TFPLACE_X": "1",
+        "PYTHONPATH": "/src",
+        "KERAS_BACKEND": "tensorflow",
+        "HOME": "/home/me",
+        "PATH": "/usr/bin",
+        "MY_VAR": "v",
+    }
+    assert forwarded_env(env) == {
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "TFPLACE_X": "1",
+        "PYTHONPATH": "/src",
+        "KERAS_BACKEND": "tensorflow",
+    }
+    assert forwarded_env(env, ["MY_VAR", "TF_CONFIG"])["MY_VAR"] == "v"
+    assert "TF_CONFIG" not in forwarded_env(env, ["TF_CONFIG"])
