@@ -22,7 +22,7 @@ import pytest
 from helpers import QUIET_ENV
 
 from tfplace._facts import nvidia as _nvidia
-from tfplace._facts.inventory import GPUInfo, Inventory, merge_gpus
+from tfplace._facts.inventory import GPUInfo, Inventory, cuda_enumeration, merge_gpus
 from tfplace._facts.nvidia import (
     NvidiaFacts,
     NvidiaGPU,
@@ -386,6 +386,127 @@ def test_tensorflow_gpus_matched_in_cuda_order(
     assert [g.index for g in merged] == list(range(len(tf_names)))  # TensorFlow's indexes kept
     assert merged[0].memory_mb in (81559, 143771)
     assert {g.index for g in seen if g.visible} == set(matched)
+
+
+# A mixed-model host for CUDA_DEVICE_ORDER, built from the captures (nothing here is new GPU
+# output): the captured H100 row of h100-query-gpu.csv as is, and three edited copies of it.
+# The H200 takes the name, memory and compute capability of the H200 host's captures
+# (h200-tf-gpu-doctor.txt, README: 143,771 MiB, compute 9.0) and the load of the
+# variant-processes edit (71690 MiB used, 97 %); a second H100 with another UUID and bus; and an
+# older model (an edit: compute 8.0) on the lowest bus, so that CUDA's two orders differ.
+H200 = "NVIDIA H200"
+OLDER = "NVIDIA A100-SXM4-80GB"
+
+
+def mixed_host_csv() -> str:
+    header, h100 = fixture("h100-query-gpu.csv").splitlines()[:2]
+    cells = h100.split(", ")  # index, name, uuid, total, used, util, cc, driver, bus
+
+    def edit(index: int, **changes: str) -> str:
+        row = dict(zip(["index", "name", "uuid", "total", "used", "util", "cc", "driver", "bus"],
+                       cells, strict=True))  # fmt: skip
+        row.update(index=str(index), **changes)
+        return ", ".join(row.values())
+
+    return "\n".join(
+        [
+            header,
+            edit(0, name=OLDER, uuid="GPU-a100a100-0000-0000-0000-000000000000",
+                 used="1024 MiB", util="3 %", cc="8.0", bus="00000000:00:05.0"),
+            edit(1),  # the captured H100, unchanged but for its index on this host
+            edit(2, name=H200, uuid="GPU-42000000-0000-0000-0000-000000000002",
+                 total="143771 MiB", used="71690 MiB", util="97 %", bus="00000000:00:07.0"),
+            edit(3, uuid="GPU-faf8474b-0000-0000-0000-000000000003", used="40000 MiB",
+                 util="50 %", bus="00000000:00:08.0"),
+        ]
+    )  # fmt: skip
+
+
+def mixed_host() -> NvidiaFacts:
+    gpus, driver = parse_query_gpu(mixed_host_csv())
+    return NvidiaFacts("nvidia-smi", driver, "13.0", gpus)
+
+
+def test_mixed_host_fixture_keeps_the_captured_h100_row() -> None:
+    captured = parse_query_gpu(fixture("h100-query-gpu.csv"))[0][0]
+    gpus = mixed_host().gpus
+    assert gpus[1] == dataclasses.replace(captured, index=1)
+    assert [(g.name, g.compute_capability, g.pci_bus_id) for g in gpus] == [
+        (OLDER, (8, 0), "0000:00:05.0"),
+        (H100, (9, 0), "0000:00:06.0"),
+        (H200, (9, 0), "0000:00:07.0"),
+        (H100, (9, 0), "0000:00:08.0"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        ("PCI_BUS_ID", [0, 1, 2, 3]),
+        (None, [1, 2, 3, 0]),  # CUDA's default, FASTEST_FIRST: 9.0 before 8.0, ties by bus
+        ("FASTEST_FIRST", [1, 2, 3, 0]),
+        ("pci_bus_id", [0, 1, 2, 3]),
+    ],
+)
+def test_cuda_enumeration_follows_cuda_device_order(order: str | None, expected: list[int]) -> None:
+    env = {"CUDA_DEVICE_ORDER": order} if order is not None else {}
+    assert [g.index for g in cuda_enumeration(mixed_host(), env)] == expected
+
+
+def test_fastest_first_without_compute_capabilities_keeps_pci_order() -> None:
+    # /proc gives no compute capability: the speed order is unknown, names confirm the pairs.
+    facts = mixed_host()
+    unknown = dataclasses.replace(
+        facts, gpus=tuple(dataclasses.replace(g, compute_capability=None) for g in facts.gpus)
+    )
+    assert [g.index for g in cuda_enumeration(unknown, {})] == [0, 1, 2, 3]
+    # The captured H100 and H200 alone: one compute capability, so both orders are PCI order.
+    pair = dataclasses.replace(facts, gpus=facts.gpus[1:3])
+    for env in ({}, {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}):
+        assert [g.name for g in cuda_enumeration(pair, env)] == [H100, H200]
+
+
+@pytest.mark.parametrize(
+    ("order", "cvd", "driver"),
+    [
+        # TensorFlow lists CUDA's devices in CUDA's order; `driver` is the driver index (PCI
+        # order) whose facts must land on TensorFlow's GPU 0, 1, ...
+        ("PCI_BUS_ID", None, [0, 1, 2, 3]),
+        (None, None, [1, 2, 3, 0]),
+        ("PCI_BUS_ID", "1,2", [1, 2]),
+        (None, "1,2", [2, 3]),  # FASTEST_FIRST: CUDA's 1 and 2 are the H200 and the 2nd H100
+        (None, "2,1", [3, 2]),
+        ("PCI_BUS_ID", "3,0", [3, 0]),
+        (None, "3,0", [0, 1]),
+        (None, "0", [1]),
+        ("PCI_BUS_ID", "0", [0]),
+        (None, "GPU-42000000", [2]),  # a UUID prefix is the same card in either order
+        ("PCI_BUS_ID", "GPU-42000000", [2]),
+    ],
+)
+def test_mixed_host_facts_land_on_the_right_tensorflow_index(
+    order: str | None, cvd: str | None, driver: list[int]
+) -> None:
+    facts = mixed_host()
+    # What TensorFlow reports for each of its GPUs: the model and compute capability only.
+    tf_gpus = tuple(
+        GPUInfo(i, facts.gpus[d].name, facts.gpus[d].compute_capability)
+        for i, d in enumerate(driver)
+    )
+    env = {k: v for k, v in {"CUDA_DEVICE_ORDER": order, "CUDA_VISIBLE_DEVICES": cvd}.items() if v}
+    merged, seen = merge_gpus(tf_gpus, facts, env)
+    assert [g.index for g in merged] == list(range(len(driver)))  # TensorFlow's indexes kept
+    for g, d in zip(merged, driver, strict=True):
+        nv = facts.gpus[d]
+        got = (g.uuid, g.pci_bus_id, g.memory_mb, g.memory_free_mb, g.utilization_percent)
+        assert got == (
+            nv.uuid,
+            nv.pci_bus_id,
+            nv.memory_mb,
+            nv.memory_free_mb,
+            nv.utilization_percent,
+        ), (g.index, d)
+    assert sorted(g.index for g in seen if g.visible) == sorted(driver)
 
 
 def test_without_tensorflow_the_driver_gpus_are_listed_not_visible() -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "TFInfo",
     "TPUInfo",
     "cpu_quota",
+    "cuda_enumeration",
     "inventory",
     "merge_gpus",
     "use_inventory",
@@ -396,21 +397,56 @@ def _nvidia_driver() -> str | None:
     return None
 
 
+def cuda_enumeration(facts: _nvidia.NvidiaFacts, env: Mapping[str, str]) -> list[_nvidia.NvidiaGPU]:
+    """The driver's GPUs in the order CUDA numbers them, before ``CUDA_VISIBLE_DEVICES``.
+
+    The rule, from the CUDA C++ Programming Guide ("CUDA Environment Variables"):
+    ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` orders devices by PCI bus id, ascending;
+    ``FASTEST_FIRST``, the default, makes CUDA "guess which device is fastest using a simple
+    heuristic" and number it first. The heuristic is not specified; in practice (and as
+    implemented here) it ranks by compute capability, highest first, with ties in PCI order.
+    CUDA also breaks ties between different models of one compute capability by their size (SM
+    count), which the driver facts read here do not give: :func:`merge_gpus` then confirms each
+    pair by the model's name. Any value other than ``PCI_BUS_ID`` is CUDA's default. When some
+    GPU's compute capability is unknown (the ``/proc`` source), the speed order cannot be
+    worked out and PCI order is returned (names confirm the pairs then too).
+
+    Example:
+        >>> from tfplace._facts.nvidia import NvidiaFacts, NvidiaGPU
+        >>> slow = NvidiaGPU(0, "old", pci_bus_id="0000:00:05.0", compute_capability=(8, 0))
+        >>> fast = NvidiaGPU(1, "new", pci_bus_id="0000:00:06.0", compute_capability=(9, 0))
+        >>> facts = NvidiaFacts("nvml", gpus=(slow, fast))
+        >>> [g.name for g in cuda_enumeration(facts, {})]
+        ['new', 'old']
+        >>> [g.name for g in cuda_enumeration(facts, {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"})]
+        ['old', 'new']
+    """
+    pci = sorted(facts.gpus, key=lambda g: (g.pci_bus_id is None, g.pci_bus_id or "", g.index))
+    if (env.get("CUDA_DEVICE_ORDER") or "").strip().upper() == "PCI_BUS_ID":
+        return pci
+    if any(g.compute_capability is None for g in pci):
+        return pci
+    # a stable sort: GPUs of one compute capability keep their PCI order
+    return sorted(pci, key=lambda g: [-v for v in g.compute_capability or ()])
+
+
 def _cuda_order(facts: _nvidia.NvidiaFacts, env: Mapping[str, str]) -> list[_nvidia.NvidiaGPU]:
     """The driver's GPUs in the order CUDA numbers them after ``CUDA_VISIBLE_DEVICES``.
 
-    Entries are indexes or ``GPU-`` UUID prefixes; like CUDA, the list stops at the first entry
-    that names no GPU (a ``MIG-`` entry is not mapped to its parent).
+    Entries are indexes into CUDA's enumeration (:func:`cuda_enumeration`, which follows
+    ``CUDA_DEVICE_ORDER``) or ``GPU-`` UUID prefixes; like CUDA, the list stops at the first
+    entry that names no GPU (a ``MIG-`` entry is not mapped to its parent).
     """
+    enumerated = cuda_enumeration(facts, env)
     cvd = env.get("CUDA_VISIBLE_DEVICES")
     if cvd is None:
-        return list(facts.gpus)
+        return enumerated
     order: list[_nvidia.NvidiaGPU] = []
     for entry in (e.strip() for e in cvd.split(",")):
         found = [
             g
-            for g in facts.gpus
-            if (entry.isdigit() and g.index == int(entry))
+            for n, g in enumerate(enumerated)
+            if (entry.isdigit() and n == int(entry))
             or (entry.startswith("GPU-") and (g.uuid or "").startswith(entry))
         ]
         if len(found) != 1 or found[0] in order:
@@ -425,10 +461,11 @@ def merge_gpus(
     """Match TensorFlow's GPUs to the driver's and merge the driver's facts into them.
 
     TensorFlow's physical GPU ``i`` is CUDA's device ``i``: the ``i``-th GPU after
-    ``CUDA_VISIBLE_DEVICES`` (:func:`_cuda_order`). The model names must agree; when they do
-    not (``CUDA_DEVICE_ORDER=FASTEST_FIRST`` on a machine with mixed models numbers the fastest
-    first), the first unmatched driver GPU with the same name is taken. TensorFlow does not
-    report PCI bus ids before its runtime starts, so the order is the only link.
+    ``CUDA_VISIBLE_DEVICES``, whose indexes count in CUDA's order as ``CUDA_DEVICE_ORDER``
+    sets it (:func:`cuda_enumeration`: PCI order, or CUDA's default ``FASTEST_FIRST``). The
+    model names must agree; when they do not (two models whose speed order the driver's facts
+    cannot tell), the first unmatched driver GPU with the same name is taken. TensorFlow does
+    not report PCI bus ids before its runtime starts, so the order is the only link.
 
     Returns:
         ``(TensorFlow's GPUs with the driver's facts, every driver GPU with visible = matched)``.
