@@ -1,0 +1,87 @@
+"""Fault-tolerant Keras fit: BackupAndRestore in a shared folder, a slow step to kill it in.
+
+Usage: python train_ft.py OUT_DIR. Prints a JSON "start" line when fit begins and a JSON
+"done" line with the final weights. STEP_SLEEP (seconds per batch) makes a run long enough
+to interrupt; it does not change the arithmetic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+
+import tfplace  # noqa: E402
+import tfplace.callbacks  # noqa: E402
+
+strategy = tfplace.pick_strategy(startup_timeout=120)
+
+import keras  # noqa: E402
+
+out_dir = sys.argv[1]
+rng = np.random.default_rng(0)
+x = rng.normal(size=(256, 4)).astype("float32")
+y = x @ np.array([[1.0], [-2.0], [0.5], [3.0]], dtype="float32")
+with strategy.scope():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, "relu"), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.02), loss="mse")
+
+pause = float(os.environ.get("STEP_SLEEP", "0"))
+info = {
+    "host": socket.gethostname(),
+    "procid": os.environ.get("SLURM_PROCID"),
+    "restart": os.environ.get("SLURM_RESTART_COUNT", "0"),
+}
+
+
+class Progress(keras.callbacks.Callback):  # type: ignore[misc]
+    """Counts the batches this process really trains; sleeps after each."""
+
+    batches = 0
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        print(json.dumps({"event": "start", "time": time.time(), **info}), flush=True)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs and "loss" in logs:  # a batch BackupAndRestore skips on resuming has no loss
+            Progress.batches += 1
+        if pause:
+            time.sleep(pause)
+
+
+backup = tfplace.callbacks.BackupAndRestore(os.path.join(out_dir, "backup"), save_freq=4)
+try:
+    history = model.fit(
+        x, y, batch_size=16, epochs=4, verbose=0, shuffle=False, callbacks=[backup, Progress()]
+    )
+except BaseException as err:  # e.g. a peer lost: note when, then fail as before
+    print(
+        json.dumps({"event": "error", "time": time.time(), "error": str(err)[-400:], **info}),
+        flush=True,
+    )
+    raise
+print(
+    json.dumps(
+        {
+            "event": "done",
+            "time": time.time(),
+            "batches": Progress.batches,
+            "step_sleep": pause,
+            "weights": [w.ravel().tolist() for w in model.get_weights()],
+            **info,
+        }
+    ),
+    flush=True,
+)
