@@ -25,7 +25,8 @@ from helpers import CPU_ONLY_ENV, QUIET_ENV, run_json, run_workers
 
 import tfplace
 from tfplace.testing import fake_inventory, use_inventory
-from tfplace.tuning._diagnose import advise, profile_viewer
+from tfplace.tuning._clock import time_input, time_steps
+from tfplace.tuning._diagnose import TrainingDiagnosis, advise, profile_viewer
 
 pytestmark = pytest.mark.tf
 
@@ -186,6 +187,47 @@ def test_bad_arguments() -> None:
         tfplace.diagnose_training(small(), [1, 2])
     with pytest.raises(ValueError, match="dataset is empty"):
         tfplace.diagnose_training(small(), ds.take(0), steps=1, warmup=1)
+
+
+def test_the_report_prints_as_its_text(capsys: pytest.CaptureFixture[str]) -> None:
+    # Before, print(report) showed the dataclass repr; the docs show the verdict text.
+    report = TrainingDiagnosis(
+        input_ms=10.5,
+        step_ms=0.7,
+        together_ms=10.5,
+        bound="input",
+        ratio=15.0,
+        input_wait=0.93,
+        overlap=1.0,
+        steps=20,
+        warmup=2,
+        strategy="default strategy",
+        replicas=1,
+        workers=1,
+        jit_compile=False,
+        precision="float32",
+        advice=("prepare the input",),
+    )
+    assert str(report) == report.to_text()
+    print(report)
+    out = capsys.readouterr().out
+    assert out.startswith("input pipeline alone") and "verdict                input-bound" in out
+    assert repr(report).startswith("TrainingDiagnosis(")
+
+
+def test_the_clock_leaves_out_the_set_up_of_fit() -> None:
+    # the shared step clock: a 1 s start of the pipeline (every new iterator) is not counted
+    def wait(i: np.ndarray) -> np.ndarray:
+        if i == 0:
+            time.sleep(1.0)
+        return i
+
+    index = tf.data.Dataset.range(64).map(lambda i: tf.numpy_function(wait, [i], tf.int64))
+    slow_start = tf.data.Dataset.zip((index, data(slow=False).repeat())).map(lambda _, xy: xy)
+    model = small()
+    assert time_steps(keras, model, slow_start, 1, 5) < 0.1
+    assert time_input(slow_start, 1, 5) < 0.1
+    assert time_steps(keras, model, slow_start, 0, 5) > 0.15  # no warm-up: it is the first step
 
 
 # ----------------------------------------------------------------------------- advice (pure)

@@ -6,7 +6,9 @@ GPUs): their expectations come from TensorFlow's logical devices or tfplace's in
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
 import warnings
 from collections.abc import Iterator
 
@@ -376,6 +378,80 @@ def test_autotune_when_every_candidate_fails_raises_the_first_error() -> None:
         tfplace.autotune(
             build_no_xla_model, dataset(), candidates=[CPU0], jit_compile=(True,), steps=1
         )
+
+
+class Sleep(keras.layers.Layer):  # type: ignore[misc]
+    """Identity that sleeps ``seconds`` inside every training step."""
+
+    def __init__(self, seconds: float, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.seconds = seconds
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        def sleep(a: np.ndarray) -> np.ndarray:
+            time.sleep(self.seconds)
+            return a
+
+        return tf.ensure_shape(tf.numpy_function(sleep, [x], x.dtype), x.shape)
+
+
+def test_a_slowed_candidate_ranks_last_and_a_strategy_that_cannot_be_built_fails_alone() -> None:
+    # The first model built sleeps 30 ms per step; the others are the same model without
+    # the sleep. Before, a candidate whose strategy could not be built (a device that does
+    # not exist) aborted the whole run with DeviceNotFoundError.
+    built = itertools.count()
+
+    def build() -> keras.Model:
+        first = next(built) == 0
+        layers = [Sleep(0.03)] if first else []
+        model = keras.Sequential([keras.Input((8,)), *layers, keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
+        return model
+
+    candidates = [
+        Candidate("slowed", "one_device", ("/CPU:0",)),
+        Candidate("missing", "one_device", ("/CPU:9",)),
+        Candidate("plain", "one_device", ("/CPU:0",)),
+    ]
+    report = tfplace.autotune(build, dataset(), candidates=candidates, steps=5, warmup=1)
+    assert [m.name for m in report.results] == ["plain", "slowed"]
+    slowed = report.results[-1]
+    assert slowed.steps_per_second < 1 / 0.03  # the sleep is inside the timed steps
+    assert report.best.steps_per_second > 2 * slowed.steps_per_second
+    ((missing),) = report.failed
+    assert missing.name == "missing" and missing.replicas == 0
+    assert (missing.error or "").startswith("DeviceNotFoundError") and "/CPU:9" in (
+        missing.error or ""
+    )
+    assert "missing" in str(report) and "failed: DeviceNotFoundError" in str(report)
+
+
+def slow_first_batch(seconds: float) -> tf.data.Dataset:
+    """``dataset()`` whose first batch takes ``seconds``, every time an iterator starts."""
+
+    def wait(i: np.ndarray) -> np.ndarray:
+        if i == 0:
+            time.sleep(seconds)
+        return i
+
+    index = tf.data.Dataset.range(8).map(lambda i: tf.numpy_function(wait, [i], tf.int64))
+    return tf.data.Dataset.zip((index, dataset())).map(lambda _, xy: xy)
+
+
+def test_autotune_times_steps_not_the_set_up_of_fit() -> None:
+    # Before, the timed fit started a new iterator, so a pipeline's start (here 1 s, as a
+    # shuffle buffer filling or a remote file opening) was counted in 5 steps: under 5
+    # steps/s. The shared clock starts after the warm-up step.
+    report = tfplace.autotune(
+        build_model, slow_first_batch(1.0), candidates=[CPU0], steps=5, warmup=1
+    )
+    assert report.best.steps_per_second > 20
+
+
+def test_the_report_prints_as_its_table() -> None:
+    report = tfplace.autotune(build_model, dataset(), candidates=[CPU0], steps=2, warmup=1)
+    assert str(report) == report.to_text() and str(report).startswith("CPU:0")
+    assert "steps/s" in str(report) and "AutotuneReport(" in repr(report)
 
 
 @pytest.mark.slow

@@ -11,7 +11,6 @@ import functools
 import gc
 import inspect
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from types import ModuleType
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tfplace import _tf
 from tfplace._precision import set_policy
 from tfplace.errors import BatchSizeError
+from tfplace.tuning._clock import time_steps
 
 if TYPE_CHECKING:
     from tfplace._facts.inventory import Inventory
@@ -205,8 +205,9 @@ class Measurement:
 class AutotuneReport:
     """What ``autotune`` measured: ``results`` best first, and the best ``strategy``.
 
-    ``failed`` holds the candidates that could not train (an XLA compilation error, out of
-    memory, ...), each with its ``error``; they are never ranked.
+    ``failed`` holds the candidates that could not train (a strategy that cannot be built,
+    an XLA compilation error, out of memory, ...), each with its ``error``; they are never
+    ranked. ``print(report)`` prints :meth:`to_text`.
     """
 
     results: tuple[Measurement, ...]
@@ -227,6 +228,10 @@ class AutotuneReport:
             "strategy": type(self.strategy).__name__,
             "xla_speedups": self.xla_speedups(),
         }
+
+    def __str__(self) -> str:
+        """The readable table, :meth:`to_text` (``print(report)`` shows it)."""
+        return self.to_text()
 
     def to_text(self) -> str:
         """A small table, fastest first, with ratios to the best; then, after a blank line,
@@ -466,13 +471,16 @@ def autotune(
 
     Each candidate builds a fresh model in its strategy's scope (``build_model`` must build
     AND compile it), with the candidate's dtype policy in force, sets ``model.jit_compile``
-    when the candidate says so, trains ``warmup`` steps (tracing, XLA compilation, first
-    allocations), then ``steps`` timed steps of ``model.fit`` on ``dataset`` (batched with the
-    GLOBAL batch size; it is repeated as needed). Nothing is ranked without being measured.
+    when the candidate says so, and runs ONE ``model.fit`` of ``warmup + steps`` steps on
+    ``dataset`` (batched with the GLOBAL batch size; it is repeated as needed). The clock is
+    the one :func:`tfplace.diagnose_training` uses: it runs from the end of the last warm-up step
+    (tracing, XLA compilation, first allocations, ``fit``'s iterator and the dataset's
+    distribution all fall before it) to the end of the last step. Nothing is ranked without
+    being measured.
 
-    A candidate that fails to train (an op XLA cannot compile, out of memory, ...) is
-    recorded in ``report.failed`` with its error, logged, and skipped; only when every
-    candidate fails is the first one's error raised. Each measurement also says what
+    A candidate that fails (its strategy cannot be built, an op XLA cannot compile, out of
+    memory, ...) is recorded in ``report.failed`` with its error, logged, and skipped; only
+    when every candidate fails is the first one's error raised. Each measurement also says what
     ``jit_compile="auto"`` would have chosen there (:func:`auto_jit_compile`).
 
     What it cannot measure: settings fixed at start-up (thread pools, virtual devices,
@@ -483,7 +491,7 @@ def autotune(
         dataset: a batched ``tf.data.Dataset`` of ``(x, y)``.
         candidates: the placements to measure (default: :func:`available_candidates`).
         steps: timed training steps per candidate.
-        warmup: untimed steps first.
+        warmup: untimed steps first (0: the first step, with its tracing, is timed).
         jit_compile: also vary XLA, e.g. ``(False, True)``: each placement is measured with
             each setting (default: as ``build_model`` compiled it).
         precision: also vary the dtype policy, e.g. ``("float32", "auto")``; ``"auto"`` is
@@ -500,7 +508,7 @@ def autotune(
         The figures (and so the order) depend on the machine's CPUs and GPUs:
 
         >>> report = tfplace.autotune(build_model, ds, jit_compile=(False, True))  # doctest: +SKIP
-        >>> print(report.to_text())  # doctest: +SKIP
+        >>> print(report)  # doctest: +SKIP
         CPU:0 xla=off                    412.0 steps/s    1.00x
         CPU:0 xla=on                     380.3 steps/s    0.92x
         jit_compile="auto" on one_device /CPU:0: XLA off (Keras turns XLA off on a machine ...)
@@ -548,37 +556,26 @@ def _measure(
     warmup: int,
     inv: Inventory,
 ) -> tuple[Measurement, Any, BaseException | None]:
-    """Build, train and time one candidate; a training failure is returned, not raised."""
+    """Build, train and time one candidate. Any failure — building its strategy, building
+    the model, training — is returned with the candidate's record, not raised."""
     from tfplace._strategy import pick_strategy
 
-    strategy = pick_strategy(cand.kind, devices=list(cand.devices) if cand.devices else None)
-    keras = _tf.load_keras()
-    before = policy_name(keras)
-    try:
-        if cand.precision is not None:
-            set_policy(keras, cand.precision)
-        with strategy.scope():
-            model = build_model()
-    finally:
-        set_policy(keras, before)
-    flavour = "tf_keras" if keras_of(model).__name__ == "tf_keras" else "keras3"
-    auto, why = auto_jit_compile(
-        cand.kind, inv, model_supports_jit=model_supports_jit(model), keras=flavour
-    )
-    if cand.jit_compile is not None:
-        model.jit_compile = cand.jit_compile
-    policy = cand.precision or _model_policy(model) or before
-    error: BaseException | None = None
+    strategy: Any = None
+    model: Any = None
+    facts: dict[str, Any] = {"precision": cand.precision, "jit_compile": cand.jit_compile}
     rate = 0.0
     try:
-        if warmup:
-            model.fit(data, steps_per_epoch=warmup, epochs=1, verbose=0)
-        start = time.perf_counter()
-        model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
-        rate = steps / (time.perf_counter() - start)
+        strategy = pick_strategy(cand.kind, devices=list(cand.devices) if cand.devices else None)
+        keras = _tf.load_keras()
+        model = _build(cand, build_model, strategy, keras)
+        facts = _model_facts(cand, model, keras, inv)
+        rate = 1.0 / time_steps(keras_of(model), model, data, warmup, steps)
+        facts["jit_compile"] = bool(model.jit_compile)
+        error: BaseException | None = None
     except Exception as err:
         error = err
-    jit = bool(model.jit_compile)
+        if model is not None:
+            facts["jit_compile"] = bool(getattr(model, "jit_compile", False))
     text = None
     if error is None:
         log.info("autotune: %s: %.1f steps/s", cand.name, rate)
@@ -590,17 +587,44 @@ def _measure(
         cand.kind,
         cand.devices,
         rate,
-        strategy.num_replicas_in_sync,
-        jit_compile=jit,
-        precision=policy,
-        auto_jit_compile=auto,
-        auto_jit_reason=why,
+        int(strategy.num_replicas_in_sync) if strategy is not None else 0,
         error=text,
+        **facts,
     )
     del model
     if error is not None or any("GPU" in d for d in cand.devices or ()) or "GPU" in cand.name:
         _clear_session()  # give the GPU memory back before the next candidate
     return result, strategy, error
+
+
+def _build(cand: Candidate, build_model: Callable[[], Any], strategy: Any, keras: Any) -> Any:
+    """``build_model()`` in the strategy's scope under the candidate's policy; the global
+    policy is put back afterwards."""
+    before = policy_name(keras)
+    try:
+        if cand.precision is not None:
+            set_policy(keras, cand.precision)
+        with strategy.scope():
+            model = build_model()
+    finally:
+        set_policy(keras, before)
+    if cand.jit_compile is not None:
+        model.jit_compile = cand.jit_compile
+    return model
+
+
+def _model_facts(cand: Candidate, model: Any, keras: Any, inv: Inventory) -> dict[str, Any]:
+    """The model's policy and what ``jit_compile="auto"`` would choose for it here."""
+    flavour = "tf_keras" if keras_of(model).__name__ == "tf_keras" else "keras3"
+    auto, why = auto_jit_compile(
+        cand.kind, inv, model_supports_jit=model_supports_jit(model), keras=flavour
+    )
+    return {
+        "precision": cand.precision or _model_policy(model) or policy_name(keras),
+        "jit_compile": bool(model.jit_compile),
+        "auto_jit_compile": auto,
+        "auto_jit_reason": why,
+    }
 
 
 def _model_policy(model: Any) -> str | None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tfplace import _tf
 from tfplace.tuning._autotune import _model_policy, keras_of, policy_name
+from tfplace.tuning._clock import time_input, time_steps
 
 if TYPE_CHECKING:
     from tfplace._facts.inventory import Inventory
@@ -68,6 +68,8 @@ class TrainingDiagnosis:
         advice: what would help, most useful first.
         profile_dir: the folder to open with TensorBoard, when a trace was written.
         profile_viewer: how to open it (or what to install first).
+
+    ``print(report)`` prints :meth:`to_text`; :meth:`to_dict` is the same as plain data.
     """
 
     input_ms: float
@@ -93,6 +95,10 @@ class TrainingDiagnosis:
         data = asdict(self)
         data["advice"] = list(self.advice)
         return data
+
+    def __str__(self) -> str:
+        """The readable report, :meth:`to_text` (``print(report)`` shows it)."""
+        return self.to_text()
 
     def to_text(self) -> str:
         """The figures, the verdict and the advice, as lines of text."""
@@ -266,8 +272,45 @@ def diagnose_training(
         >>> report = tfplace.diagnose_training(model, ds, steps=20)  # doctest: +SKIP
         >>> report.bound, round(report.ratio, 1)  # doctest: +SKIP
         ('input', 3.4)
-        >>> print(report.to_text())  # doctest: +SKIP
+        >>> print(report)  # doctest: +SKIP
     """
+    _check_arguments(model, dataset, steps, warmup, profile_dir, profile_steps)
+    strategy = model.distribute_strategy
+    log.info(
+        "diagnose_training: timing input alone, step alone and both, %d+%d steps each "
+        "(%s, %d replica(s))",
+        warmup,
+        steps,
+        _strategy_name(strategy),
+        strategy.num_replicas_in_sync,
+    )
+    if _first_batch_missing(dataset):
+        raise ValueError("dataset is empty: diagnose_training needs at least one batch")
+    folder = os.fspath(profile_dir) if profile_dir is not None else None
+    input_s, step_s, together_s, folder = _measure_phases(
+        model, dataset, warmup, steps, folder, profile_steps
+    )
+    report = _report(model, input_s, step_s, together_s, steps, warmup, folder)
+    log.info(
+        "diagnose_training: %s-bound %.2fx (input %.2f ms, step %.2f ms, both %.2f ms)",
+        report.bound,
+        report.ratio,
+        report.input_ms,
+        report.step_ms,
+        report.together_ms,
+    )
+    return report
+
+
+def _check_arguments(
+    model: Any,
+    dataset: Any,
+    steps: int,
+    warmup: int,
+    profile_dir: str | os.PathLike[str] | None,
+    profile_steps: int,
+) -> None:
+    """Raise ValueError / TypeError for a bad argument, before anything runs."""
     for name, value, low in (
         ("steps", steps, 1),
         ("warmup", warmup, 1),
@@ -286,43 +329,56 @@ def diagnose_training(
         )
     if not _tf.is_dataset(dataset):
         raise TypeError(f"dataset must be a batched tf.data.Dataset, found {dataset!r}")
+
+
+def _measure_phases(
+    model: Any,
+    dataset: Any,
+    warmup: int,
+    steps: int,
+    profile_dir: str | None,
+    profile_steps: int,
+) -> tuple[float, float, float, str | None]:
+    """Seconds per batch of input alone, step alone and both together (the shared step
+    clock), then the optional trace; the model's state is put back afterwards."""
+    strategy = model.distribute_strategy
+    data = dataset.repeat()
+    # every worker times the same cached batch; nothing to shard
+    one = dataset.take(1).cache().repeat().with_options(_tf.shard_options("off"))
+    saved = _snapshot(model)
+    try:
+        keras = keras_of(model)
+        input_s = time_input(_distributed(data, strategy), warmup, steps)
+        step_s = time_steps(keras, model, one, warmup, steps)
+        together_s = time_steps(keras, model, data, warmup, steps)
+        folder = None
+        if profile_dir is not None:
+            folder = _profile(keras, model, data, one, strategy, profile_dir, profile_steps)
+    finally:
+        _restore(saved)
+    return input_s, step_s, together_s, folder
+
+
+def _report(
+    model: Any,
+    input_s: float,
+    step_s: float,
+    together_s: float,
+    steps: int,
+    warmup: int,
+    folder: str | None,
+) -> TrainingDiagnosis:
+    """The verdict and advice from the three timings (seconds per step) and the model."""
     from tfplace._facts.inventory import inventory as gather
 
     strategy = model.distribute_strategy
     replicas = int(strategy.num_replicas_in_sync)
     workers = _workers(strategy)
-    data = dataset.repeat()
-    one = dataset.take(1).cache().repeat()
-    off = _tf.shard_options("off")  # every worker times the same batch; nothing to shard
-    one = one.with_options(off)
-    log.info(
-        "diagnose_training: timing input alone, step alone and both, %d+%d steps each "
-        "(%s, %d replica(s))",
-        warmup,
-        steps,
-        _strategy_name(strategy),
-        replicas,
-    )
-    if _first_batch_missing(dataset):
-        raise ValueError("dataset is empty: diagnose_training needs at least one batch")
-    saved = _snapshot(model)
-    try:
-        keras = keras_of(model)
-        input_s = _time_input(data, strategy, warmup, steps)
-        step_s = _time_fit(keras, model, one, warmup, steps)
-        together_s = _time_fit(keras, model, data, warmup, steps)
-        folder = None
-        if profile_dir is not None:
-            folder = _profile(
-                keras, model, data, one, strategy, os.fspath(profile_dir), profile_steps
-            )
-    finally:
-        _restore(saved)
     bound: Literal["input", "compute"] = "input" if input_s > step_s else "compute"
     ratio = max(input_s, step_s) / max(min(input_s, step_s), 1e-9)
     overlap = min(1.0, max(input_s, step_s) / together_s)
     jit = bool(getattr(model, "jit_compile", False))
-    precision = _model_policy(model) or policy_name(keras)
+    precision = _model_policy(model) or policy_name(keras_of(model))
     advice = advise(
         bound=bound,
         ratio=ratio,
@@ -334,7 +390,7 @@ def diagnose_training(
         workers=workers,
         inv=gather(),
     )
-    report = TrainingDiagnosis(
+    return TrainingDiagnosis(
         input_ms=input_s * 1000,
         step_ms=step_s * 1000,
         together_ms=together_s * 1000,
@@ -353,15 +409,6 @@ def diagnose_training(
         profile_dir=folder,
         profile_viewer=profile_viewer(folder) if folder is not None else None,
     )
-    log.info(
-        "diagnose_training: %s-bound %.2fx (input %.2f ms, step %.2f ms, both %.2f ms)",
-        bound,
-        ratio,
-        report.input_ms,
-        report.step_ms,
-        report.together_ms,
-    )
-    return report
 
 
 # ----------------------------------------------------------------------------- the phases
@@ -393,50 +440,10 @@ def _distributed(data: Any, strategy: Any) -> Any:
     return strategy.experimental_distribute_dataset(data)
 
 
-def _time_input(data: Any, strategy: Any, warmup: int, steps: int) -> float:
-    """Seconds per batch of the pipeline alone."""
-    it = iter(_distributed(data, strategy))
-    for _ in range(warmup):
-        next(it)
-    start = time.perf_counter()
-    for _ in range(steps):
-        next(it)
-    return (time.perf_counter() - start) / steps
-
-
 def _first_batch_missing(dataset: Any) -> bool:
     for _ in dataset.take(1):
         return False
     return True
-
-
-def _timer(keras: Any) -> Any:
-    """A callback timing batches after the warm-up, each step finished before the clock."""
-
-    class StepTimer(keras.callbacks.Callback):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self.marks: list[float] = []
-
-        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-            for value in (logs or {}).values():  # the step's results: it has finished
-                float(value)
-                break
-            self.marks.append(time.perf_counter())
-
-    return StepTimer()
-
-
-def _time_fit(keras: Any, model: Any, data: Any, warmup: int, steps: int) -> float:
-    """Seconds per training step of ``model.fit`` on ``data``, after ``warmup`` steps.
-
-    One ``fit`` call: the clock runs from the end of the last warm-up step to the end of the
-    last step, so ``fit``'s own set-up is not counted.
-    """
-    timer = _timer(keras)
-    model.fit(data, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[timer])
-    marks = timer.marks
-    return float((marks[-1] - marks[warmup - 1]) / steps)
 
 
 @contextmanager
