@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ from tfplace.errors import (
     BarrierTimeoutError,
     ClusterConfigError,
     TfplaceError,
+    TfplaceWarning,
 )
 
 if TYPE_CHECKING:
@@ -47,9 +49,15 @@ if TYPE_CHECKING:
 __all__ = [
     "MULTI_WORKER_FIX",
     "BarrierTimeoutError",
+    "PeerError",
+    "StockCallbackWarning",
     "barrier",
+    "cluster_of",
     "compare_replica_counts",
     "is_chief",
+    "kv_get",
+    "kv_set",
+    "kv_wait",
     "make_multi_worker",
     "multi_worker_class",
     "worker_save_path",
@@ -63,6 +71,18 @@ MULTI_WORKER_FIX = (
 log = logging.getLogger("tfplace")
 _class_lock = threading.Lock()
 _class: type | None = None
+#: The cluster of the last multi-worker strategy built in this process (None: none built).
+_built_cluster: ClusterSpec | None = None
+#: Seconds between two looks at the coordination service while waiting for a key.
+POLL_S = 1.0
+
+
+class PeerError(TfplaceError):
+    """Raised while waiting for a worker's key when a worker reported a failure instead."""
+
+
+class StockCallbackWarning(TfplaceWarning):
+    """Keras's own ``ModelCheckpoint`` / ``BackupAndRestore`` under several workers."""
 
 
 def _rank(value: Any) -> int | None:
@@ -195,9 +215,25 @@ def make_multi_worker(
     finally:
         if watchdog is not None:
             _stop_watchdog(watchdog)
+    global _built_cluster
+    strategy._tfplace_cluster = decision.cluster
+    _built_cluster = decision.cluster
     if decision.cluster is not None:
         _exchange_replica_counts(strategy, decision.cluster, timeout)
+        if decision.cluster.num_workers > 1:
+            _flag_stock_callbacks()
     return strategy
+
+
+def cluster_of(strategy: object) -> ClusterSpec | None:
+    """The cluster tfplace built ``strategy`` for; None for any other strategy.
+
+    Example:
+        >>> cluster_of(object()) is None
+        True
+    """
+    cluster = getattr(strategy, "_tfplace_cluster", None)
+    return cluster if isinstance(cluster, ClusterSpec) else None
 
 
 def _local_replicas(strategy: Any) -> int:
@@ -224,22 +260,167 @@ def compare_replica_counts(counts: dict[str, int], source: str) -> None:
 
 def _exchange_replica_counts(strategy: Any, spec: ClusterSpec, timeout: float | None) -> None:
     """Tell the other workers how many replicas this one runs, through TensorFlow's
-    coordination service, and compare, before the first collective could fail on it."""
+    coordination service, and compare, before the first collective could fail on it.
+
+    A failure is never silent: a worker that cannot publish its count logs a WARNING and
+    reports it under ``tfplace/replicas/error``, where the others see it within
+    :data:`POLL_S` seconds; they log a WARNING too, and every worker goes on without the
+    comparison (a mismatch then fails at the first collective, TF#47203).
+    """
+    me = f"{spec.task_type} {spec.task_index}"
+    prefix = "tfplace/replicas"
+    error_key = f"{prefix}/error"
     try:
         ctx = _tf.coordination_context()
-        mine = _local_replicas(strategy)
-        prefix = "tfplace/replicas"
-        with contextlib.suppress(Exception):  # already published by an earlier strategy
-            ctx.set_config_key_value(f"{prefix}/{spec.task_type}/{spec.task_index}", str(mine))
-        wait_ms = int((timeout or 300.0) * 1000)
+        mine = str(_local_replicas(strategy))
+    except Exception as err:
+        log.warning(
+            "tfplace: %s could not compare replica counts across workers (no coordination "
+            "service: %s); a mismatch will fail at the first collective instead (TF#47203)",
+            me,
+            _first_line(err),
+        )
+        return
+    key = f"{prefix}/{spec.task_type}/{spec.task_index}"
+    try:
+        kv_set(ctx, key, mine, same_ok=True)
+    except Exception as err:
+        what = f"{me} could not publish its replica count ({key}: {_first_line(err)})"
+        log.warning("tfplace: %s; the workers go on without comparing replica counts", what)
+        _report(ctx, error_key, what)
+        return
+    wait = timeout or 300.0
+    try:
         counts = {
-            f"{job} {i}": int(ctx.get_config_key_value(f"{prefix}/{job}/{i}", wait_ms))
+            f"{job} {i}": int(kv_wait(ctx, f"{prefix}/{job}/{i}", wait, error_key=error_key))
             for job, i in _worker_tasks(spec)
         }
-    except Exception as err:  # no coordination service here: the collectives still check
-        log.debug("tfplace: could not compare replica counts across workers: %s", err)
+    except PeerError as err:
+        log.warning("tfplace: %s; the workers go on without comparing replica counts", err)
+        return
+    except BarrierTimeoutError as err:
+        log.warning("tfplace: could not compare replica counts across workers: %s", err)
         return
     compare_replica_counts(counts, spec.source)
+
+
+def _report(ctx: Any, error_key: str, what: str) -> None:
+    """Publish a failure for the other workers; say so if even that fails."""
+    try:
+        kv_set(ctx, error_key, what)
+    except Exception as err:
+        log.warning(
+            "tfplace: could not report that failure to the other workers either (%s: %s); "
+            "they learn of it only when their own wait times out",
+            error_key,
+            _first_line(err),
+        )
+
+
+def kv_set(ctx: Any, key: str, value: str, *, same_ok: bool = False) -> None:
+    """Set ``key`` in the coordination service's key-value store.
+
+    Args:
+        ctx: the seam's ``coordination_context()``.
+        key: the key (set once: a second set raises).
+        value: its value.
+        same_ok: a key that already holds ``value`` (set by an earlier call) is not an error.
+
+    Raises:
+        Exception: TensorFlow's error, e.g. ``AlreadyExistsError``, ``UnavailableError``.
+    """
+    try:
+        ctx.set_config_key_value(key, value)
+    except Exception as err:
+        if same_ok and _tf.is_already_exists(err) and kv_get(ctx, key, 1.0) == value:
+            return
+        raise
+
+
+def kv_get(ctx: Any, key: str, wait: float) -> str | None:
+    """The value of ``key``, waiting up to ``wait`` seconds; None when it is not set by then.
+
+    Raises:
+        Exception: any other failure of the coordination service (TensorFlow's error).
+    """
+    try:
+        value: str = ctx.get_config_key_value(key, max(1, int(wait * 1000)))
+    except Exception as err:
+        if _tf.is_deadline_exceeded(err):
+            return None
+        raise
+    return value
+
+
+def kv_wait(ctx: Any, key: str, timeout: float, *, error_key: str | None = None) -> str:
+    """Wait for ``key``; every :data:`POLL_S` seconds look whether a worker reported a failure
+    under ``error_key`` instead, so that a failure reaches the others within seconds.
+
+    Raises:
+        PeerError: ``error_key`` holds a failure (its text is the message).
+        BarrierTimeoutError: ``key`` was not set within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        value = kv_get(ctx, key, max(0.001, min(POLL_S, left)))
+        if value is not None:
+            return value
+        if error_key is not None:
+            failure = kv_get(ctx, error_key, 0.001)
+            if failure is not None:
+                raise PeerError(failure)
+        if time.monotonic() >= deadline:
+            raise BarrierTimeoutError(
+                f"{key!r} was not set within {timeout:g} s: the worker that sets it died, "
+                "hangs, or runs a different program"
+            )
+
+
+def _flag_stock_callbacks() -> None:
+    """Warn, once per process, when Keras 3's own ``ModelCheckpoint`` or ``BackupAndRestore``
+    starts training under a multi-worker strategy: every worker writes the same files.
+
+    Keras 3 has no public hook that sees ``fit``'s callbacks (the strategy never does), so
+    this wraps the two classes' public ``on_train_begin`` with a check that only warns;
+    nothing else changes. tfplace's own callbacks (``_tfplace_safe``) are skipped; tf_keras's
+    are left alone (they already write per worker).
+    """
+    keras = _tf.load_keras()
+    if keras.__name__ != "keras":
+        return
+    replacements = {"ModelCheckpoint": "ModelCheckpoint", "BackupAndRestore": "BackupAndRestore"}
+    for name, replacement in replacements.items():
+        cls = getattr(keras.callbacks, name, None)
+        original = getattr(cls, "on_train_begin", None)
+        if cls is None or original is None or getattr(original, "_tfplace_flag", False):
+            continue
+        cls.on_train_begin = _flagging(original, name, replacement)
+
+
+_flagged: set[str] = set()
+
+
+def _flagging(original: Any, name: str, replacement: str) -> Any:
+    def on_train_begin(self: Any, logs: Any = None) -> Any:
+        strategy: Any = getattr(getattr(self, "model", None), "distribute_strategy", None)
+        unsafe = not getattr(self, "_tfplace_safe", False) and _tf.is_multi_worker(strategy)
+        if unsafe and strategy.extended._num_workers > 1 and name not in _flagged:
+            _flagged.add(name)
+            warnings.warn(
+                f"keras.callbacks.{name} under the multi-worker strategy: every worker writes "
+                "the same files, which corrupts them or fails (BadZipFile, FileExistsError, "
+                f"'unable to lock file'). Fix: use tfplace.callbacks.{replacement} (same "
+                "arguments): only the chief writes, atomically.",
+                StockCallbackWarning,
+                stacklevel=2,
+            )
+        return original(self, logs)
+
+    on_train_begin._tfplace_flag = True  # type: ignore[attr-defined]
+    on_train_begin.__wrapped__ = original  # type: ignore[attr-defined]
+    on_train_begin.__doc__ = original.__doc__
+    return on_train_begin
 
 
 def _worker_tasks(spec: ClusterSpec) -> list[tuple[str, int]]:
@@ -253,10 +434,16 @@ def _worker_tasks(spec: ClusterSpec) -> list[tuple[str, int]]:
 
 
 def _current_cluster(cluster: ClusterSpec | None) -> ClusterSpec | None:
+    """The cluster this process belongs to: ``cluster`` if given; else that of the
+    multi-worker strategy in force (``tf.distribute.get_strategy()``) or, outside its scope,
+    of the last one tfplace built in this process (``pick_strategy(cluster=...)`` included);
+    else the environment (TF_CONFIG, SLURM), read without importing TensorFlow."""
     if cluster is not None:
         if not isinstance(cluster, ClusterSpec):
             raise TypeError(f"cluster must be a ClusterSpec, found {type(cluster).__name__}")
         return cluster
+    if _built_cluster is not None:  # TensorFlow is loaded: a strategy was built
+        return cluster_of(_tf.current_strategy()) or _built_cluster
     return from_env()  # the environment only: no TensorFlow, no package scan
 
 
@@ -264,11 +451,13 @@ def is_chief(cluster: ClusterSpec | None = None) -> bool:
     """Whether this process is the chief: the one that writes checkpoints, logs and exports.
 
     The ``chief`` task when the cluster has one, else worker 0; True outside a cluster.
-    Reads only the environment (``TF_CONFIG``, else the SLURM variables): it imports no
-    TensorFlow, so it is cheap to call anywhere, before ``pick_strategy`` too.
+    The cluster is ``cluster`` if given, else that of the multi-worker strategy built in this
+    process (``pick_strategy(cluster=...)`` included), else the environment (``TF_CONFIG``,
+    else the SLURM variables), read without importing TensorFlow: it is cheap to call
+    anywhere, before ``pick_strategy`` too.
 
     Args:
-        cluster: an explicit cluster; by default TF_CONFIG or SLURM.
+        cluster: an explicit cluster; by default the strategy's, else TF_CONFIG or SLURM.
 
     Raises:
         ClusterConfigError: the cluster description is malformed.
@@ -292,12 +481,12 @@ def worker_save_path(
     Under a multi-worker strategy every worker must take part in saving (the variables are
     synchronized through collectives), but only one may write the real file. The chief gets
     ``path``; every other worker gets a path in its own temporary directory, deleted when
-    the block ends. Like :func:`is_chief`, it reads only the environment. The folder of
-    ``path`` must exist on the chief (create it first, as for any save).
+    the block ends. It finds the cluster as :func:`is_chief` does. The folder of ``path``
+    must exist on the chief (create it first, as for any save).
 
     Args:
         path: where the model or checkpoint should end up.
-        cluster: an explicit cluster; by default TF_CONFIG or SLURM.
+        cluster: an explicit cluster; by default the strategy's, else TF_CONFIG or SLURM.
 
     Example:
         >>> from tfplace.cluster._spec import ClusterSpec
@@ -324,7 +513,9 @@ _barrier_lock = threading.Lock()
 _barrier_counts: dict[str, int] = {}
 
 
-def barrier(timeout: float | None = 300.0, *, name: str = "tfplace") -> None:
+def barrier(
+    timeout: float | None = 300.0, *, name: str = "tfplace", cluster: ClusterSpec | None = None
+) -> None:
     """Wait until every worker of the cluster has reached this call (a no-op with one worker).
 
     Use it where one worker reads what another wrote: the chief saves, ``barrier()``, then the
@@ -333,11 +524,14 @@ def barrier(timeout: float | None = 300.0, *, name: str = "tfplace") -> None:
     TensorFlow's coordination service, which the multi-worker strategy starts, so call
     :func:`tfplace.pick_strategy` first; it runs no collective op and needs no device.
 
-    Outside a cluster (no ``TF_CONFIG``/SLURM, or a single worker) it returns at once.
+    The cluster is found as :func:`is_chief` finds it: ``cluster``, else that of the
+    multi-worker strategy built in this process (``pick_strategy(cluster=...)`` included),
+    else ``TF_CONFIG``/SLURM. Outside a cluster, or with a single worker, it returns at once.
 
     Args:
         timeout: seconds to wait for the other workers (``None``: one day).
         name: separates independent sequences of barriers (a library's from the user's).
+        cluster: an explicit cluster; by default the strategy's, else TF_CONFIG or SLURM.
 
     Raises:
         BarrierTimeoutError: a worker did not arrive in time (it died, hangs, or runs a
@@ -352,7 +546,7 @@ def barrier(timeout: float | None = 300.0, *, name: str = "tfplace") -> None:
     """
     if timeout is not None and not timeout > 0:
         raise ValueError(f"barrier(timeout={timeout!r}): expected a positive number of seconds")
-    spec = from_env()
+    spec = _current_cluster(cluster)
     if spec is None or spec.num_workers <= 1:
         return
     if not _tf.runtime_started():

@@ -1,0 +1,280 @@
+"""``BackupAndRestore``: the Keras hooks. Files are in ``_store``, the check that every
+worker sees the same backups in ``_shared``, SIGTERM in ``_preemption``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from tfplace.callbacks._keras import (
+    KerasFlavoured,
+    is_legacy,
+    is_writer,
+    meet,
+    multi_worker,
+    task,
+    tasks,
+)
+from tfplace.callbacks._preemption import Preemption
+from tfplace.callbacks._shared import agree_on_restore, check_saved
+from tfplace.callbacks._store import BackupStore, join
+from tfplace.cluster._restarts import RESTART_EXIT_CODE
+
+__all__ = ["BackupAndRestore"]
+
+log = logging.getLogger("tfplace")
+
+
+class BackupAndRestore(KerasFlavoured):
+    """Back up the training state regularly and resume from it after a restart or preemption.
+
+    A drop-in for ``keras.callbacks.BackupAndRestore`` that is safe with several workers (see
+    :mod:`tfplace.callbacks`). ``backup_dir`` must be a folder every worker can read (a
+    shared file system, or any path ``tf.io.gfile`` knows: ``gs://...``, ``hdfs://...``), the
+    same in every worker, and not shared with another run. It holds ``backup-<n>/`` folders
+    (weights and optimizer state, plus ``state.json`` with the epoch and batch). The chief
+    chooses the newest complete one and every worker restores that one; a worker that does
+    not see it (a folder that is not shared) stops every worker with a
+    :class:`~tfplace.errors.ClusterConfigError`, as does a first save that not every worker
+    sees.
+
+    Resuming mid-epoch (``save_freq=<int>``, or a preemption) is exact when the input pipeline
+    yields the same batches in the same order on every start: the same data, batch size and
+    ``steps_per_execution``, no shuffling or a shuffle with a fixed seed, no randomness that
+    depends on how many batches were drawn before.
+
+    Args:
+        backup_dir: where the backups live (a local path or a ``tf.io.gfile`` URL).
+        save_freq: ``"epoch"`` (a backup after each epoch) or an int (after every that many
+            batches).
+        double_checkpoint: keep the previous backup as well as the newest one.
+        delete_checkpoint: remove the backups when ``fit`` completes.
+        preemption: on SIGTERM, save a backup at the next step every worker can reach and exit
+            with the restart code 143 (installed only in the main thread, during ``fit``).
+        timeout: seconds the workers wait for each other.
+
+    Raises:
+        ValueError: ``backup_dir`` is empty or ``save_freq`` is not ``"epoch"`` or a positive
+            int.
+
+    Example:
+        >>> import tfplace.callbacks
+        >>> backup = tfplace.callbacks.BackupAndRestore("/tmp/run1/backup", save_freq=100)
+        >>> backup.save_freq, backup.delete_checkpoint
+        (100, True)
+    """
+
+    _fits = 0  # fit() calls so far in this process: every worker counts the same
+
+    def __init__(
+        self,
+        backup_dir: str | os.PathLike[str],
+        save_freq: str | int = "epoch",
+        double_checkpoint: bool = False,
+        delete_checkpoint: bool = True,
+        *,
+        preemption: bool = True,
+        timeout: float = 600.0,
+    ) -> None:
+        super().__init__()
+        if not backup_dir:
+            raise ValueError("BackupAndRestore: backup_dir is empty; give the backup folder")
+        if save_freq != "epoch" and not (
+            isinstance(save_freq, int) and not isinstance(save_freq, bool) and save_freq > 0
+        ):
+            raise ValueError(
+                f"BackupAndRestore(save_freq={save_freq!r}): expected 'epoch' or a positive "
+                "number of batches"
+            )
+        self.backup_dir = os.fspath(backup_dir)
+        self.save_freq = save_freq
+        self.double_checkpoint = double_checkpoint
+        self.delete_checkpoint = delete_checkpoint
+        self.preemption = preemption
+        self.timeout = timeout
+        self._store = BackupStore(self.backup_dir)
+        self._reset_run_state()
+
+    def _reset_run_state(self) -> None:
+        self._epoch = 0
+        self._batch = -1
+        self._since_save = 0
+        self._skip = 0
+        self._next_save = 0
+        self._ends = 0  # batch ends seen in this fit (all epochs)
+        self._key = ""  # this fit's prefix in the coordination service
+        self._saves_checked = False
+        self._watch: Preemption | None = None
+        self._original_train_function: Any = None
+
+    # Saving.
+
+    def _weights_name(self) -> str:
+        # tf_keras's .h5 weights leave the optimizer out; its TensorFlow format keeps it.
+        return "weights" if is_legacy(self._tfplace_keras) else "model.weights.h5"
+
+    def _save(self, epoch: int, batch: int) -> None:
+        model = self.model
+        number = self._next_save
+        state = {"epoch": epoch, "batch": batch, "save": number}
+        self._store.write(
+            number,
+            state,
+            lambda folder: model.save_weights(join(folder, self._weights_name())),
+            writer=is_writer(model),
+        )
+        if is_writer(model):
+            self._store.prune(2 if self.double_checkpoint else 1)
+        if multi_worker(model) and not self._saves_checked:
+            check_saved(model, self._store, number, f"{self._key}/saved", self.timeout)
+            self._saves_checked = True
+        log.debug("tfplace: backup %d saved (epoch %d, batch %d)", number, epoch, batch)
+        self._next_save += 1
+        self._since_save = 0
+
+    # Restoring.
+
+    def _restore(self, number: int) -> None:
+        model = self.model
+        folder = self._store.folder(number)
+        state = self._store.state(number)
+        optimizer = getattr(model, "optimizer", None)
+        legacy = is_legacy(self._tfplace_keras)
+        if optimizer is not None and not legacy and not getattr(optimizer, "built", True):
+            optimizer.build(model.trainable_variables)
+        if legacy:
+            model.load_weights(join(folder, "weights")).expect_partial()
+        else:
+            model.load_weights(join(folder, self._weights_name()))
+        self._next_save = int(state["save"]) + 1
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        self._epoch = epoch
+        self._skip = batch + 1
+        if legacy:
+            model._training_state = _InitialCounters(epoch)
+        else:
+            model._initial_epoch = epoch
+        if self._skip:
+            self._skip_batches(self._skip)
+        log.info("tfplace: resumed from %s (epoch %d, batch %d)", folder, epoch, batch)
+
+    def _skip_batches(self, batches: int) -> None:
+        """Make the next ``fit`` steps draw their batches without training on them."""
+        model = self.model
+        original = model.train_function
+        self._original_train_function = original
+        value: Any = getattr(model, "steps_per_execution", None)  # tf_keras: a tf.Variable
+        per_call = int(value.numpy() if hasattr(value, "numpy") else (value or 1))
+        calls = max(1, batches // per_call)
+
+        def skipping(iterator: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls -= 1
+            if calls <= 0:
+                model.train_function = original
+                self._original_train_function = None
+            for _ in range(per_call):
+                next(iterator)
+            return {}
+
+        model.train_function = skipping
+
+    # Keras hooks.
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        model = self.model
+        if not model.built:
+            raise ValueError(
+                "BackupAndRestore: the model must be built before fit() (found an unbuilt "
+                f"{type(model).__name__}). Fix: give it an Input, or call it on a batch first."
+            )
+        self._reset_run_state()
+        BackupAndRestore._fits += 1  # the base class: one count whatever the subclass
+        fit = BackupAndRestore._fits
+        self._key = f"tfplace/backup/{fit}"
+        if multi_worker(model):  # the chief chooses; every worker checks it sees that one
+            chosen = agree_on_restore(model, self._store, f"{self._key}/restore", self.timeout)
+        else:
+            chosen = self._store.latest()
+        if chosen is not None:
+            self._restore(chosen)
+        if is_writer(model):
+            self._store.remove_incomplete()  # left by a crash mid-save
+        if self.preemption:
+            everyone = tasks(model) if multi_worker(model) else []
+            self._watch = Preemption(f"tfplace/preempt/{fit}", task(model), everyone, self.timeout)
+            self._watch.start()
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self._epoch = epoch
+        self._batch = -1
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        skipping = self._skip > 0 and batch < self._skip
+        if self._skip and not skipping:
+            self._skip = 0
+        if not skipping and self.save_freq != "epoch":
+            self._since_save += batch - self._batch
+        self._batch = batch
+        self._ends += 1
+        verdict = self._watch.check(self._ends) if self._watch is not None else "train"
+        if verdict == "abort":
+            assert self._watch is not None
+            log.warning(
+                "tfplace: preempted, but the workers could not agree on a step (%s); exiting "
+                "with %d without a new backup: the next start resumes from the previous one",
+                self._watch.abort_reason,
+                RESTART_EXIT_CODE,
+            )
+            sys.exit(RESTART_EXIT_CODE)
+        if verdict == "stop":
+            self._save(self._epoch, batch)
+            meet(self.model, self.timeout)  # every worker's share of the save is done
+            log.warning(
+                "tfplace: preempted; backup saved at epoch %d, batch %d; exiting with %d",
+                self._epoch,
+                batch,
+                RESTART_EXIT_CODE,
+            )
+            sys.exit(RESTART_EXIT_CODE)
+        freq = self.save_freq
+        if not skipping and isinstance(freq, int) and self._since_save >= freq:
+            self._save(self._epoch, batch)
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        self._epoch = epoch + 1
+        self._batch = -1
+        if self.save_freq == "epoch":
+            self._save(epoch + 1, -1)
+
+    def on_train_end(self, logs: Any = None) -> None:
+        model = self.model
+        if self._watch is not None:
+            self._watch.stop()
+        if self._original_train_function is not None:
+            model.train_function = self._original_train_function
+        if is_legacy(self._tfplace_keras):
+            model._training_state = None
+        else:
+            model._initial_epoch = None
+        if self.delete_checkpoint:
+            meet(model, self.timeout)  # nobody may still be reading the backup
+            if is_writer(model):
+                self._store.remove_all()
+
+
+class _InitialCounters:
+    """What tf_keras's ``fit`` asks ``model._training_state`` for: where to start."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def maybe_load_initial_counters_from_ckpt(
+        self, steps_per_epoch: Any, initial_epoch: int, mode: Any = None
+    ) -> tuple[int, int]:
+        return self.epoch, 0  # the batches already trained are skipped by BackupAndRestore
+
+    def maybe_load_initial_epoch_from_ckpt(self, initial_epoch: int, mode: Any = None) -> int:
+        return self.epoch
