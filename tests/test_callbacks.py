@@ -56,6 +56,21 @@ with scope:
     )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
 me = int(json.loads(os.environ.get("TF_CONFIG", '{"task": {"index": 0}}'))["task"]["index"])
+if me == 1 and os.environ.get("INJECT"):  # worker 1's publishes of these keys fail
+    from tfplace import _tf
+    real = _tf.coordination_context
+
+    class Failing:
+        def __init__(self, ctx):
+            self.ctx = ctx
+        def __getattr__(self, name):
+            return getattr(self.ctx, name)
+        def set_config_key_value(self, key, value):
+            if any(part in key for part in os.environ["INJECT"].split(",")):
+                raise RuntimeError(f"injected failure for {key}")
+            return self.ctx.set_config_key_value(key, value)
+
+    _tf.coordination_context = lambda: Failing(real())
 
 class Interrupt(keras.callbacks.Callback):
     # Worker FAIL_TASK kills itself (FAIL_SIGNAL) at its FAIL_AT-th batch end.
@@ -70,7 +85,8 @@ callbacks = [Interrupt()]
 if os.environ.get("MODE") == "checkpoint":
     saver = tfplace.callbacks.ModelCheckpoint(os.path.join(out, "ckpt", "e{epoch}.keras"))
 else:
-    saver = tfplace.callbacks.BackupAndRestore(os.path.join(out, "backup"), save_freq=freq)
+    folder = "backup" if not os.environ.get("APART") else f"backup-of-{me}"  # not shared
+    saver = tfplace.callbacks.BackupAndRestore(os.path.join(out, folder), save_freq=freq)
 callbacks.insert(0, saver)
 model.fit(x, y, batch_size=16, epochs=5, verbose=0, shuffle=False, callbacks=callbacks)
 loaded = None
@@ -298,3 +314,129 @@ def test_arguments_are_checked_before_training() -> None:
     if os.environ.get("TF_USE_LEGACY_KERAS") not in ("1", "true", "True"):
         assert isinstance(backup, keras.callbacks.Callback)
     assert isinstance(backup, tfplace.callbacks.BackupAndRestore)
+
+
+@pytest.mark.slow
+def test_backup_folders_that_are_not_shared_stop_every_worker_naming_the_folder(
+    tmp_path: Path,
+) -> None:
+    """Each worker has its own backup folder (as with a local path on each machine): the
+    first save is checked, and every worker stops within seconds saying the folder must be
+    shared. The next start finds the chief's backup, which worker 1 does not see: every
+    worker stops again, before training, instead of resuming at different epochs."""
+    out = tmp_path / "run"
+    out.mkdir()
+    env = {**flavour("keras3"), "APART": "1"}
+    for attempt in ("first save", "restore"):
+        start = time.monotonic()
+        results = run_group(out, 2, env, settle=30)
+        assert time.monotonic() - start < 90, attempt
+        for code, _, stderr in results:
+            assert code == 1, (attempt, stderr[-2000:])
+            assert "ClusterConfigError" in stderr, stderr[-2000:]
+            assert "backup_dir must be shared storage" in stderr
+            assert str(out / "backup-of-0") in stderr  # the chief's folder is named
+        seen = "which the chief just wrote" if attempt == "first save" else "the chief restores"
+        assert seen in results[0][2]
+    assert [p.name for p in (out / "backup-of-0").iterdir()] == ["backup-00000000"]
+    assert not (out / "backup-of-1").exists()  # worker 1 never writes the real place
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("inject", ["/stop/", "tfplace/preempt/1,error"])
+def test_a_failed_preemption_publish_is_a_warning_not_a_long_wait(
+    tmp_path: Path, inject: str
+) -> None:
+    """Worker 1 gets SIGTERM and cannot publish its stop proposal. With the error key
+    working, it reports the proposal there and both workers save at the agreed step and exit
+    143; when it cannot announce the preemption nor report it, it exits 143 at once without
+    a backup. Either way every failure is a WARNING naming the key, and nobody waits the
+    600 s timeout."""
+    out = tmp_path / "run"
+    out.mkdir()
+    env = {**flavour("keras3"), "FAIL_TASK": "1", "FAIL_AT": "6", "FAIL_SIGNAL": "SIGTERM"}
+    start = time.monotonic()
+    results = run_group(out, 2, {**env, "INJECT": inject}, settle=30)
+    assert time.monotonic() - start < 120
+    (_, _, chief), (code, _, worker) = results
+    assert code == RESTART_EXIT_CODE, worker[-2000:]
+    if inject == "/stop/":
+        assert (
+            "worker/1 could not publish its stop proposal (tfplace/preempt/1/stop/worker/1"
+            in worker
+        )
+        assert "worker/1 could not publish its stop proposal" in chief  # the peer learned it
+        assert results[0][0] == RESTART_EXIT_CODE
+        state = json.loads(next((out / "backup").glob("backup-*/state.json")).read_text())
+        assert state["epoch"] == 1 and state["batch"] >= 1  # the preemption backup
+    else:
+        assert "worker/1 could not announce its preemption (tfplace/preempt/1: " in worker
+        assert "could not report it either" in worker
+        assert "without a new backup" in worker
+
+
+@pytest.mark.slow
+def test_ram_and_local_backup_dirs_go_through_gfile(tmp_path: Path) -> None:
+    """backup_dir and ModelCheckpoint paths on TensorFlow's in-memory file system: the
+    backups are written, found and restored there, and nothing appears on the local disk
+    (no ram: folder in the working directory); a local path works the same."""
+    code = """
+    import json, os, sys
+    import numpy as np
+    import tensorflow as tf
+    import keras
+    import tfplace.callbacks
+
+    gfile = tf.io.gfile
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = x.sum(1, keepdims=True)
+
+    def make():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        model.compile("adam", "mse")
+        return model
+
+    found = {}
+    for root in ("ram://tfplace-test", os.path.abspath("local")):
+        first = tfplace.callbacks.BackupAndRestore(
+            root + "/backup", save_freq=3, delete_checkpoint=False
+        )
+        make().fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[first])
+        names = sorted(n.rstrip("/") for n in gfile.listdir(root + "/backup"))
+        state = json.loads(gfile.GFile(root + "/backup/" + names[-1] + "/state.json").read())
+        second = tfplace.callbacks.BackupAndRestore(root + "/backup", save_freq=3)
+        history = make().fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[second])
+        gfile.makedirs(root + "/ckpt")
+        saver = tfplace.callbacks.ModelCheckpoint(root + "/ckpt/e{epoch}.keras")
+        make().fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[saver])
+        found["ram" if root.startswith("ram:") else "local"] = {
+            "names": names,
+            "state": state,
+            "epochs": len(history.history["loss"]),
+            "left": gfile.exists(root + "/backup"),
+            "ckpt": gfile.listdir(root + "/ckpt"),
+        }
+    print(json.dumps({"found": found, "cwd": sorted(os.listdir("."))}))
+    """
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, **QUIET_ENV, **CPU_ONLY_ENV, "TF_USE_LEGACY_KERAS": "0"},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["cwd"] == ["local"]  # nothing else: no ram: folder
+    assert set(result["found"]) == {"ram", "local"}
+    for run in result["found"].values():
+        assert run["names"] == ["backup-00000001"]  # 8 batches, a backup every 3: the 2nd
+        assert run["state"] == {"epoch": 1, "batch": 1, "save": 1}
+        assert run["epochs"] == 2  # resumed in epoch 2 of 3
+        assert run["left"] is False  # delete_checkpoint removed the folder
+        assert run["ckpt"] == ["e1.keras"]  # renamed into place, no temporary left
