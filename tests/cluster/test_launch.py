@@ -348,6 +348,106 @@ def test_on_line_gets_each_workers_lines_without_the_prefix(tmp_path: Path) -> N
     assert sorted(out.getvalue().splitlines()) == sorted(f"[worker {i}] {t}" for i, t in lines)
 
 
+MESSY_WORKER = r"""
+import os, sys, time
+i = os.environ["TFPLACE_WORKER_INDEX"]
+out, err = sys.stdout.buffer, sys.stderr.buffer
+
+def w(stream, text):
+    stream.write(text.encode())
+    stream.flush()
+
+w(out, f"multi {i} a\nmulti {i} b\nmulti {i} c\n")  # several lines in one write
+w(out, f"part {i} ")  # a line written in pieces ...
+time.sleep(0.3)
+w(err, f"Example stragglers:\n/job:worker/replica:0/task:{i}\n")  # ... while stderr writes
+time.sleep(0.3)
+w(out, f"end {i}\n")
+w(out, f"bar {i} 1\rbar {i} 2\r")  # carriage returns, and a \r\n cut between two writes
+time.sleep(0.2)
+w(out, f"\nwin {i}\r\n")
+w(out, f"form {i}\x0cfeed {i}\n")  # a line end of str.splitlines
+w(out, f"last {i}")  # no line end at all
+"""
+
+
+def test_every_line_a_worker_writes_carries_its_prefix(tmp_path: Path) -> None:
+    path = script(tmp_path, MESSY_WORKER)
+    out = io.StringIO()
+    seen: list[tuple[int, str]] = []
+    result = launch([sys.executable, path], 2, out=out, on_line=lambda *a: seen.append(a))
+    assert result.returncode == 0
+    text = out.getvalue()
+    lines = text.splitlines()  # Python's idea of a line: \r, \x0c, ... included
+    unprefixed = [line for line in lines if not re.match(r"\[worker [01]\] ", line)]
+    assert unprefixed == [], text
+    for i in range(2):
+        expected = [
+            *(f"multi {i} {c}" for c in "abc"),
+            f"part {i} end {i}",  # one line, not cut by what stderr wrote meanwhile
+            "Example stragglers:",
+            f"/job:worker/replica:0/task:{i}",
+            f"bar {i} 1",
+            f"bar {i} 2",
+            f"win {i}",
+            f"form {i}",
+            f"feed {i}",
+            f"last {i}",
+        ]
+        mine = [
+            line.removeprefix(f"[worker {i}] ")
+            for line in lines
+            if line.startswith(f"[worker {i}]")
+        ]
+        assert sorted(mine) == sorted(expected), text
+        stdout_order = [x for x in mine if not x.startswith(("Example", "/job"))]
+        assert stdout_order == [x for x in expected if not x.startswith(("Example", "/job"))]
+        assert sorted(line for index, line in seen if index == i) == sorted(expected)
+
+
+@pytest.mark.pure
+def test_lines_are_the_same_however_the_stream_is_cut() -> None:
+    data = "a\nbb\r\ncc\rdd\r\r\neé\x0cf\n\ng".encode()
+    whole = _launch._Lines()
+    expected = whole.feed(data) + whole.finish()
+    assert expected == ["a", "bb", "cc", "dd", "", "eé", "f", "", "g"]
+    for cut in range(len(data) + 1):
+        for cut2 in range(cut, len(data) + 1):
+            lines = _launch._Lines()
+            got = lines.feed(data[:cut]) + lines.feed(data[cut:cut2]) + lines.feed(data[cut2:])
+            assert got + lines.finish() == expected, (cut, cut2)
+    long = _launch._Lines()
+    pieces = long.feed(b"x" * (_launch._MAX_LINE * 2 + 5)) + long.finish()
+    assert [len(p) for p in pieces] == [_launch._MAX_LINE, _launch._MAX_LINE, 5]
+
+
+def test_a_launch_result_prints_as_text(tmp_path: Path) -> None:
+    # worker 1 fails once worker 0 is done, so that the codes are known: 0 and 3
+    path = script(
+        tmp_path,
+        """
+        import os, sys, time
+        if os.environ["TFPLACE_WORKER_INDEX"] == "1":
+            time.sleep(2)
+            sys.exit(3)
+        """,
+    )
+    result = launch([sys.executable, path], 2, out=io.StringIO(), grace_seconds=1)
+    text = str(result)
+    assert text.startswith("launch failed: worker 1 exited with code 3; exit codes 0, 3;"), text
+    assert text.endswith(", 1 attempt") and "LaunchResult(" not in text
+    assert result.to_dict()["worker_codes"] == [0, 3]
+    ok = launch([sys.executable, "-c", "pass"], 2, out=io.StringIO())
+    assert re.fullmatch(
+        r"launch succeeded: 2 workers exited with code 0; \d+\.\d s, 1 attempt", str(ok)
+    )
+    stopped = _launch.LaunchResult(130, (143, None), None, 2.0)
+    assert str(stopped) == (
+        "launch stopped with code 130 (the launcher was signalled); exit codes 143, not "
+        "started; 2.0 s, 1 attempt"
+    )
+
+
 def test_an_on_line_error_stops_the_workers_and_is_raised(tmp_path: Path) -> None:
     path = script(
         tmp_path,
@@ -544,7 +644,7 @@ def test_workers_servers_are_reachable_only_from_this_machine(
     for report in reports.values():  # each server really listens on its port, where it runs
         mine = [a for a, p in listening(str(report["tables"])) if p == report["port"]]
         assert mine, report
-    private = "share a private network namespace" in caplog.text
+    private = private_or_fallback("share a private network namespace" in caplog.text, caplog.text)
     if private:
         # Seen from this machine, nothing listens on the workers' ports at all ...
         assert here == [] and refused == [True, True]
@@ -557,6 +657,67 @@ def test_workers_servers_are_reachable_only_from_this_machine(
         warning = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert warning and "could not be isolated" in warning[0].getMessage(), caplog.text
         assert "no authentication" in warning[0].getMessage()
+
+
+def private_or_fallback(private: bool, output: str) -> bool:
+    """``private``, when the launcher made its private network namespace.
+
+    Where it fell back to the host network, the fallback is accepted (and tested as such)
+    unless ``TFPLACE_REQUIRE_ENGINES=1``: CI sets it and runs as root, where the namespace can
+    always be made, so there the fallback fails the test instead of passing unproven.
+    """
+    if not private and os.environ.get("TFPLACE_REQUIRE_ENGINES") == "1":
+        pytest.fail(
+            "the launcher fell back to the host network instead of a private network "
+            "namespace (TFPLACE_REQUIRE_ENGINES=1: this run must prove the private path):\n"
+            + output[-2000:]
+        )
+    return private
+
+
+def test_the_switch_turns_the_network_fallback_into_a_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TFPLACE_REQUIRE_ENGINES", raising=False)
+    assert private_or_fallback(False, "could not be isolated") is False  # accepted
+    assert private_or_fallback(True, "") is True
+    monkeypatch.setenv("TFPLACE_REQUIRE_ENGINES", "1")
+    assert private_or_fallback(True, "") is True
+    with pytest.raises(pytest.fail.Exception, match="fell back to the host network"):
+        private_or_fallback(False, "could not be isolated (not allowed here)")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux network namespaces")
+def test_under_the_switch_a_launch_that_falls_back_fails_the_network_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real test, run by pytest with TFPLACE_REQUIRE_ENGINES=1 while the namespace
+    cannot be made (its holder is replaced by one that says no): it fails, naming the cause."""
+    here = Path(__file__).parent
+    pytester.makeconftest(
+        f"""
+        import sys
+        sys.path[:0] = [{str(here)!r}, {str(here.parent)!r}]
+        import pytest
+        from tfplace.cluster import _launch
+
+        @pytest.fixture(autouse=True)
+        def no_namespace(monkeypatch):
+            monkeypatch.setattr(
+                _launch._PrivateNetwork, "open", classmethod(lambda cls: "not allowed here")
+            )
+        """
+    )
+    pytester.makepyfile(
+        test_switch="from test_launch import (\n"
+        "    test_workers_servers_are_reachable_only_from_this_machine as test_it,\n)\n"
+    )
+    for required, outcome in (("1", {"failed": 1}), ("0", {"passed": 1})):
+        monkeypatch.setenv("TFPLACE_REQUIRE_ENGINES", required)
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+        result.assert_outcomes(**outcome)
+        if required == "1":
+            result.stdout.fnmatch_lines(["*fell back to the host network*"])
 
 
 def run_netns_probe(tmp_path: Path, **kwargs: object) -> list[str]:
@@ -633,7 +794,9 @@ def test_the_command_line_chooses_the_network(tmp_path: Path, network: str) -> N
     assert proc.returncode == 0, out
     seen = set(next(x for x in out.splitlines() if "interfaces" in x).split()[-1].split(","))
     mine = _interfaces(Path("/proc/net/dev").read_text())
-    if network == "host" or "could not be isolated" in out:  # host, or the warned fallback
+    if network == "auto" and not private_or_fallback("could not be isolated" not in out, out):
+        assert seen == mine  # the warned fallback
+    elif network == "host":
         assert seen == mine
     else:
         assert seen == {"lo"}, out

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from helpers import QUIET_ENV, stop_launcher, wait_gone
 
-from tfplace.cluster._launch import LaunchResult, launch
+from tfplace.cluster._launch import LaunchResult, Restart, _Restarts, launch
 from tfplace.cluster._restarts import RESTART_COUNT_ENV, RESTART_EXIT_CODE
 
 pytestmark = pytest.mark.slow
@@ -185,6 +185,33 @@ def test_without_max_restarts_nothing_is_restarted(
     assert done.result.returncode == 137 and done.result.attempts == 1
     assert done.counts(0) == [0] and done.counts(1) == [0]
     assert "restart" not in done.text and "restart" not in done.log  # today's launch, unchanged
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize(
+    ("limit", "on", "returncode", "attempt", "decision", "reason"),
+    [
+        (0, "retryable", -9, 1, Restart.NOT_ASKED, ""),  # no restarts asked for: nothing to say
+        (2, "retryable", -9, 1, Restart.RESTART, ""),
+        (2, "retryable", RESTART_EXIT_CODE, 2, Restart.RESTART, ""),
+        (2, "retryable", 137, 3, Restart.EXHAUSTED, "restarts exhausted: 3 attempts"),
+        (2, "retryable", 1, 1, Restart.PERMANENT, "exit code 1 is a permanent failure"),
+        (2, "any", 1, 1, Restart.RESTART, ""),
+        (1, "any", 1, 2, Restart.EXHAUSTED, "(1 start + 1 restarts)"),
+    ],
+)
+def test_the_restart_verdict_is_typed(
+    limit: int,
+    on: str,
+    returncode: int,
+    attempt: int,
+    decision: Restart,
+    reason: str,
+) -> None:
+    verdict = _Restarts(limit, on).verdict(returncode, attempt)
+    assert verdict.decision is decision
+    assert verdict.restart is (decision is Restart.RESTART)
+    assert reason in verdict.reason and bool(verdict.reason) is bool(reason)
 
 
 def test_bad_restart_arguments() -> None:

@@ -30,11 +30,13 @@ Two things keep local workers from getting in each other's way and out of reach:
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import ipaddress
 import logging
 import math
 import os
+import re
 import select
 import shutil
 import signal
@@ -43,7 +45,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -272,6 +274,36 @@ class LaunchResult:
     seconds: float
     attempts: int = 1
 
+    def __str__(self) -> str:
+        """One line: how the launch ended, each worker's exit code, the time and attempts.
+
+        Example:
+            >>> print(LaunchResult(3, (0, 3, 143), 1, 4.25, attempts=2))
+            launch failed: worker 1 exited with code 3; exit codes 0, 3, 143; 4.2 s, 2 attempts
+            >>> print(LaunchResult(0, (0, 0), None, 1.5))
+            launch succeeded: 2 workers exited with code 0; 1.5 s, 1 attempt
+        """
+        codes = ", ".join("not started" if c is None else str(c) for c in self.worker_codes)
+        tries = f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}"
+        if self.returncode == 0:
+            head = f"launch succeeded: {len(self.worker_codes)} workers exited with code 0"
+            return f"{head}; {self.seconds:.1f} s, {tries}"
+        if self.failed_worker is None:
+            head = f"launch stopped with code {self.returncode} (the launcher was signalled)"
+        else:
+            head = f"launch failed: worker {self.failed_worker} exited with code {self.returncode}"
+        return f"{head}; exit codes {codes}; {self.seconds:.1f} s, {tries}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        return {
+            "returncode": self.returncode,
+            "worker_codes": list(self.worker_codes),
+            "failed_worker": self.failed_worker,
+            "seconds": self.seconds,
+            "attempts": self.attempts,
+        }
+
 
 def _code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
@@ -297,6 +329,59 @@ def _cause(worker: int, returncode: int) -> str:
     if is_retryable(code):
         return f"worker {worker} exited with code {code} (128 + {_signal_name(code - 128)})"
     return f"worker {worker} exited with code {code}"
+
+
+#: What ends a line of worker output: ``\n``, ``\r\n``, or a lone ``\r`` (a terminal would
+#: return to the start of the line there, over the prefix).
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+#: A line longer than this is written out in pieces, each with its prefix.
+_MAX_LINE = 1 << 16
+
+
+class _Lines:
+    r"""Cuts a stream of bytes, arriving in chunks of any size, into whole lines.
+
+    A line ends at ``\n``, ``\r\n``, a lone ``\r`` (or another of ``str.splitlines``'s line
+    ends); a chunk may end anywhere (inside a line,
+    between ``\r`` and ``\n``, inside a UTF-8 character); what is left at the end of the
+    stream is a last line. Pure: tested on its own.
+
+    Example:
+        >>> lines = _Lines()
+        >>> lines.feed(b"a\nb\r"), lines.feed(b"\nc\rd"), lines.finish()
+        (['a'], ['b', 'c'], ['d'])
+    """
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> list[str]:
+        """The lines ``data`` completes."""
+        held = self._pending + data
+        # A final \r may be the first half of \r\n: keep it until the next chunk says.
+        tail = b"\r" if held.endswith(b"\r") else b""
+        parts = _LINE_END.split(held[: len(held) - len(tail)])
+        self._pending = parts.pop() + tail
+        while len(self._pending) > _MAX_LINE:
+            parts.append(self._pending[:_MAX_LINE])
+            self._pending = self._pending[_MAX_LINE:]
+        return _decoded(parts)
+
+    def finish(self) -> list[str]:
+        """What is left at the end of the stream, as lines (a line without its end too)."""
+        parts = _LINE_END.split(self._pending)
+        self._pending = b""
+        if parts and parts[-1] == b"":
+            parts.pop()
+        return _decoded(parts)
+
+
+def _decoded(parts: list[bytes]) -> list[str]:
+    """The text of each line; the other line ends of ``str.splitlines`` (form feed, U+2028,
+    ...) end a line too, so that whoever splits the output that way finds a prefix on each."""
+    return [
+        piece for part in parts for piece in (part.decode("utf-8", "replace").splitlines() or [""])
+    ]
 
 
 class _Interrupt:
@@ -332,18 +417,32 @@ class _Launch:
         self.callback_error: BaseException | None = None
 
     def _pump(self, index: int, stream: IO[bytes]) -> None:
+        """Copy one of a worker's streams to ``out``, a prefix on every line.
+
+        Standard output and standard error have a reader each, so a line half-written on
+        one is never cut by a line of the other; each stream is read as it arrives and cut
+        into lines by :class:`_Lines`, whatever the sizes of the writes.
+        """
+        lines = _Lines()
+        read = getattr(stream, "read1", stream.read)
+        while chunk := read(1 << 16):
+            self._emit(index, lines.feed(chunk))
+        self._emit(index, lines.finish())
+        stream.close()
+
+    def _emit(self, index: int, lines: list[str]) -> None:
+        if not lines:
+            return
         prefix = f"[worker {index}] "
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            with self.out_lock:  # one line at a time, so callbacks never run concurrently
-                self.out.write(prefix + line + "\n")
-                self.out.flush()
+        with self.out_lock:  # whole lines at a time, so callbacks never run concurrently
+            self.out.write("".join(f"{prefix}{line}\n" for line in lines))
+            self.out.flush()
+            for line in lines:
                 if self.on_line is not None and self.callback_error is None:
                     try:
                         self.on_line(index, line)
                     except BaseException as err:  # stops the launch; launch() re-raises it
                         self.callback_error = err
-        stream.close()
 
     def start(self) -> None:
         n = self.cluster.num_workers
@@ -357,14 +456,15 @@ class _Launch:
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+                stderr=subprocess.PIPE,
                 start_new_session=True,
             )
             self.procs.append(proc)
-            assert proc.stdout is not None
-            reader = threading.Thread(target=self._pump, args=(i, proc.stdout), daemon=True)
-            reader.start()
-            self.readers.append(reader)
+            for stream in (proc.stdout, proc.stderr):
+                assert stream is not None
+                reader = threading.Thread(target=self._pump, args=(i, stream), daemon=True)
+                reader.start()
+                self.readers.append(reader)
         log.info("tfplace launch: %d workers on %s", n, ", ".join(self.cluster.addresses("worker")))
 
     def _signal_all(self, sig: int) -> None:
@@ -518,11 +618,19 @@ def launch(
         log.info("tfplace launch: %s", reason)
     base.update(threads.set_env)
     private = _network(network, host)
-    restarts = _Restarts(max_restarts, restart_on)
+    config = _RunConfig(
+        command=tuple(command),
+        host=host,
+        env=base,
+        grace_seconds=grace_seconds,
+        out=out or sys.stdout,
+        on_line=on_line,
+        network=private,
+        restarts=_Restarts(max_restarts, restart_on),
+        started=started,
+    )
     try:
-        return _run(
-            command, host, ports, base, grace_seconds, out, on_line, private, restarts, started
-        )
+        return _run(config, ports)
     finally:
         if private is not None:
             private.close()
@@ -569,118 +677,179 @@ def _network(network: str, host: str) -> _PrivateNetwork | None:
     return opened
 
 
+class Restart(enum.Enum):
+    """What happens after a failed attempt (see :meth:`_Restarts.verdict`)."""
+
+    #: Start the whole group again.
+    RESTART = "restart"
+    #: ``max_restarts=0``: restarts were not asked for; the failure ends the launch silently.
+    NOT_ASKED = "not asked"
+    #: ``max_restarts`` restarts were made already.
+    EXHAUSTED = "exhausted"
+    #: The exit code is a permanent failure (and ``restart_on="retryable"``).
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """Whether a failed attempt is restarted, and why not, in words."""
+
+    decision: Restart
+    reason: str = ""
+
+    @property
+    def restart(self) -> bool:
+        return self.decision is Restart.RESTART
+
+
 @dataclass(frozen=True)
 class _Restarts:
     limit: int
     on: str
 
-    def refuse(self, returncode: int, attempt: int) -> str | None:
-        """Why a failed attempt (1-based) is not restarted, or None to restart it."""
+    def verdict(self, returncode: int, attempt: int) -> _Verdict:
+        """Whether the failed ``attempt`` (1-based), ended by ``returncode``, is restarted.
+
+        Example:
+            >>> _Restarts(2, "retryable").verdict(1, 1).decision
+            <Restart.PERMANENT: 'permanent'>
+            >>> _Restarts(2, "retryable").verdict(-9, 1).restart
+            True
+        """
         if attempt > self.limit:
             if self.limit == 0:
-                return ""  # restarts were not asked for: today's launch, nothing to add
-            return f"restarts exhausted: {attempt} attempts (1 start + {self.limit} restarts)"
+                return _Verdict(Restart.NOT_ASKED)
+            return _Verdict(
+                Restart.EXHAUSTED,
+                f"restarts exhausted: {attempt} attempts (1 start + {self.limit} restarts)",
+            )
         if self.on != "any" and not is_retryable(returncode):
-            return (
+            return _Verdict(
+                Restart.PERMANENT,
                 f"exit code {_code(returncode)} is a permanent failure (retryable: a death "
                 f"by a signal, or the restart exit code {RESTART_EXIT_CODE}); "
-                "restart_on='any' (--restart-on any) restarts every failure"
+                "restart_on='any' (--restart-on any) restarts every failure",
             )
-        return None
+        return _Verdict(Restart.RESTART)
 
 
-def _run(
-    command: Sequence[str],
-    host: str,
-    ports: list[int],
-    env: dict[str, str],
-    grace_seconds: float,
-    out: IO[str] | None,
-    on_line: Callable[[int, str], None] | None,
-    private: _PrivateNetwork | None,
-    restarts: _Restarts,
-    started: float,
-) -> LaunchResult:
-    interrupt = _Interrupt()
-    previous: dict[int, Any] = {}
+@dataclass(frozen=True)
+class _RunConfig:
+    """Everything one launch needs to start its attempts, checked by :func:`launch`."""
+
+    command: tuple[str, ...]
+    host: str
+    env: Mapping[str, str]
+    grace_seconds: float
+    out: IO[str]
+    on_line: Callable[[int, str], None] | None
+    network: _PrivateNetwork | None
+    restarts: _Restarts
+    started: float
+
+
+@contextlib.contextmanager
+def _signals_to(interrupt: _Interrupt) -> Iterator[None]:
+    """Record SIGINT and SIGTERM in ``interrupt`` meanwhile (main thread only; restored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
     def on_signal(sig: int, _frame: object) -> None:
         interrupt.signal = sig
 
-    in_main = threading.current_thread() is threading.main_thread()
-    if in_main:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run(config: _RunConfig, ports: list[int]) -> LaunchResult:
+    """Start the group, and again after each failure the restart policy allows."""
+    interrupt = _Interrupt()
+    with _signals_to(interrupt):
         attempt = 1
         while True:
-            cluster = ClusterSpec.local(ports, host)
             run = _Launch(
-                command,
-                cluster,
-                {**env, RESTART_COUNT_ENV: str(attempt - 1)},
-                grace_seconds,
-                out or sys.stdout,
-                on_line,
-                private,
+                config.command,
+                ClusterSpec.local(ports, config.host),
+                {**config.env, RESTART_COUNT_ENV: str(attempt - 1)},
+                config.grace_seconds,
+                config.out,
+                config.on_line,
+                config.network,
                 interrupt,
             )
             code, failed = _attempt(run)
-            result = LaunchResult(
-                returncode=code,
-                worker_codes=tuple(
-                    None if p.returncode is None else _code(p.returncode) for p in run.procs
-                ),
-                failed_worker=failed,
-                seconds=time.monotonic() - started,
-                attempts=attempt,
-            )
-            if failed is None:  # success, or the launcher itself was signalled
+            result = _result(run, code, failed, config.started, attempt)
+            if failed is None or not _restart(config, run, result, attempt, interrupt):
                 return result
-            raw = run.procs[failed].returncode
-            assert raw is not None
-            cause = _cause(failed, raw)
-            if interrupt.signal is not None:
-                run._say(f"received signal {interrupt.signal}; not restarting")
-                log.warning(
-                    "tfplace launch: %s, and the launcher received signal %d: not restarting",
-                    cause,
-                    interrupt.signal,
-                )
-                return result
-            refused = restarts.refuse(raw, attempt)
-            if refused is not None:
-                if refused:
-                    run._say(f"not restarting: {refused}; exit code {code}")
-                    log.warning(
-                        "tfplace launch: %s on attempt %d; not restarting: %s. Exit code %d",
-                        cause,
-                        attempt,
-                        refused,
-                        code,
-                    )
-                return result
-            ports = _free_ports(len(ports), host, "launch")
-            run._say(
-                f"restarting all {len(ports)} workers on new ports (restart {attempt} of "
-                f"{restarts.limit}, {RESTART_COUNT_ENV}={attempt})"
-            )
-            log.warning(
-                "tfplace launch: %s on attempt %d; restarting all %d workers on new ports "
-                "(restart %d of %d, %s=%d)",
-                cause,
-                attempt,
-                len(ports),
-                attempt,
-                restarts.limit,
-                RESTART_COUNT_ENV,
-                attempt,
-            )
+            ports = _free_ports(len(ports), config.host, "launch")
             attempt += 1
-    finally:
-        if in_main:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+
+
+def _result(
+    run: _Launch, code: int, failed: int | None, started: float, attempt: int
+) -> LaunchResult:
+    return LaunchResult(
+        returncode=code,
+        worker_codes=tuple(
+            None if p.returncode is None else _code(p.returncode) for p in run.procs
+        ),
+        failed_worker=failed,
+        seconds=time.monotonic() - started,
+        attempts=attempt,
+    )
+
+
+def _restart(
+    config: _RunConfig, run: _Launch, result: LaunchResult, attempt: int, interrupt: _Interrupt
+) -> bool:
+    """Whether the failed ``attempt`` is restarted; says so, or why not, in the output and log."""
+    assert result.failed_worker is not None
+    raw = run.procs[result.failed_worker].returncode
+    assert raw is not None
+    cause = _cause(result.failed_worker, raw)
+    if interrupt.signal is not None:
+        run._say(f"received signal {interrupt.signal}; not restarting")
+        log.warning(
+            "tfplace launch: %s, and the launcher received signal %d: not restarting",
+            cause,
+            interrupt.signal,
+        )
+        return False
+    verdict = config.restarts.verdict(raw, attempt)
+    if verdict.decision is Restart.NOT_ASKED:
+        return False
+    if not verdict.restart:
+        run._say(f"not restarting: {verdict.reason}; exit code {result.returncode}")
+        log.warning(
+            "tfplace launch: %s on attempt %d; not restarting: %s. Exit code %d",
+            cause,
+            attempt,
+            verdict.reason,
+            result.returncode,
+        )
+        return False
+    n, limit = len(run.procs), config.restarts.limit
+    run._say(
+        f"restarting all {n} workers on new ports (restart {attempt} of {limit}, "
+        f"{RESTART_COUNT_ENV}={attempt})"
+    )
+    log.warning(
+        "tfplace launch: %s on attempt %d; restarting all %d workers on new ports "
+        "(restart %d of %d, %s=%d)",
+        cause,
+        attempt,
+        n,
+        attempt,
+        limit,
+        RESTART_COUNT_ENV,
+        attempt,
+    )
+    return True
 
 
 def _attempt(run: _Launch) -> tuple[int, int | None]:
