@@ -287,3 +287,85 @@ def test_workers_with_different_replica_counts_stop_before_training() -> None:
     for proc in done:
         assert proc.returncode == 3, proc.stdout + proc.stderr[-2000:]
         assert "replicas per worker differ (worker 0: 1, worker 1: 2)" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_failed_replica_count_publish_is_a_warning_that_reaches_the_peer_in_seconds() -> None:
+    """Worker 1 cannot publish its replica count (injected through the seam): it says so at
+    WARNING and reports it; worker 0, waiting for that count with a 120 s timeout, learns of
+    it within seconds and says so too. Before, both errors went to log.debug, and worker 0
+    waited the whole timeout."""
+    import time
+
+    from helpers import run_cluster
+
+    code = """
+    import json, os, time
+    from tfplace import _tf
+    if json.loads(os.environ["TF_CONFIG"])["task"]["index"] == 1:
+        real = _tf.coordination_context
+
+        class Failing:
+            def __init__(self, ctx):
+                self.ctx = ctx
+            def __getattr__(self, name):
+                return getattr(self.ctx, name)
+            def set_config_key_value(self, key, value):
+                if key.startswith("tfplace/replicas/worker"):
+                    raise RuntimeError("injected failure")
+                return self.ctx.set_config_key_value(key, value)
+
+        _tf.coordination_context = lambda: Failing(real())
+    import tfplace
+    tfplace.pick_strategy(communication_timeout=120, startup_timeout=120)
+    start = time.monotonic()
+    print("built")
+    """
+    start = time.monotonic()
+    done = run_cluster(code, extra_env=CPU_ONLY_ENV, timeout=150)
+    elapsed = time.monotonic() - start
+    for proc in done:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "built" in proc.stdout
+        assert "worker 1 could not publish its replica count (tfplace/replicas/worker/1: " in (
+            proc.stderr
+        )
+        assert "the workers go on without comparing replica counts" in proc.stderr
+    assert elapsed < 90  # not the 120 s timeout
+
+
+STOCK = """
+import json, os, tempfile, warnings
+import numpy as np
+import tfplace, tfplace.callbacks
+strategy = tfplace.pick_strategy(communication_timeout=60, startup_timeout=120)
+import keras
+
+x = np.zeros((16, 2), "float32")
+y = np.zeros((16, 1), "float32")
+with strategy.scope():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+me = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+private = tempfile.mkdtemp()
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    stock = keras.callbacks.ModelCheckpoint(os.path.join(private, "m.keras"))
+    ours = tfplace.callbacks.ModelCheckpoint(os.path.join(private, "o{epoch}.keras"))
+    for _ in range(2):  # flagged once per process, not once per fit
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[stock, ours])
+texts = [
+    f"{w.category.__name__}: {w.message}"
+    for w in caught
+    if issubclass(w.category, tfplace.TfplaceWarning)
+]
+print(json.dumps(texts))
+"""
+
+
+@pytest.mark.slow
+def test_a_stock_keras_checkpoint_on_two_workers_is_flagged_once_naming_the_replacement() -> None:
+    for texts in run_workers(STOCK, extra_env={**CPU_ONLY_ENV, "TF_USE_LEGACY_KERAS": "0"}):
+        assert len(texts) == 1, texts  # the stock one, once; tfplace's own is not flagged
+        assert texts[0].startswith("StockCallbackWarning: keras.callbacks.ModelCheckpoint")
+        assert "tfplace.callbacks.ModelCheckpoint" in texts[0]
