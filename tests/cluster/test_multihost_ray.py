@@ -7,8 +7,10 @@ first and asks ``TensorflowTrainer`` for two workers spread over both nodes. Eac
 through ``tfplace.pick_strategy()`` from the ``TF_CONFIG`` Ray writes, which names the two hosts'
 addresses, and the result must equal one process training alone.
 
-Ray 2.5x enables token authentication for clusters it starts; every node and the driver get
-the same random token here through ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN``.
+Recent Ray (2.60 here) turns token authentication on when the head finds a token (e.g. the
+``~/.ray/auth_token`` a local ``ray.init()`` writes), and a node without it cannot join: every
+node and the driver get the same random token here through ``RAY_AUTH_MODE=token`` and
+``RAY_AUTH_TOKEN``, whatever the home folder holds.
 
 Teardown stops every process on both hosts (SIGTERM, then SIGKILL): ``ray stop`` is not used
 because it stops every Ray process of the machine, including other Ray instances that have
