@@ -196,3 +196,23 @@ def test_this_machines_tensorflow_is_checked_as_its_build_says() -> None:
     assert all(c.ok or c.fix for c in checks)  # every failure says what to do
     if tfplace.inventory().visible_gpus:  # TensorFlow can use the GPU only if all of them load
         assert all(c.ok for c in checks), [(c.soname, c.fix) for c in checks if not c.ok]
+
+
+def test_a_failing_child_says_why_and_prints_nothing(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A child that dies before its report (here: a sitecustomize that exits) used to leave
+    # "Expecting value: line 1 column 1" and nothing of what the child said; its stderr is
+    # captured and its last line is now part of the error, never on this process's stderr.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, sys\nsys.stderr.write('child: cannot start here\\n')\n"
+        "sys.stderr.flush()\nos._exit(3)\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)}
+    (check,) = check_libraries(
+        "12.5.1", "9", site=tmp_path, libraries=[("m", "libm.so.6")], env=env
+    )
+    assert not check.ok
+    assert (check.error or "").startswith("the check itself failed: ")
+    assert "the child said: child: cannot start here" in (check.error or "")
+    assert "cannot start here" not in capfd.readouterr().err

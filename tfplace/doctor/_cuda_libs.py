@@ -330,7 +330,10 @@ def check_libraries(
     payload = json.dumps([wanted, _wheel_dirs(site), loader_fallback])
     child_env = dict(env) if env is not None else dict(os.environ)
     env_dirs = [d for d in child_env.get("LD_LIBRARY_PATH", "").split(":") if d]
+    stderr = ""
     try:
+        # the child's stderr is captured: a library's own start-up lines never reach the
+        # terminal, and when the child fails, its last line says why
         proc = subprocess.run(
             [sys.executable, "-c", _CHILD, payload],
             capture_output=True,
@@ -339,10 +342,13 @@ def check_libraries(
             check=False,
             env=child_env,
         )
+        stderr = proc.stderr
         results = json.loads(proc.stdout)
     except (OSError, subprocess.SubprocessError, ValueError) as err:
+        last = (stderr.strip().splitlines() or [""])[-1][:300]
+        why = f"{err}; the child said: {last}" if last else str(err)
         return tuple(
-            LibCheck(lib, soname, False, error=f"the check itself failed: {err}")
+            LibCheck(lib, soname, False, error=f"the check itself failed: {why}")
             for lib, soname in wanted
         )
     return tuple(

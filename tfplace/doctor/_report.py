@@ -14,8 +14,9 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tfplace._decide.devices import ConfigChange, auto_cpu_changes
@@ -23,7 +24,10 @@ from tfplace._decide.precision import cc_text
 from tfplace._decide.strategy import Plan, decide
 from tfplace._decide.threads import auto_threads
 from tfplace._facts.inventory import GPUInfo, Inventory
+from tfplace.doctor import _cuda_libs
 from tfplace.doctor._cuda_libs import LibCheck
+from tfplace.doctor._explain import explain_error
+from tfplace.doctor._quiet import captured, log_message
 from tfplace.doctor._rules import Finding, findings, library_findings, most_severe_first
 from tfplace.doctor._verify import VerifyResult, verify
 from tfplace.errors import TfplaceError
@@ -36,6 +40,8 @@ __all__ = [
     "DoctorReport",
     "diagnose",
     "env_block",
+    "startup_findings",
+    "this_machine",
 ]
 
 #: Exit codes of ``tfplace doctor``.
@@ -60,6 +66,11 @@ class DoctorReport:
             ``tfplace._decide.devices.auto_cpu_changes`` and not applied.
         libraries: the per-library load check (``tfplace.doctor._cuda_libs.check_libraries``) of a
             CUDA build, or None when it did not run.
+        startup_log: the lines TensorFlow logged while the doctor imported it (and started
+            its runtime, with ``run_verify``), captured instead of printed; the known ones are
+            also findings.
+
+    ``print(report)`` prints :meth:`to_text`, the text ``tfplace doctor`` prints.
     """
 
     inventory: Inventory
@@ -69,6 +80,7 @@ class DoctorReport:
     verify: tuple[VerifyResult, ...] | None = field(default=None)
     cpu_changes: tuple[ConfigChange, ...] = field(default=())
     libraries: tuple[LibCheck, ...] | None = field(default=None)
+    startup_log: tuple[str, ...] = field(default=())
 
     @property
     def exit_code(self) -> int:
@@ -101,92 +113,129 @@ class DoctorReport:
             "cuda_libraries": (
                 [c.to_dict() for c in self.libraries] if self.libraries is not None else None
             ),
+            "startup_log": list(self.startup_log),
             "exit_code": self.exit_code,
         }
 
+    def __str__(self) -> str:
+        """The readable report, :meth:`to_text` (``print(report)`` shows it)."""
+        return self.to_text()
+
     def to_text(self) -> str:
         """The human-readable report: the same facts as :meth:`to_dict`, as aligned text."""
-        inv = self.inventory
-        tf = inv.tensorflow
-        if tf:
-            kind = (
-                "CUDA build"
-                if tf.is_cuda_build
-                else "ROCm build"
-                if tf.is_rocm_build
-                else ("CPU-only build")
-            )
-            extra = (
-                f", CUDA {tf.cuda_version}, cuDNN {tf.cudnn_version}, for "
-                f"{' '.join(tf.compute_capabilities)}"
-                if tf.is_cuda_build
-                else ""
-            )
-            tf_line = f"{tf.version} ({kind}{extra})"
-        else:
-            tf_line = "not installed"
-        lines = [
-            "tfplace doctor",
-            f"  Python        {inv.python} on {inv.platform} ({inv.machine})",
-            f"  TensorFlow    {tf_line}",
-            f"  Keras         {inv.keras.flavour} {inv.keras.version or ''}".rstrip(),
-            "  Packages      "
-            + (", ".join(f"{n} {v}" for n, v in inv.packages) or "no tensorflow* distribution"),
-            f"  Runtime       {'started' if inv.runtime_started else 'not started'}",
-            f"  NVIDIA driver {_driver_text(inv)}",
+        return "\n".join(
+            [
+                "tfplace doctor",
+                *_software_lines(self.inventory),
+                *_device_lines(self.inventory, self.libraries),
+                *_cpu_lines(self.inventory, self.cpu_changes),
+                *_env_lines(self.inventory),
+                *_strategy_lines(self.plan, self.plan_error),
+                *_verify_lines(self.verify),
+                *_finding_lines(self.findings),
+            ]
+        )
+
+
+# ------------------------------------------------------------------ the text, part by part
+
+
+def _tf_text(inv: Inventory) -> str:
+    tf = inv.tensorflow
+    if not tf:
+        return "not installed"
+    if tf.is_cuda_build:
+        archs = " ".join(tf.compute_capabilities)
+        cuda = f"CUDA {tf.cuda_version}, cuDNN {tf.cudnn_version}"
+        return f"{tf.version} (CUDA build, {cuda}, for {archs})"
+    return f"{tf.version} ({'ROCm build' if tf.is_rocm_build else 'CPU-only build'})"
+
+
+def _software_lines(inv: Inventory) -> list[str]:
+    packages = ", ".join(f"{n} {v}" for n, v in inv.packages) or "no tensorflow* distribution"
+    return [
+        f"  Python        {inv.python} on {inv.platform} ({inv.machine})",
+        f"  TensorFlow    {_tf_text(inv)}",
+        f"  Keras         {inv.keras.flavour} {inv.keras.version or ''}".rstrip(),
+        f"  Packages      {packages}",
+        f"  Runtime       {'started' if inv.runtime_started else 'not started'}",
+        f"  NVIDIA driver {_driver_text(inv)}",
+    ]
+
+
+def _device_lines(inv: Inventory, libraries: tuple[LibCheck, ...] | None) -> list[str]:
+    lines = [
+        f"  GPU {g.index:<10}{_gpu_text(g)}{'' if g.visible else ' (hidden)'}" for g in inv.gpus
+    ]
+    lines += [
+        f"  NVIDIA GPU {g.index:<3}{_gpu_text(g)} (not visible to TensorFlow)"
+        for g in inv.nvidia.gpus
+        if not g.visible
+    ]
+    if not inv.gpus:
+        lines.append("  GPUs          none visible to TensorFlow")
+    if libraries is not None:
+        bad = [c for c in libraries if not c.ok]
+        lines.append(
+            f"  CUDA libs     {len(libraries) - len(bad)}/{len(libraries)} load"
+            + (f"; failing: {', '.join(c.soname for c in bad)}" if bad else "")
+        )
+    if inv.tpu.present:
+        lines.append(f"  TPU           {', '.join(inv.tpu.hints)}")
+    return lines
+
+
+def _cpu_lines(inv: Inventory, changes: tuple[ConfigChange, ...]) -> list[str]:
+    cpu = inv.cpu
+    quota = f"{cpu.quota_cores:g}" if cpu.quota_cores is not None else "none"
+    intra, inter = auto_threads(cpu.usable_cores)
+    would = "; ".join(str(c) for c in changes) or "nothing (already in force)"
+    return [
+        f"  CPU           {cpu.host_cores} host cores, {cpu.affinity_cores} in affinity, "
+        f"quota {quota} -> {cpu.usable_cores} usable",
+        f'                configure_cpus("auto") -> {intra} intra-op / {inter} inter-op '
+        f"threads; {cpu.logical_devices} CPU device(s)",
+        f"                it would change: {would}",
+    ]
+
+
+def _env_lines(inv: Inventory) -> list[str]:
+    head = "  Environment   " + ("" if inv.env else "none of the relevant variables")
+    return [head, *(f"    {k}={v}" for k, v in inv.env)]
+
+
+def _strategy_lines(plan: Plan | None, plan_error: str | None) -> list[str]:
+    if plan is None:
+        return [f"  Strategy      cannot decide: {plan_error}"]
+    return [
+        f"  Strategy      {plan.summary()}",
+        *(f"                - {r}" for r in plan.reasons[1:]),
+    ]
+
+
+def _verify_lines(results: tuple[VerifyResult, ...] | None) -> list[str]:
+    if results is None:
+        return []
+    lines = ["  Verify        matmul 256x256 + conv 3x3 on each device"]
+    for r in results:
+        lines.append(f"    {'ok  ' if r.ok else 'FAIL'} {r.device}  {r.seconds * 1000:.1f} ms")
+        if r.error:
+            lines.append(f"         {r.error}")
+            if r.finding:
+                lines.append(f"         fix: {r.finding.fix}")
+    return lines
+
+
+def _finding_lines(found: tuple[Finding, ...]) -> list[str]:
+    lines = [f"Findings ({len(found)})" if found else "Findings: none"]
+    for f in found:
+        lines += [
+            f"  [{f.severity}] {f.id}: {f.what}",
+            f"      why: {f.why}",
+            f"      fix: {f.fix}",
+            f"      see: docs/{f.doc}",
         ]
-        for g in inv.gpus:
-            hidden = "" if g.visible else " (hidden)"
-            lines.append(f"  GPU {g.index:<10}{_gpu_text(g)}{hidden}")
-        unseen = [g for g in inv.nvidia.gpus if not g.visible]
-        for g in unseen:
-            lines.append(f"  NVIDIA GPU {g.index:<3}{_gpu_text(g)} (not visible to TensorFlow)")
-        if not inv.gpus:
-            lines.append("  GPUs          none visible to TensorFlow")
-        if self.libraries is not None:
-            bad = [c for c in self.libraries if not c.ok]
-            lines.append(
-                f"  CUDA libs     {len(self.libraries) - len(bad)}/{len(self.libraries)} load"
-                + (f"; failing: {', '.join(c.soname for c in bad)}" if bad else "")
-            )
-        if inv.tpu.present:
-            lines.append(f"  TPU           {', '.join(inv.tpu.hints)}")
-        cpu = inv.cpu
-        quota = f"{cpu.quota_cores:g}" if cpu.quota_cores is not None else "none"
-        intra, inter = auto_threads(cpu.usable_cores)
-        lines.append(
-            f"  CPU           {cpu.host_cores} host cores, {cpu.affinity_cores} in affinity, "
-            f"quota {quota} -> {cpu.usable_cores} usable"
-        )
-        lines.append(
-            f'                configure_cpus("auto") -> {intra} intra-op / {inter} inter-op '
-            f"threads; {cpu.logical_devices} CPU device(s)"
-        )
-        changes = "; ".join(str(c) for c in self.cpu_changes) or "nothing (already in force)"
-        lines.append(f"                it would change: {changes}")
-        lines.append("  Environment   " + ("" if inv.env else "none of the relevant variables"))
-        lines += [f"    {k}={v}" for k, v in inv.env]
-        if self.plan is not None:
-            lines.append(f"  Strategy      {self.plan.summary()}")
-            lines += [f"                - {r}" for r in self.plan.reasons[1:]]
-        else:
-            lines.append(f"  Strategy      cannot decide: {self.plan_error}")
-        if self.verify is not None:
-            lines.append("  Verify        matmul 256x256 + conv 3x3 on each device")
-            for r in self.verify:
-                status = "ok  " if r.ok else "FAIL"
-                lines.append(f"    {status} {r.device}  {r.seconds * 1000:.1f} ms")
-                if r.error:
-                    lines.append(f"         {r.error}")
-                    if r.finding:
-                        lines.append(f"         fix: {r.finding.fix}")
-        lines.append(f"Findings ({len(self.findings)})" if self.findings else "Findings: none")
-        for f in self.findings:
-            lines.append(f"  [{f.severity}] {f.id}: {f.what}")
-            lines.append(f"      why: {f.why}")
-            lines.append(f"      fix: {f.fix}")
-            lines.append(f"      see: docs/{f.doc}")
-        return "\n".join(lines)
+    return lines
 
 
 def _driver_text(inv: Inventory) -> str:
@@ -248,26 +297,56 @@ def env_block(inv: Inventory) -> str:
     return "\n".join(lines)
 
 
+def this_machine() -> tuple[Inventory, tuple[str, ...]]:
+    """This machine's inventory, with the lines TensorFlow logs while it is imported captured.
+
+    TensorFlow writes its start-up lines (oneDNN, CPU instructions, CUDA) straight to file
+    descriptor 2 while it is imported, whatever ``TF_CPP_MIN_LOG_LEVEL`` says; here they are
+    captured instead of printed (nothing is captured when TensorFlow was imported already).
+
+    Returns:
+        The inventory and TensorFlow's captured log lines.
+    """
+    from tfplace._facts.inventory import inventory
+
+    if "tensorflow" in sys.modules:
+        return inventory(), ()
+    with captured() as lines:
+        inv = inventory()
+    return inv, tuple(lines)
+
+
 def diagnose(
-    inv: Inventory,
+    inv: Inventory | None = None,
     *,
     precision: str | None = None,
     run_verify: bool = False,
     libraries: Sequence[LibCheck] | None = None,
+    check_libraries: bool | None = None,
 ) -> DoctorReport:
-    """Build the doctor's report for ``inv`` (verification, if asked, runs for real).
+    """Build the doctor's report: for this machine (no ``inv``) as ``tfplace doctor`` prints
+    it, or for the inventory given.
+
+    For this machine, TensorFlow's start-up lines are captured rather than printed (see
+    :func:`this_machine`), and for a CUDA build on Linux the per-library load check runs in a
+    child process (:func:`~tfplace.doctor._cuda_libs.check_libraries`; it never starts
+    TensorFlow in this process): a library that does not load is finding B10, exactly as in
+    ``tfplace doctor``.
 
     Args:
-        inv: the facts (``tfplace.inventory()``, or a synthetic one from
-            :func:`tfplace.testing.fake_inventory`).
+        inv: the facts (default: this machine's; or ``tfplace.inventory()``, or a synthetic one
+            from :func:`tfplace.testing.fake_inventory`).
         precision: a Keras dtype policy the user intends to use, checked against the hardware.
         run_verify: also run :func:`verify` on this machine's devices (starts
             TensorFlow's runtime; the results are about this machine, not about ``inv``).
-        libraries: the per-library load check's results (``tfplace.doctor._cuda_libs``), whose
-            failures become findings; ``tfplace doctor`` runs the check for a CUDA build.
+        libraries: the per-library load check's results, whose failures become findings
+            (when given, the check does not run again).
+        check_libraries: run the per-library load check here (default: when ``inv`` is not
+            given, since an inventory passed in may describe another machine; False skips it).
 
     Returns:
-        The report; ``exit_code`` is what ``tfplace doctor`` exits with.
+        The report; ``exit_code`` is what ``tfplace doctor`` exits with; ``print(report)``
+        prints the text ``tfplace doctor`` prints.
 
     Example:
         >>> from tfplace.testing import fake_inventory
@@ -275,13 +354,27 @@ def diagnose(
         >>> report.plan.kind, report.exit_code
         ('mirrored', 0)
     """
+    startup: tuple[str, ...] = ()
+    if inv is None:
+        inv, startup = this_machine()
+        check_libraries = True if check_libraries is None else check_libraries
     try:
         plan, plan_error = decide(inv), None
     except TfplaceError as err:
         plan, plan_error = None, str(err)
-    results = tuple(verify()) if run_verify else None
+    results = None
+    if run_verify:
+        with captured() as lines:  # starting the runtime logs too (devices, CUDA)
+            results = tuple(verify())
+        startup += tuple(lines)
+    if libraries is None and check_libraries:
+        libraries = _library_check(inv)
     checks = tuple(libraries) if libraries is not None else None
-    found = library_findings(inv, checks) + findings(inv, precision=precision)
+    found = (
+        library_findings(inv, checks)
+        + startup_findings(startup)
+        + findings(inv, precision=precision)
+    )
     return DoctorReport(
         inv,
         plan,
@@ -290,4 +383,35 @@ def diagnose(
         results,
         auto_cpu_changes(inv).changes,
         checks,
+        startup,
     )
+
+
+def _library_check(inv: Inventory) -> tuple[LibCheck, ...] | None:
+    """The per-library load check of ``inv``'s TensorFlow, for a CUDA build on Linux."""
+    tf = inv.tensorflow
+    if tf is None or not tf.is_cuda_build or not inv.platform.startswith("linux"):
+        return None
+    return _cuda_libs.check_libraries(tf.cuda_version, tf.cudnn_version, tf_version=tf.version)
+
+
+def startup_findings(lines: Sequence[str]) -> list[Finding]:
+    """Findings from TensorFlow's captured start-up lines: each known cause once. Pure.
+
+    A warning, not an error: the same causes are judged from the facts by the rules; the
+    line is evidence of what TensorFlow itself saw.
+
+    Example:
+        >>> line = "W0000 00:00:1.5  7 gpu_device.cc:2365] Cannot dlopen some GPU libraries."
+        >>> [(f.id, f.severity) for f in startup_findings([line])]
+        [('B3', 'warning')]
+    """
+    out: dict[str, Finding] = {}
+    for line in lines:
+        message = log_message(line)
+        known = explain_error(message)
+        if known is not None and known.id not in out:
+            out[known.id] = replace(
+                known, severity="warning", what=f"TensorFlow logged: {message[:300]}"
+            )
+    return list(out.values())
