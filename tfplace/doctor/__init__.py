@@ -11,10 +11,17 @@ public names:
 - **verify** (``tfplace.doctor._verify``): ``verify()`` runs a real matmul and convolution
   on every device (the only part that starts TensorFlow).
 
-:func:`diagnose` puts them together as a :class:`DoctorReport` (``tfplace.doctor._report``),
-whose ``to_dict`` is the ``--json`` document built from the inventory's and the plan's own
-``to_dict``. The compute-capability thresholds the rules use are shared with
-``configure_precision`` (``tfplace._decide.precision``). Printing happens in ``__main__``.
+- **library check** (``tfplace.doctor._cuda_libs``): loads each CUDA library of a CUDA build
+  in a child process (finding B10);
+- **quiet** (``tfplace.doctor._quiet``): captures the lines TensorFlow writes to stderr while
+  the doctor imports or starts it.
+
+:func:`diagnose` puts them together as a :class:`DoctorReport` (``tfplace.doctor._report``):
+``diagnose()`` is this machine's report as ``tfplace doctor`` prints it (``print(report)``),
+``diagnose(inv)`` the report for any inventory. Its ``to_dict`` is the ``--json`` document built
+from the inventory's and the plan's own ``to_dict``. The compute-capability thresholds the
+rules use are shared with ``configure_precision`` (``tfplace._decide.precision``). Printing
+happens in ``__main__``.
 
 Example:
     >>> from tfplace.testing import fake_inventory
