@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import CHILD_GPU_ENV, CPU_ONLY_ENV, QUIET_ENV
@@ -82,3 +83,56 @@ def test_a_bad_grace_is_a_usage_error_not_a_traceback() -> None:
         assert proc.returncode == 2, proc.stderr
         assert "--grace must be a finite number" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+CHECK_SCRIPT = """
+import numpy as np
+import keras
+import tensorflow as tf
+
+BATCHNORM = {batchnorm}
+x = np.random.default_rng(1).normal(size=(256, 4)).astype("float32")
+
+
+def build():
+    layers = [keras.Input((4,)), keras.layers.Dense(8)]
+    if BATCHNORM:
+        layers.append(keras.layers.BatchNormalization())
+    model = keras.Sequential([*layers, keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    return model
+
+
+def data(strategy):
+    return tf.data.Dataset.from_tensor_slices((x, x.sum(axis=1, keepdims=True))).batch(32)
+
+
+if __name__ == "__main__":
+    raise SystemExit("the check imports this script; its own training must not run")
+"""
+
+
+@pytest.mark.slow
+def test_check_runs_a_scripts_replica_check_and_sets_the_exit_code(tmp_path: Path) -> None:
+    broken = tmp_path / "train_bn.py"
+    broken.write_text(CHECK_SCRIPT.format(batchnorm=True))
+    proc = run_cli("check", "-n", "2", "--steps", "3", str(broken), env=CPU_ONLY_ENV)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.startswith("DIFFERENT: 1 and 2 replicas part at step 0")
+    assert "[d] BatchNormalization statistics computed per replica" in proc.stdout
+    fixed = tmp_path / "train.py"
+    fixed.write_text(CHECK_SCRIPT.format(batchnorm=False))
+    proc = run_cli("check", "-n", "2", "-n", "4", "--json", str(fixed), env=CPU_ONLY_ENV)
+    assert proc.returncode == 0, proc.stderr
+    reports = json.loads(proc.stdout)
+    assert [(r["replicas"], r["same"]) for r in reports] == [(2, True), (4, True)]
+
+
+def test_check_of_a_script_without_build_says_what_it_needs(tmp_path: Path) -> None:
+    script = tmp_path / "nothing.py"
+    script.write_text("x = 1\n")
+    proc = run_cli("check", str(script), env=CPU_ONLY_ENV)
+    assert proc.returncode == 2
+    assert "must define build()" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("check", "-n", "1", str(script))
+    assert proc.returncode == 2 and "-n must be >= 2" in proc.stderr
