@@ -44,8 +44,11 @@ ROOT = Path(__file__).resolve().parents[2]
 class SshHosts:
     """Simulated hosts, each with an sshd that lets root in with a key made here."""
 
-    def __init__(self, hosts: SimulatedHosts, folder: Path) -> None:
+    def __init__(
+        self, hosts: SimulatedHosts, folder: Path, cores: dict[int, list[int]] | None = None
+    ) -> None:
         self.hosts = hosts
+        self.cores = cores or {}  # host index -> CPUs its sshd (and so its workers) may use
         self.folder = folder
         self.key = folder / "id_ed25519"
         self.sshd: dict[int, subprocess.Popen[bytes]] = {}
@@ -94,7 +97,13 @@ class SshHosts:
             """)
         )
         log = open(self.folder / f"sshd_{i}.log", "ab")  # noqa: SIM115 (closed in stop)
-        self.sshd[i] = h.popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
+        pin = self.cores.get(i)
+        self.sshd[i] = h.popen(
+            [SSHD, "-D", "-e", "-f", str(config)],
+            stdout=log,
+            stderr=log,
+            preexec_fn=(lambda: os.sched_setaffinity(0, pin)) if pin else None,
+        )
         log.close()
 
     def wait_ready(self, i: int, timeout: float = 15) -> None:
@@ -233,6 +242,49 @@ def test_workers_run_on_their_hosts_with_tf_config_shares_and_prefixes(
         assert r["intra"] == str(max(1, cores // 2) if host == names[0] else cores)
     ports = reports[f"0 {names[0]}"]["tf"]["cluster"]["worker"]
     assert len(set(ports)) == 3
+
+
+def test_a_host_without_key_login_or_with_a_busy_port_is_a_clear_error(
+    cluster: SshHosts, tmp_path: Path
+) -> None:
+    """Checked before any worker starts: a login that would prompt (BatchMode), a fixed port
+    already taken on a host."""
+    names = [h.name for h in cluster.hosts]
+    other = tmp_path / "other_key"
+    subprocess.run([KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    ssh = [*cluster.ssh[:4], str(other), *cluster.ssh[5:]]  # a key the hosts do not know
+    code = (
+        "import sys; from tfplace.cluster._remote import launch_on_hosts; "
+        "from tfplace.cluster._hosts import parse_hosts; from tfplace.errors import "
+        "ClusterConfigError\n"
+        "try:\n    launch_on_hosts(['true'], parse_hosts(sys.argv[1]), ssh=sys.argv[3:], "
+        "port=int(sys.argv[2]) or None)\n"
+        "except ClusterConfigError as err:\n    print('ERROR', err); sys.exit(2)"
+    )
+    done = cluster.hosts[0].run(
+        [sys.executable, "-c", code, f"{names[0]},{names[1]}", "0", *ssh], timeout=120
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "cannot log in over ssh" in done.stdout and "Permission denied" in done.stdout
+    assert "Fix: set up key login" in done.stdout
+
+    holder = cluster.hosts[1].popen(
+        [sys.executable, "-c", "import socket, time; s = socket.socket(); "
+         "s.bind(('', 29611)); s.listen(); print('up', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "up\n"
+        done = cluster.hosts[0].run(
+            [sys.executable, "-c", code, f"{names[0]}:2,{names[1]}:2", "29610", *cluster.ssh],
+            timeout=120,
+        )
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f"host {names[1]}: port(s) [29611] in use" in done.stdout
+        assert "expected 2 free port(s) from 29610" in done.stdout
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 FAIL_ONE = """
