@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -13,7 +15,7 @@ from tfplace._decide.strategy import REDUCTIONS, Plan, plan
 from tfplace._facts.inventory import Inventory
 from tfplace.cluster._multiworker import MULTI_WORKER_FIX
 from tfplace.cluster._spec import ClusterSpec
-from tfplace.errors import AlreadyInitializedError
+from tfplace.errors import AlreadyInitializedError, ClusterConfigError
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -229,6 +231,9 @@ def build_strategy(
     if kind == "multi_worker":
         from tfplace.cluster._multiworker import make_multi_worker
 
+        if decision.cluster is not None and decision.cluster.source == "SLURM":
+            _check_slurm_port(decision.cluster)
+
         try:
             return make_multi_worker(decision, communication_timeout, startup_timeout)
         except (RuntimeError, ValueError) as err:
@@ -237,3 +242,34 @@ def build_strategy(
     if kind == "tpu":  # pragma: no cover - needs a TPU
         return _tf.tpu_strategy(decision.tpu_address or "")
     raise AssertionError(f"unhandled kind {kind!r}")  # pragma: no cover
+
+
+def _check_slurm_port(cluster: ClusterSpec) -> None:
+    """Refuse a SLURM task's port that something on this node already listens on.
+
+    Two jobs (or two steps of one job running at once) that share a node can derive the
+    same ports (see ``tfplace.cluster._slurm.slurm_port``); TensorFlow would then fail with
+    ``Could not start gRPC server``, or a worker of the other job answer our peers. The check
+    binds the port as TensorFlow's server will (every interface, ``SO_REUSEADDR``) and lets
+    it go at once.
+
+    Raises:
+        ClusterConfigError: the port is in use, with what it means and the fixes.
+    """
+    port = int(cluster.address.rpartition(":")[2])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                return  # not ours to judge (no IPv4 here, ...): TensorFlow says what it finds
+            raise ClusterConfigError(
+                f"SLURM: port: this task ({cluster.task_type} {cluster.task_index}, "
+                f"{cluster.address}) must listen on port {port}, but something on this node "
+                "listens there already: another job or step sharing the node got the same "
+                "ports (tfplace derives them from SLURM_JOB_ID and SLURM_STEP_ID, and "
+                "different steps can coincide), or another program holds it. Fix: let SLURM "
+                "reserve the ports (srun --resv-ports, with MpiParams=ports=12000-12999 in "
+                "slurm.conf), or choose free ones with TFPLACE_PORT / pick_strategy(port=...)"
+            ) from err

@@ -27,9 +27,18 @@ from slurm_cluster import SlurmCluster, missing_binaries
 
 import tfplace
 from tfplace._decide.strategy import cluster_of
+from tfplace._strategy import build_strategy
 from tfplace.cluster._env import from_env
 from tfplace.cluster._launch import free_ports
-from tfplace.cluster._slurm import parse_slurm, slurm_port, task_nodes
+from tfplace.cluster._slurm import (
+    _PORT_BLOCK,
+    _PORT_BLOCKS,
+    parse_slurm,
+    reserved_ports,
+    slurm_port,
+    step_ports,
+    task_nodes,
+)
 from tfplace.errors import ClusterConfigError, TfplaceWarning
 from tfplace.testing import fake_inventory
 
@@ -212,6 +221,91 @@ def test_derived_ports_differ_between_nearby_jobs_and_steps_and_stay_in_range() 
     for job in ("1", "4294967295", "12345_7", "abc"):  # array-job ids are not always numbers
         for env in ({"SLURM_JOB_ID": job}, {"SLURM_JOBID": job, "SLURM_STEPID": "3"}):
             assert 10_000 <= slurm_port(env) <= 32_768 - 32  # below Linux's ephemeral ports
+
+
+def windows(jobs: range, steps: range, tasks: int = 1) -> dict[tuple[int, int], range]:
+    """The ports each (job, step) derives for ``tasks`` tasks on a node."""
+    out = {}
+    for job in jobs:
+        for s in steps:
+            env = {"SLURM_JOB_ID": str(job), "SLURM_STEP_ID": str(s)}
+            first = slurm_port(env, tasks_per_node=tasks)
+            out[job, s] = range(first, first + tasks)
+    return out
+
+
+def overlapping(found: dict[tuple[int, int], range]) -> list[tuple[Any, Any]]:
+    spans = sorted((w.start, w.stop, key) for key, w in found.items())
+    return [(a[2], b[2]) for a, b in itertools.pairwise(spans) if b[0] < a[1]]
+
+
+def test_many_steps_of_nearby_jobs_never_share_ports() -> None:
+    # before: blocks 16 * job + step, so step 16 of a job was step 0 of the next job
+    assert slurm_port({"SLURM_JOB_ID": "700", "SLURM_STEP_ID": "16"}) != slurm_port(
+        {"SLURM_JOB_ID": "701", "SLURM_STEP_ID": "0"}
+    )
+    # 64 steps of each of 11 consecutive jobs, 32 tasks a node: 704 blocks, no two alike
+    found = windows(range(5000, 5011), range(64), tasks=32)
+    assert overlapping(found) == []
+    # one job's steps never share a block, however many (up to the 711 blocks)
+    assert overlapping(windows(range(77, 78), range(_PORT_BLOCKS))) == []
+    assert all(w.start >= 10_000 and w.stop <= 32_768 for w in found.values())
+
+
+def test_more_than_32_tasks_on_a_node_get_distinct_ports_in_range() -> None:
+    env = step(
+        SLURM_PROCID="39",
+        SLURM_STEP_NUM_TASKS="40",
+        SLURM_STEP_NODELIST="n1",
+        SLURM_STEP_TASKS_PER_NODE="40",
+    )
+    spec = parse_slurm(env)
+    assert spec is not None
+    ports = [int(a.rpartition(":")[2]) for a in spec.addresses("worker")]
+    assert len(set(ports)) == 40 and ports == list(range(ports[0], ports[0] + 40))
+    assert ports[0] == slurm_port(env, tasks_per_node=40)
+    # a wide step stays in range wherever its job puts it, and lands on whole blocks
+    for job in range(0, 5000, 7):
+        for tasks in (33, 64, 100, 1000):
+            first = slurm_port({"SLURM_JOB_ID": str(job)}, tasks_per_node=tasks)
+            assert (
+                first >= 10_000 and first + tasks <= 32_768 and (first - 10_000) % _PORT_BLOCK == 0
+            )
+    # a wide step of one job does not reach the first 63 steps of the next jobs
+    wide = windows(range(900, 901), range(1), tasks=64)
+    assert overlapping({**wide, **windows(range(901, 905), range(63), tasks=32)}) == []
+
+
+def test_ports_slurm_reserved_for_the_step_come_before_derived_ones() -> None:
+    env = step(
+        SLURM_PROCID="3",
+        SLURM_STEP_NUM_TASKS="4",
+        SLURM_STEP_NODELIST="n[1-2]",
+        SLURM_STEP_TASKS_PER_NODE="2(x2)",
+        SLURM_STEP_RESV_PORTS="12000,12005-12006",
+    )
+    assert reserved_ports(env) == (12000, 12005, 12006)
+    assert addresses(env, port=None) == ("n1:12000", "n1:12005", "n2:12000", "n2:12005")  # type: ignore[arg-type]
+    assert step_ports(env, 3000, 2) == (3000, 3001)  # an explicit port still wins
+    assert step_ports({**env, "TFPLACE_PORT": "4000"}, None, 2) == (4000, 4001)
+    with pytest.raises(ClusterConfigError, match=r"SLURM_STEP_RESV_PORTS.*--resv-ports=3"):
+        parse_slurm({**env, "SLURM_STEP_RESV_PORTS": "12000", "SLURM_STEP_TASKS_PER_NODE": "3,1"})
+    for bad in ("12000-11000", "x", "70000", "1-2-3"):
+        with pytest.raises(ClusterConfigError, match="SLURM_STEP_RESV_PORTS: cannot read"):
+            reserved_ports({"SLURM_STEP_RESV_PORTS": bad})
+
+
+def test_a_port_in_use_on_this_node_is_refused_before_tensorflow_with_the_fix() -> None:
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        slurm = step(SLURM_PROCID="0", SLURM_STEP_NUM_TASKS="2", SLURM_STEP_NODELIST="n[1-2]")
+        decision = tfplace.plan(inventory=fake_inventory(slurm=slurm), port=port)
+        assert decision.kind == "multi_worker" and decision.cluster is not None
+        with pytest.raises(ClusterConfigError, match=f"port {port}.*listens there already") as e:
+            build_strategy(decision)
+    assert "--resv-ports" in str(e.value) and "TFPLACE_PORT" in str(e.value)
 
 
 def test_explicit_port_argument_then_environment_variable_then_derived() -> None:
@@ -504,3 +598,80 @@ def test_the_docs_sbatch_template_runs_as_written(slurm: SlurmCluster, tmp_path:
         "worker",
     ], text
     assert (tmp_path / "out" / "model.keras").is_file()
+
+
+PORT_PROBE = """
+import json, os, socket, sys, time
+from tfplace.cluster._slurm import parse_slurm
+
+spec = parse_slurm(os.environ)
+port = int(spec.address.rpartition(":")[2])
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:  # listen as TensorFlow's server would, on every interface
+    server.bind(("", port))
+    server.listen()
+    bound = True
+except OSError as err:
+    bound = str(err)
+meet = os.environ["TEST_MEET"]
+me = "{}.{}.{}".format(os.environ["SLURM_JOB_ID"], os.environ["SLURM_STEP_ID"],
+                       os.environ["SLURM_PROCID"])
+with open(os.path.join(meet, me + ".tmp"), "w") as f:
+    json.dump({"task": me, "port": port, "bound": bound, "workers": spec.num_workers}, f)
+os.rename(os.path.join(meet, me + ".tmp"), os.path.join(meet, me))
+def arrived():
+    return len([n for n in os.listdir(meet) if not n.endswith(".tmp")])
+
+deadline = time.time() + 120  # hold the port until every task of every job holds its own
+while arrived() < int(os.environ["TEST_COUNT"]) and time.time() < deadline:
+    time.sleep(0.1)
+print("met", arrived(), flush=True)
+"""
+
+
+def outputs_full(folder: Path) -> str:
+    """Everything the jobs of a test wrote to their ``out-*.txt`` files."""
+    return "".join(p.read_text() for p in sorted(folder.glob("out-*.txt")))
+
+
+@pytest.mark.slow
+def test_two_jobs_with_many_steps_and_a_wide_step_all_hold_their_ports_at_once(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    """Two jobs submitted one after the other (consecutive ids), each running 20 two-task
+    steps at the same time, and a third job with one 40-task step on the node: every task
+    binds the port tfplace derives for it while all the others hold theirs. Before, step 16
+    of the first job had the ports of step 0 of the second."""
+    (tmp_path / "probe.py").write_text(PORT_PROBE)
+    steps = 20
+    (tmp_path / "steps.sh").write_text(
+        "#!/bin/bash\n"
+        f"for s in $(seq 1 {steps}); do srun --overlap -n2 python probe.py & done\nwait\n"
+    )
+    (tmp_path / "wide.sh").write_text("#!/bin/bash\nsrun --overlap -O -n40 python probe.py\n")
+    meet = tmp_path / "meet"
+    meet.mkdir()
+    count = 2 * steps * 2 + 40
+    env = job_env(TEST_MEET=str(meet), TEST_COUNT=str(count))
+    jobs = [  # -O: one CPU per job, so that the three jobs run side by side on any machine
+        slurm.submit(["-n2", "-O", "-o", f"out-{i}.txt", "steps.sh"], cwd=tmp_path, env=env)
+        for i in range(2)
+    ]
+    jobs.append(
+        slurm.submit(["-n40", "-O", "-o", "out-wide.txt", "wide.sh"], cwd=tmp_path, env=env)
+    )
+    states = [slurm.wait(job, timeout=300) for job in jobs]
+    outputs = "".join(p.read_text()[-1500:] for p in sorted(tmp_path.glob("out-*.txt")))
+    assert states == [("COMPLETED", "0:0")] * 3, f"{states}\n{outputs}"
+    reports = [json.loads(p.read_text()) for p in meet.iterdir() if not p.name.endswith(".tmp")]
+    assert len(reports) == count, outputs
+    met = [int(n) for n in re.findall(r"^met (\d+)$", outputs_full(tmp_path), re.M)]
+    assert met == [count] * count  # every task held its port while all the others held theirs
+    failed = [r for r in reports if r["bound"] is not True]
+    assert failed == [], failed  # no task found its port taken by another job or step
+    ports = [r["port"] for r in reports]
+    assert len(set(ports)) == count  # one port per task, over all three jobs
+    wide = sorted(r["port"] for r in reports if r["task"].startswith(f"{jobs[2]}."))
+    assert len(wide) == 40 and wide == list(range(wide[0], wide[0] + 40))
+    assert all(10_000 <= p < 32_768 for p in ports)
