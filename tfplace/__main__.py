@@ -4,6 +4,7 @@ Commands:
     tfplace [doctor] [--json] [--verify] the machine report and findings (default)
     tfplace doctor --env                a short block to paste into bug reports
     tfplace launch -n N SCRIPT [ARGS]   N local workers of one cluster
+    tfplace launch --hosts H1:2,H2:2 SCRIPT   workers on other hosts over ssh (or --hostfile)
     tfplace tf-config HOST [HOST ...]   the TF_CONFIG of each host of a cluster
     tfplace tf-config --k8s -n N --subdomain S   this Kubernetes pod's TF_CONFIG
     tfplace check [-n N] SCRIPT          1 vs N replicas of SCRIPT's build() and data(strategy)
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -57,7 +59,42 @@ def _add_launch(sub: Any) -> None:
         "worker's environment).",
     )
     launch.add_argument(
-        "-n", "--num-workers", type=int, required=True, metavar="N", help="workers (>= 1)"
+        "-n",
+        "--num-workers",
+        type=int,
+        metavar="N",
+        help="workers (>= 1; with --hosts or --hostfile: optional, their slots)",
+    )
+    remote = launch.add_argument_group("on other hosts, over ssh")
+    where = remote.add_mutually_exclusive_group()
+    where.add_argument(
+        "--hosts", metavar="H1:N,H2:N", help="run the workers on these hosts, N each (default 1)"
+    )
+    where.add_argument(
+        "--hostfile",
+        metavar="FILE",
+        help="hosts from a file: 'host slots=N' a line (Horovod, DeepSpeed), or host:N",
+    )
+    remote.add_argument(
+        "--ssh",
+        default="ssh",
+        metavar="COMMAND",
+        help="the ssh client and options, e.g. 'ssh -p 2222 -i ~/.ssh/cluster' (default: ssh)",
+    )
+    remote.add_argument(
+        "-x",
+        dest="forward",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass this variable of the environment to the workers (repeatable; TF_*, "
+        "TFPLACE_*, KERAS_*, PYTHON*, XLA_*, CUDA_*, NCCL_*, OMP_*, KMP_* always are)",
+    )
+    remote.add_argument(
+        "--port",
+        type=int,
+        metavar="BASE",
+        help="ports BASE, BASE+1, ... on each host (checked free) instead of free ports",
     )
     launch.add_argument(
         "--grace",
@@ -226,17 +263,26 @@ def _k8s_tf_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def _launch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from tfplace.cluster._hosts import read_hostfile
     from tfplace.cluster._launch import launch
     from tfplace.errors import ClusterConfigError
 
-    if args.num_workers < 1:
+    remote = args.hosts is not None or args.hostfile is not None
+    if args.num_workers is None and not remote:
+        parser.error("launch needs -n N (local workers), or --hosts / --hostfile")
+    if args.num_workers is not None and args.num_workers < 1:
         parser.error(f"-n must be >= 1, found {args.num_workers}")
+    if remote and (args.host != "127.0.0.1" or args.network != "auto"):
+        parser.error("--host and --network are for local workers; not with --hosts/--hostfile")
+    if args.port is not None and not (remote and 1 <= args.port <= 65535):
+        parser.error(f"--port goes with --hosts/--hostfile and is 1..65535, found {args.port}")
     if args.max_restarts < 0:
         parser.error(f"--max-restarts must be >= 0, found {args.max_restarts}")
     if not math.isfinite(args.grace) or args.grace < 0:
         parser.error(f"--grace must be a finite number of seconds >= 0, found {args.grace}")
     target = ["-m", args.script] if args.module else [args.script]
     try:
+        hosts = read_hostfile(args.hostfile) if args.hostfile is not None else args.hosts
         result = launch(
             [sys.executable, *target, *args.args],
             args.num_workers,
@@ -245,8 +291,12 @@ def _launch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             network=args.network,
             max_restarts=args.max_restarts,
             restart_on=args.restart_on,
+            hosts=hosts,
+            ssh=shlex.split(args.ssh),
+            forward=args.forward,
+            port=args.port,
         )
-    except ClusterConfigError as err:  # a bad --host: nothing was started
+    except ClusterConfigError as err:  # a bad --host or host list: nothing was started
         print(f"tfplace {err}", file=sys.stderr)  # "tfplace launch: host: ..."
         return 2
     return result.returncode

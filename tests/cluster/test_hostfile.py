@@ -140,3 +140,33 @@ def test_forwarded_environment() -> None:
     }
     assert forwarded_env(env, ["MY_VAR", "TF_CONFIG"])["MY_VAR"] == "v"
     assert "TF_CONFIG" not in forwarded_env(env, ["TF_CONFIG"])
+
+
+def test_launch_checks_the_host_list_before_anything_starts(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from tfplace.__main__ import main
+    from tfplace.cluster._launch import launch
+
+    with pytest.raises(SystemExit) as stop:
+        main(["launch", "x.py"])
+    assert stop.value.code == 2
+    assert "launch needs -n N (local workers), or --hosts / --hostfile" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["launch", "--hosts", "a:2", "--network", "host", "x.py"])
+    assert "not with --hosts/--hostfile" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["launch", "-n", "2", "--port", "3000", "x.py"])
+    assert "--port goes with --hosts/--hostfile" in capsys.readouterr().err
+
+    assert main(["launch", "--hosts", "a:x", "x.py"]) == 2
+    assert "tfplace --hosts: entry 1: found 'x', expected a slot count" in capsys.readouterr().err
+    assert main(["launch", "--hostfile", str(tmp_path / "none"), "x.py"]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+    with pytest.raises(ClusterConfigError, match="found -n 3 workers, expected the 2 slots"):
+        launch(["true"], 3, hosts="a:2")
+    with pytest.raises(ClusterConfigError, match="network='private' keeps workers on this"):
+        launch(["true"], None, hosts="a:2", network="private")
+    with pytest.raises(ValueError, match="num_workers must be a positive int"):
+        launch(["true"], None)

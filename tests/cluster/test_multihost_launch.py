@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -171,15 +172,14 @@ def cluster(tmp_path: Path) -> Iterator[SshHosts]:
 
 LAUNCHER = """
 import json, sys
-from tfplace.cluster._remote import launch_on_hosts
-from tfplace.cluster._hosts import parse_hosts
+from tfplace.cluster._launch import launch
 a = json.loads(sys.argv[1])
-code, codes, failed, seconds, attempts = launch_on_hosts(
-    a["command"], parse_hosts(a["hosts"]), ssh=a["ssh"], grace_seconds=a.get("grace", 5.0),
+r = launch(
+    a["command"], None, hosts=a["hosts"], ssh=a["ssh"], grace_seconds=a.get("grace", 5.0),
     max_restarts=a.get("max_restarts", 0), port=a.get("port"), forward=a.get("forward", ()))
-print("RESULT", json.dumps({"code": code, "codes": codes, "failed": failed,
-                            "seconds": seconds, "attempts": attempts}), flush=True)
-sys.exit(code)
+print("RESULT", json.dumps({"code": r.returncode, "codes": r.worker_codes,
+      "failed": r.failed_worker, "seconds": r.seconds, "attempts": r.attempts}), flush=True)
+sys.exit(r.returncode)
 """
 
 
@@ -218,8 +218,16 @@ print("report", json.dumps({"name": socket.gethostname(), "tf": json.loads(e["TF
 def test_workers_run_on_their_hosts_with_tf_config_shares_and_prefixes(
     cluster: SshHosts, tmp_path: Path
 ) -> None:
+    """Through the command line, with a hostfile in the Horovod/DeepSpeed form."""
     names = [h.name for h in cluster.hosts]
-    proc = start_launcher(cluster, tmp_path, REPORT, f"{names[0]}:2,{names[1]}:1")
+    (tmp_path / "worker.py").write_text(textwrap.dedent(REPORT))
+    (tmp_path / "hosts").write_text(f"# two hosts\n{names[0]} slots=2\n{names[1]} slots=1\n")
+    proc = cluster.hosts[0].popen(
+        [sys.executable, "-m", "tfplace", "launch", "--hostfile", "hosts",
+         "--ssh", shlex.join(cluster.ssh), "worker.py"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        env={**os.environ, **QUIET_ENV},
+    )  # fmt: skip
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     reports = {}

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from tfplace._decide.threads import split_threads
+from tfplace.cluster._hosts import HostSlots
 from tfplace.cluster._restarts import RESTART_COUNT_ENV, RESTART_EXIT_CODE, is_retryable
 from tfplace.cluster._spec import ClusterSpec, check_host
 from tfplace.errors import ClusterConfigError
@@ -521,7 +522,7 @@ class _Launch:
 
 def launch(
     command: Sequence[str],
-    num_workers: int,
+    num_workers: int | None,
     *,
     env: Mapping[str, str] | None = None,
     grace_seconds: float = 5.0,
@@ -531,8 +532,15 @@ def launch(
     network: str = "auto",
     max_restarts: int = 0,
     restart_on: str = "retryable",
+    hosts: str | Sequence[HostSlots] | None = None,
+    ssh: Sequence[str] = ("ssh",),
+    forward: Sequence[str] = (),
+    port: int | None = None,
 ) -> LaunchResult:
     """Run ``command`` as ``num_workers`` local workers of one TensorFlow cluster.
+
+    With ``hosts``, the workers run on those hosts over ssh instead (see
+    :mod:`tfplace.cluster._remote`).
 
     Args:
         command: the program and its arguments, e.g. ``[sys.executable, "train.py"]``.
@@ -563,6 +571,15 @@ def launch(
             by a signal (exit code 128 + n) or exiting with the restart exit code 143, as
             Kubeflow's ``restartPolicy: ExitCode``; any other code (1: an exception) is
             permanent and ends the launch at once. ``"any"``: every failure.
+        hosts: run the workers on other machines over ssh: a host list such as
+            ``"node1:2,node2:2"`` (or :func:`~tfplace.cluster._hosts.read_hostfile`'s
+            entries); ``num_workers`` may then be None, else must equal the slots. ``host``
+            and ``network`` do not apply (``network="private"`` is an error); a lost host
+            (ssh's exit code 255) is retried like a killed worker.
+        ssh: with ``hosts``: the ssh client and the user's own options.
+        forward: with ``hosts``: names of more variables of ``env`` to pass to the workers.
+        port: with ``hosts``: a fixed port base (checked free on each host) instead of free
+            ports.
 
     A signal to the launcher itself (Ctrl-C, SIGTERM) stops every worker and is never
     restarted. When restarts are exhausted, the result carries the last failure's exit code
@@ -591,7 +608,9 @@ def launch(
     """
     if isinstance(command, str) or not command or not all(isinstance(c, str) for c in command):
         raise TypeError(f"command must be a non-empty list of strings, found {command!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+    if (num_workers is not None or hosts is None) and (
+        isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1
+    ):
         raise ValueError(f"num_workers must be a positive int, found {num_workers!r}")
     if (
         isinstance(grace_seconds, bool)
@@ -610,6 +629,30 @@ def launch(
         raise ValueError(f"max_restarts must be an int >= 0, found {max_restarts!r}")
     if restart_on not in RESTART_ON:
         raise ValueError(f"restart_on must be one of {RESTART_ON}, found {restart_on!r}")
+    if hosts is not None:
+        from tfplace.cluster._remote import launch_on_hosts
+
+        if network == "private":
+            raise ClusterConfigError(
+                "launch: network='private' keeps workers on this machine, found hosts="
+                f"{hosts!r}. Fix: leave network out with hosts (docs: clusters.md, 'The "
+                "hostfile launcher', for what is exposed)"
+            )
+        return launch_on_hosts(
+            command,
+            hosts,
+            num_workers=num_workers,
+            env=env,
+            forward=forward,
+            ssh=ssh,
+            port=port,
+            grace_seconds=grace_seconds,
+            out=out,
+            on_line=on_line,
+            max_restarts=max_restarts,
+            restart_on=restart_on,
+        )
+    assert num_workers is not None
     ports = _free_ports(num_workers, host, "launch")  # checks the host before anything starts
     started = time.monotonic()
     base = dict(os.environ if env is None else env)

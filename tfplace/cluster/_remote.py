@@ -49,7 +49,8 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from tfplace._decide.threads import split_threads
-from tfplace.cluster._hosts import HostSlots, worker_hosts
+from tfplace.cluster._hosts import HostSlots, parse_hosts, worker_hosts
+from tfplace.cluster._launch import LaunchResult, _Lines
 from tfplace.cluster._restarts import RESTART_COUNT_ENV, RESTART_EXIT_CODE, is_retryable
 from tfplace.cluster._spec import ClusterSpec
 from tfplace.errors import ClusterConfigError
@@ -301,20 +302,28 @@ class _Group:
             self.out.flush()
 
     def _pump(self, worker: _Worker) -> None:
-        prefix = f"[worker {worker.index} {worker.host}] "
         stream = worker.proc.stdout
         assert stream is not None
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            with self.out_lock:
-                self.out.write(prefix + line + "\n")
-                self.out.flush()
+        lines = _Lines()
+        read = getattr(stream, "read1", stream.read)
+        while chunk := read(1 << 16):
+            self._emit(worker, lines.feed(chunk))
+        self._emit(worker, lines.finish())
+        stream.close()
+
+    def _emit(self, worker: _Worker, lines: list[str]) -> None:
+        if not lines:
+            return
+        prefix = f"[worker {worker.index} {worker.host}] "
+        with self.out_lock:  # whole lines at a time, so callbacks never run concurrently
+            self.out.write("".join(f"{prefix}{line}\n" for line in lines))
+            self.out.flush()
+            for line in lines:
                 if self.on_line is not None and self.callback_error is None:
                     try:
                         self.on_line(worker.index, line)
                     except BaseException as err:  # stops the launch; re-raised by the caller
                         self.callback_error = err
-        stream.close()
 
     def _heartbeat(self) -> None:
         while not self.done.wait(1.0):
@@ -410,8 +419,9 @@ def _retryable(code: int) -> bool:
 
 def launch_on_hosts(
     command: Sequence[str],
-    hosts: Sequence[HostSlots],
+    hosts: str | Sequence[HostSlots],
     *,
+    num_workers: int | None = None,
     env: Mapping[str, str] | None = None,
     forward: Sequence[str] = (),
     ssh: Sequence[str] = ("ssh",),
@@ -424,8 +434,11 @@ def launch_on_hosts(
     max_restarts: int = 0,
     restart_on: str = "retryable",
     cwd: str | None = None,
-) -> tuple[int, tuple[int | None, ...], int | None, float, int]:
+) -> LaunchResult:
     """Run ``command`` as workers on ``hosts`` over ssh; see :func:`tfplace.cluster._launch.launch`.
+
+    ``hosts`` is a host list (``"node1:2,node2:2"``, see :func:`parse_hosts`) or parsed
+    entries; ``num_workers``, when given, must equal its slot count.
 
     ``python`` is the interpreter that runs the small wrapper and probe on each host (default:
     this one's path, the same environment on every host as Horovod and DeepSpeed expect);
@@ -437,8 +450,27 @@ def launch_on_hosts(
     restart. ssh's exit code 255 (a lost connection or host) is retried like a killed worker.
 
     Returns:
-        ``(returncode, worker codes, failed worker, seconds, attempts)``.
+        A :class:`LaunchResult`; no worker process is left on any host, whatever the path.
+
+    Raises:
+        ClusterConfigError: a bad host list, a host that cannot be reached or logged in to
+            without a prompt, a Python that does not run there, a fixed port in use, or
+            ``num_workers`` different from the slots (checked before any worker starts).
+
+    Example:
+        >>> launch_on_hosts(["true"], "node1:2", num_workers=3)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        tfplace.errors.ClusterConfigError: launch: found -n 3 workers, expected the 2 slots...
     """
+    if isinstance(hosts, str):
+        hosts = parse_hosts(hosts)
+    slots = sum(h.slots for h in hosts)
+    if num_workers is not None and num_workers != slots:
+        raise ClusterConfigError(
+            f"launch: found -n {num_workers} workers, expected the {slots} slots of the host "
+            f"list ({', '.join(f'{h.host}:{h.slots}' for h in hosts)}). Fix: leave -n out "
+            "with --hosts/--hostfile, or make the slots add up to it"
+        )
     started = time.monotonic()
     base = dict(os.environ if env is None else env)
     python = python or sys.executable
@@ -473,22 +505,27 @@ def launch_on_hosts(
                     t.join(timeout=5)
             if group.callback_error is not None:
                 raise group.callback_error
-            codes = tuple(
-                None if w.proc.returncode is None else _code(w.proc.returncode)
-                for w in group.workers
+            result = LaunchResult(
+                returncode=code,
+                worker_codes=tuple(
+                    None if w.proc.returncode is None else _code(w.proc.returncode)
+                    for w in group.workers
+                ),
+                failed_worker=failed,
+                seconds=time.monotonic() - started,
+                attempts=attempt,
             )
-            seconds = time.monotonic() - started
             if failed is None:
-                return code, codes, None, seconds, attempt
+                return result
             if interrupt.signal is not None:
                 group.say(f"received signal {interrupt.signal}; not restarting")
-                return code, codes, failed, seconds, attempt
+                return result
             why = _refuse(code, attempt, max_restarts, restart_on)
             if why is not None:
                 if why:
                     group.say(f"not restarting: {why}; exit code {code}")
                     log.warning("tfplace launch: not restarting: %s. Exit code %d", why, code)
-                return code, codes, failed, seconds, attempt
+                return result
             group.say(
                 f"restarting all {len(commands)} workers (restart {attempt} of {max_restarts}, "
                 f"{RESTART_COUNT_ENV}={attempt})"
@@ -506,7 +543,7 @@ def launch_on_hosts(
             except ClusterConfigError as err:
                 group.say(f"cannot restart: {err}")
                 log.warning("tfplace launch: cannot restart: %s", err)
-                return code, codes, failed, time.monotonic() - started, attempt
+                return result
             attempt += 1
     finally:
         if in_main:
