@@ -386,7 +386,9 @@ def _flag_stock_callbacks() -> None:
     nothing else changes. tfplace's own callbacks (``_tfplace_safe``) are skipped; tf_keras's
     are left alone (they already write per worker).
     """
-    keras = _tf.load_keras()
+    with warnings.catch_warnings():  # a TF_USE_LEGACY_KERAS warning is not ours to give here
+        warnings.simplefilter("ignore", TfplaceWarning)
+        keras = _tf.load_keras()
     if keras.__name__ != "keras":
         return
     replacements = {"ModelCheckpoint": "ModelCheckpoint", "BackupAndRestore": "BackupAndRestore"}
