@@ -222,12 +222,12 @@ CALLS: list[tuple[str, Callable[[Any], Any], st.SearchStrategy[Any]]] = [
     (
         "plan(kind)",
         lambda v: tfplace.plan(v, inventory=fake_inventory()),
-        junk.filter(lambda v: v not in KINDS),
+        junk.filter(lambda v: v is not None and v not in KINDS),  # None means "auto"
     ),
     (
         "pick_strategy(kind)",
         lambda v: tfplace.pick_strategy(v, inventory=fake_inventory()),
-        junk.filter(lambda v: v not in KINDS),
+        junk.filter(lambda v: v is not None and v not in KINDS),  # None means "auto"
     ),
     (
         "pick_strategy(communication_timeout)",
