@@ -335,8 +335,10 @@ def _cause(worker: int, returncode: int) -> str:
 #: What ends a line of worker output: ``\n``, ``\r\n``, or a lone ``\r`` (a terminal would
 #: return to the start of the line there, over the prefix).
 _LINE_END = re.compile(rb"\r\n|\r|\n")
-#: A line longer than this is written out in pieces, each with its prefix.
-_MAX_LINE = 1 << 16
+#: A line longer than this is written out in pieces, each with its prefix: a bound on the memory
+#: one runaway line may hold, far above real lines (a worker printing its weights as one JSON
+#: line writes hundreds of KiB, and a reader of the output must get that line whole).
+_MAX_LINE = 1 << 24
 
 
 class _Lines:
