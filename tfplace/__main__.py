@@ -212,23 +212,16 @@ def _doctor_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from tfplace._facts.inventory import inventory
     from tfplace.doctor import diagnose
 
-    inv = inventory()
     if args.env:
-        from tfplace.doctor._report import env_block
+        from tfplace.doctor._report import env_block, this_machine
 
-        print(env_block(inv))
+        print(env_block(this_machine()[0]))
         return 0
-    libraries = None
-    tf = inv.tensorflow
-    if tf is not None and tf.is_cuda_build and inv.platform.startswith("linux"):
-        from tfplace.doctor._cuda_libs import check_libraries
-
-        # a child process loads each CUDA library the way the loader finds it for TensorFlow
-        libraries = check_libraries(tf.cuda_version, tf.cudnn_version, tf_version=tf.version)
-    report = diagnose(inv, precision=args.precision, run_verify=args.verify, libraries=libraries)
+    # this machine: TensorFlow's start-up lines are captured into the report, and the CUDA
+    # library check (B10) runs in a child process on a Linux CUDA build
+    report = diagnose(precision=args.precision, run_verify=args.verify)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
