@@ -31,7 +31,8 @@ import numpy as np
 
 from tfplace import _tf
 from tfplace._configure import configure_cpus
-from tfplace._strategy import pick_strategy
+from tfplace._decide.strategy import plan
+from tfplace._strategy import build_strategy
 from tfplace.errors import AlreadyInitializedError
 
 __all__ = [
@@ -102,7 +103,8 @@ class ReplicaReport:
     """What :func:`compare_replicas` found.
 
     Attributes:
-        same: 1 and N replicas agree within the tolerance for every step and variable.
+        same: 1 and N replicas agree within the tolerance for every step and variable, and
+            every step's global batch holds the same examples on both.
         replicas: N.
         steps: the steps asked for.
         rtol / atol: the tolerance (``|a - b| <= atol + rtol * |b|``).
@@ -233,6 +235,8 @@ def compare_replicas(
         ValueError: bad arguments, or the two builds made different variables.
 
     Example:
+        Trains on 2 CPU devices of this machine (needs the runtime's CPU split; skipped here):
+
         >>> report = tfplace.compare_replicas(build, data, replicas=2)  # doctest: +SKIP
         >>> print(report)  # doctest: +SKIP
         SAME: 1 and 2 replicas agree for 5 steps (model.fit, rtol=0.0001, atol=1e-05)
@@ -253,11 +257,7 @@ def compare_replicas(
         )
     started = time.perf_counter()
     names_devices = _ensure_devices(replicas, devices)
-    one = pick_strategy("one_device", devices=[names_devices[0]])
-    if reduction == "one_device":
-        many = pick_strategy("mirrored", devices=names_devices, cross_device_ops="reduce_to_one")
-    else:
-        many = _tf.collective_mirrored_strategy(names_devices)
+    one, many = _fresh_strategies(names_devices, reduction)
 
     policy = _tf.keras_policy()
     try:  # build() may set a global dtype policy: both builds see it, the caller gets theirs
@@ -320,6 +320,25 @@ def _ensure_devices(replicas: int, devices: Sequence[str] | None) -> list[str]:
             "devices=[...] naming devices that exist (e.g. GPUs)."
         )
     return [f"/CPU:{i}" for i in range(replicas)]
+
+
+def _fresh_strategies(devices: list[str], reduction: Reduction) -> tuple[Any, Any]:
+    """New one-replica and N-replica strategies for this check alone.
+
+    Never ``pick_strategy``'s: it returns the strategy built first for the same request, and a
+    strategy keeps state from the datasets made with it. TensorFlow's ``MirroredStrategy``
+    rewrites its input workers for good the first time a dataset is distributed with
+    ``InputReplicationMode.PER_REPLICA`` (one pipeline per replica); every later
+    ``distribute_datasets_from_function`` without options then makes N pipelines instead of
+    one, so a later check in the same process trained other batches than its input asked for
+    (and reported two different trainings as the same).
+    """
+    one = build_strategy(plan("one_device", devices=[devices[0]]))
+    if reduction == "one_device":
+        many = build_strategy(plan("mirrored", devices=devices, cross_device_ops="reduce_to_one"))
+    else:
+        many = _tf.collective_mirrored_strategy(devices)
+    return one, many
 
 
 def _build(strategy: Any, build: Callable[[], Any], seed: int) -> Any:
@@ -517,6 +536,12 @@ def judge(
             if gaps and gaps[worst] > 1.0:
                 first_variable = names[worst]
                 differing = tuple(nm for nm, g in zip(names, gaps, strict=True) if g > 1.0)
+    # other examples in a global batch: another training, even where the numbers agree (a
+    # duplicated batch averages to the same loss and gradient as the batch it repeats)
+    batch_step = next((r.step for r in rows if not r.same_batch), None)
+    data_only = batch_step is not None and (first_step is None or batch_step < first_step)
+    if data_only:
+        first_step, first_variable, differing = batch_step, None, ()
     if many.error is not None and first_step is None:
         first_step = len(rows)
     same = first_step is None and len(rows) == min(steps, len(one.losses))
@@ -525,6 +550,16 @@ def judge(
     notes: list[str] = []
     if many.error is not None:
         notes.append(f"training on {n} replicas failed at step {first_step}: {many.error}")
+    if data_only and batch_step is not None:
+        row = rows[batch_step]
+        agree = row.worst_gap <= 1.0 and (
+            _gap(np.array([row.loss_many]), np.array([row.loss_one]), rtol, atol) <= 1.0
+        )
+        notes.append(
+            f"the global batch of step {batch_step} holds other examples on {n} replicas than "
+            "on one: the runs train on different data"
+            + (" (loss and weights agree at that step all the same)" if agree else "")
+        )
     if len(rows) < steps and many.error is None:
         notes.append(f"only {len(rows)} of {steps} steps ran: the input ran out")
     if evidence.grad_ratio is not None and not same:

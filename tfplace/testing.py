@@ -209,6 +209,8 @@ def assert_same_training(
         AssertionError: 1 and N replicas part; the message is the report.
 
     Example:
+        Trains on 4 CPU devices of this machine (skipped here); in a test module:
+
         >>> def test_training_is_replica_invariant():  # doctest: +SKIP
         ...     assert_same_training(build, data, replicas=4)
     """
