@@ -1,21 +1,26 @@
 """The replica check: the cause catalogue (docs/examples/replicas) flagged with the right cause
-and its fixes passing, 1 vs 2 and 1 vs 4 replicas on virtual CPUs; the report; strategies built
-again and again in one process (tensorflow#61314).
+and its fixes passing, 1 vs 2 and 1 vs 4 replicas on virtual CPUs; the report; checks one after
+another in one process; strategies built again and again in one process (tensorflow#61314).
 
-Every scenario runs in a fresh interpreter (the CPU is split before TensorFlow starts, and a
-collapsed collective poisons the process for good); the whole catalogue runs in ONE of them, to
-pay TensorFlow's start-up once.
+Scenarios run in fresh interpreters (the CPU is split before TensorFlow starts, and a collapsed
+collective poisons the process for good). The catalogue runs in two of them, side by side, each
+checking several examples in turn: every check builds strategies of its own, so one check's
+input cannot change the next one's (see test_a_check_after_per_replica_pipelines_...).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from helpers import run_fresh
+
+from tfplace._replicas import ModelFacts, Run, judge
 
 pytestmark = pytest.mark.slow
 
@@ -29,38 +34,52 @@ SCRIPTS = {
     "f": "f_mixed_precision",
     "g": "g_xla",
 }
+#: The examples per process; the two processes run at once (about 110 s on this 2-core machine
+#: under load, against ~320 s for one process per example run one after another).
+GROUPS = ("abcd", "efg")
+
+
+def _run_group(causes: str) -> tuple[str, str, int]:
+    lines = "\n".join(
+        f"print('CODE', {c!r}, run({c!r}, importlib.import_module({SCRIPTS[c]!r}).CASES))"
+        for c in causes
+    )
+    proc = run_fresh(
+        f"""
+import importlib
+import sys
+sys.path.insert(0, {str(CATALOGUE)!r})
+from _common import run
+{lines}
+""",
+        timeout=600,
+        check=False,
+    )
+    return proc.stdout, proc.stderr, proc.returncode
 
 
 @pytest.fixture(scope="module")
 def catalogue() -> dict[str, Any]:
-    """Every case of every cause example, checked 1 vs 2 and 1 vs 4, one process per example.
-
-    One process per example, not one for all: after a check whose input uses
-    ``InputReplicationMode.PER_REPLICA`` (cause a), a later ``model.fit`` check in the same
-    process saw the one-replica loss on N replicas (an open finding, see the report).
-    """
+    """Every case of every cause example, checked 1 vs 2 and 1 vs 4, several per process."""
+    with ThreadPoolExecutor(len(GROUPS)) as pool:
+        done = dict(zip(GROUPS, pool.map(_run_group, GROUPS), strict=True))
     results: dict[str, Any] = {}
-    for cause, name in SCRIPTS.items():
-        proc = run_fresh(
-            f"""
-            import sys
-            sys.path.insert(0, {str(CATALOGUE)!r})
-            import {name}
-            from _common import run
-            sys.exit(run({cause!r}, {name}.CASES))
-            """,
-            timeout=400,
-            check=False,
-        )
+    for group, (stdout, stderr, code) in done.items():
         rows = re.findall(
-            r"^RESULT (\w) (\S+) replicas=(\d+) same=(True|False) cause=(\S+)$", proc.stdout, re.M
+            r"^RESULT (\w) (\S+) replicas=(\d+) same=(True|False) cause=(\S+)$", stdout, re.M
         )
-        results[cause] = [
-            {"name": name, "n": int(n), "same": same == "True", "cause": top}
-            for _, name, n, same, top in rows
-        ]
-        results[cause + "-code"] = proc.returncode
-        results[cause + "-text"] = proc.stdout + proc.stderr[-2000:]
+        for cause in group:
+            results[cause] = [
+                {"name": name, "n": int(n), "same": same == "True", "cause": top}
+                for c, name, n, same, top in rows
+                if c == cause
+            ]
+            codes = re.findall(rf"^CODE {cause} (\d+)$", stdout, re.M)
+            results[cause + "-code"] = int(codes[0]) if codes else code or -1
+            begin = stdout.find(f"=== cause {cause}:")
+            end = stdout.find(f"CODE {cause} ")
+            part = stdout[begin:end] if 0 <= begin < end else stdout
+            results[cause + "-text"] = part + stderr[-2000:]
     return results
 
 
@@ -104,6 +123,64 @@ def test_cause_f_mixed_precision_is_named_and_its_fix_passes(catalogue: Any) -> 
 
 def test_cause_g_xla_under_mirrored_is_named_and_its_fix_passes(catalogue: Any) -> None:
     _check_cause(catalogue, "g")
+
+
+SEQUENCE = f"""
+import json
+import sys
+sys.path.insert(0, {str(CATALOGUE)!r})
+import a_duplicated_data as a
+import b_batch_size as b
+import tfplace
+out = []
+for first in sys.argv[1:]:
+    before = tfplace.compare_replicas(replicas=2, **a.CASES[first])
+    after = tfplace.compare_replicas(replicas=2, **b.CASES["broken"])
+    out.append({{"first": first, "first_same": before.same, "report": after.to_dict()}})
+print(json.dumps(out))
+"""
+
+
+def test_a_check_after_per_replica_pipelines_sees_its_own_input() -> None:
+    """The false "same": a model.fit check after a check whose input made one pipeline per
+    replica (InputReplicationMode.PER_REPLICA). TensorFlow's MirroredStrategy rewrites its
+    input workers for good when such a dataset is made, and the check used to get the very
+    same strategy object again from pick_strategy's cache: the second check's input then gave
+    every replica the same 32 examples, which average to the one-replica loss."""
+    proc = run_fresh(
+        f"import sys; sys.argv[1:] = ['broken_unsharded', 'fixed_sharded']\n{SEQUENCE}"
+    )
+    runs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [r["first_same"] for r in runs] == [False, True]
+    for r in runs:
+        report = r["report"]
+        assert report["same"] is False, (r["first"], report)
+        assert report["causes"][0]["key"] == "b", (r["first"], report["causes"])
+        assert report["losses_many"] != report["losses_one"]
+        assert report["first_step"] == 0
+
+
+def _run(losses: list[float], batch: np.ndarray, duplicated: bool) -> Run:
+    weights = [[np.zeros((2, 1))], [np.ones((2, 1))]]
+    return Run(losses, weights, [[batch]], [duplicated], [False])
+
+
+def test_the_same_numbers_on_other_examples_are_not_the_same_training() -> None:
+    """Every replica reading the same examples can average to the one-replica loss and update
+    (the state above made exactly that); the verdict must still be "different"."""
+    rows = np.arange(64, dtype=np.float64).reshape(32, 2)
+    one = _run([1.0], rows, duplicated=False)
+    many = _run([1.0], np.concatenate([rows, rows]), duplicated=True)
+    facts = ModelFacts((), (), "float32", False, "SGD", False)
+    options: dict[str, Any] = {"names": ["dense/kernel"], "trainable": [True], "facts": facts}
+    options.update(replicas=2, steps=1, rtol=1e-4, atol=1e-5, custom=False)
+    report = judge(one, many, **options)
+    assert report.same is False and report.first_step == 0 and report.first_variable is None
+    assert [c.key for c in report.causes][:2] == ["a", "b"]
+    assert "holds other examples on 2 replicas" in " ".join(report.notes)
+    assert "agree at that step all the same" in " ".join(report.notes)
+    assert str(report).startswith("DIFFERENT: 1 and 2 replicas part at step 0 (model.fit")
+    assert judge(one, _run([1.0], rows, duplicated=False), **options).same is True
 
 
 COLLAPSE = """
