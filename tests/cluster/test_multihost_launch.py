@@ -478,6 +478,41 @@ def test_a_lost_host_restarts_the_group_which_resumes_to_the_same_weights(
     )
 
 
+def test_a_cut_link_mid_training_restarts_the_group_which_resumes_to_the_same_weights(
+    cluster: SshHosts, tmp_path: Path
+) -> None:
+    """Host 1's link is cut in epoch 3 of 5 (no packet in or out, nothing closes): the
+    launcher notices through ssh's keep-alives within seconds, stops host 0's worker; the link
+    comes back; the restarted group resumes from the shared backup to the same weights, and
+    the cut-off worker stopped by itself (its wrapper missed the heartbeat)."""
+    reference = train(cluster, tmp_path, "reference", slow=False, restarts=0)
+    ref_out, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, ref_out[-3000:]
+    expected = weights_of(ref_out)
+
+    proc = train(cluster, tmp_path, "cut", slow=True, restarts=1)
+    seen = wait_for(proc, r"^\[worker 0 \S+\] epoch 0 2 ", 1, timeout=300)
+    time.sleep(0.7)
+    t_cut = time.monotonic()
+    cluster.hosts.cut_link(1)
+    seen += wait_for(proc, r"lost the connection", 1, timeout=60)
+    noticed = time.monotonic() - t_cut
+    cluster.hosts.restore_link(1)
+    out, _ = proc.communicate(timeout=300)
+    out = seen + out
+    assert proc.returncode == 0, out[-4000:]
+    assert result_of(out)["attempts"] == 2
+    assert noticed < 10, noticed
+    epochs = re.findall(r"^\[worker 0 \S+\] epoch (\d) (\d) (\S+)$", out, re.M)
+    assert [e for c, e, _ in epochs if c == "1"] == ["2", "3", "4"]  # resumed, not restarted
+    got = weights_of(out)
+    assert sorted(got) == [0, 1]
+    for i in (0, 1):
+        for a, b in zip(got[i], expected[0], strict=True):
+            assert max(abs(u - v) for u, v in zip(a, b, strict=True)) <= 1e-5
+    print(f"cut link noticed by the launcher after {noticed:.1f} s")
+
+
 # ------------------------------------------------ the remote wrapper, on this machine
 
 
