@@ -110,8 +110,16 @@ def custom_step(*, average: str = "global", noise: str | None = None) -> Any:
     return tf.function(train_step)
 
 
-def run(cause: str, cases: dict[str, dict[str, Any]], replicas: tuple[int, ...] = (2, 4)) -> int:
+def run(
+    cause: str,
+    cases: dict[str, dict[str, Any]],
+    replicas: tuple[int, ...] = (2, 4),
+    *,
+    workers: bool = False,
+) -> int:
     """Check every case 1 vs each replica count; print each report and a RESULT line.
+
+    workers: the N replicas run as N local worker processes (compare_replicas(workers=True)).
 
     Returns 0 when every "fixed..." case agrees and every "broken..." one is flagged with
     ``cause`` first.
@@ -119,7 +127,7 @@ def run(cause: str, cases: dict[str, dict[str, Any]], replicas: tuple[int, ...] 
     wrong = 0
     for name, options in cases.items():
         for n in replicas:
-            report = tfplace.compare_replicas(replicas=n, **options)
+            report = tfplace.compare_replicas(replicas=n, workers=workers, **options)
             top = report.causes[0].key if report.causes else "-"
             print(f"=== cause {cause}: {name}, 1 vs {n} replicas ===\n{report}")
             print(f"RESULT {cause} {name} replicas={n} same={report.same} cause={top}", flush=True)
