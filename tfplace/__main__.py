@@ -170,7 +170,8 @@ def _add_check(sub: Any) -> None:
         "its build() and data(strategy) functions (and train_step(strategy, model, batch) if "
         "it defines one), and run tfplace.compare_replicas on N virtual CPUs: the verdict, "
         "where 1 and N replicas part, the loss side by side, the likely causes and their "
-        "fixes. Exit codes: 0 the same, 1 they part, 2 the script cannot be checked.",
+        "fixes (--workers: the N replicas as N local worker processes instead). Exit codes: 0 "
+        "the same, 1 they part, 2 the script cannot be checked.",
     )
     check.add_argument(
         "-n",
@@ -184,6 +185,12 @@ def _add_check(sub: Any) -> None:
     check.add_argument("--rtol", type=float, default=None, help="relative tolerance (1e-4)")
     check.add_argument("--atol", type=float, default=None, help="absolute tolerance (1e-5)")
     check.add_argument("--json", action="store_true", help="print the reports as JSON")
+    check.add_argument(
+        "--workers",
+        action="store_true",
+        help="run the N replicas as N local worker processes (MultiWorkerMirroredStrategy, "
+        "one replica each; each worker imports the script) instead of N virtual CPUs",
+    )
     check.add_argument("script", help="the training script defining build() and data(strategy)")
 
 
@@ -332,12 +339,13 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from tfplace._configure import configure_cpus
     from tfplace._replicas import compare_replicas
 
-    # before the script runs: it may start TensorFlow at import
-    configure_cpus(threads=None, virtual_devices=max(counts))
+    if not args.workers:  # before the script runs: it may start TensorFlow at import
+        configure_cpus(threads=None, virtual_devices=max(counts))
     sys.path.insert(0, str(path.resolve().parent))  # the script's own imports, as with python
     spec = importlib.util.spec_from_file_location("__tfplace_check__", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # so that --workers finds build/data in this file
     spec.loader.exec_module(module)
     build, data = getattr(module, "build", None), getattr(module, "data", None)
     if not callable(build) or not callable(data):
@@ -351,9 +359,14 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "steps": args.steps,
         "train_step": getattr(module, "train_step", None),
+        "workers": args.workers,
     }
     options.update({k: v for k in ("rtol", "atol") if (v := getattr(args, k)) is not None})
-    reports = [compare_replicas(build, data, replicas=n, **options) for n in counts]
+    try:
+        reports = [compare_replicas(build, data, replicas=n, **options) for n in counts]
+    except RuntimeError as err:  # --workers: no worker wrote its record (the message says why)
+        print(f"tfplace check: {err}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))
     else:
