@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 from helpers import run_fresh
 
-from tfplace._replicas import ModelFacts, Run, judge
+from tfplace._replicas import ModelFacts, Run, _locate, judge
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +40,11 @@ SCRIPTS = {
 GROUPS = ("abcd", "efg")
 
 
-def _run_group(causes: str) -> tuple[str, str, int]:
+def _run_group(
+    causes: str, scripts: dict[str, str] = SCRIPTS, how: str = ""
+) -> tuple[str, str, int]:
     lines = "\n".join(
-        f"print('CODE', {c!r}, run({c!r}, importlib.import_module({SCRIPTS[c]!r}).CASES))"
+        f"print('CODE', {c!r}, run({c!r}, importlib.import_module({scripts[c]!r}).CASES{how}))"
         for c in causes
     )
     proc = run_fresh(
@@ -63,6 +66,10 @@ def catalogue() -> dict[str, Any]:
     """Every case of every cause example, checked 1 vs 2 and 1 vs 4, several per process."""
     with ThreadPoolExecutor(len(GROUPS)) as pool:
         done = dict(zip(GROUPS, pool.map(_run_group, GROUPS), strict=True))
+    return _results(done)
+
+
+def _results(done: dict[str, tuple[str, str, int]]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for group, (stdout, stderr, code) in done.items():
         rows = re.findall(
@@ -83,10 +90,10 @@ def catalogue() -> dict[str, Any]:
     return results
 
 
-def _check_cause(catalogue: dict[str, Any], cause: str) -> None:
+def _check_cause(catalogue: dict[str, Any], cause: str, counts: set[int] | None = None) -> None:
     rows = catalogue[cause]
     text = str(catalogue[cause + "-text"])
-    assert {r["n"] for r in rows} == {2, 4}, text[-2000:]
+    assert {r["n"] for r in rows} == (counts or {2, 4}), text[-2000:]
     broken = [r for r in rows if r["name"].startswith("broken")]
     fixed = [r for r in rows if r["name"].startswith("fixed")]
     assert broken and fixed, text[-2000:]
@@ -123,6 +130,138 @@ def test_cause_f_mixed_precision_is_named_and_its_fix_passes(catalogue: Any) -> 
 
 def test_cause_g_xla_under_mirrored_is_named_and_its_fix_passes(catalogue: Any) -> None:
     _check_cause(catalogue, "g")
+
+
+#: The causes checked with the N replicas as 2 local worker processes: (a) is the case that
+#: matters most across workers (every worker reading the same examples), (c) a custom step.
+WORKER_SCRIPTS = {"a": "a_workers", "c": "c_loss_average"}
+
+
+@pytest.fixture(scope="module")
+def on_workers() -> dict[str, Any]:
+    """Cause a's worker cases and cause c's, 1 replica here vs 2 local workers."""
+    done = _run_group("ac", WORKER_SCRIPTS, ", replicas=(2,), workers=True")
+    return _results({"ac": done})
+
+
+def test_with_2_local_workers_unsharded_data_is_named_and_its_fixes_pass(on_workers: Any) -> None:
+    _check_cause(on_workers, "a", {2})
+    names = {r["name"] for r in on_workers["a"]}
+    assert {"broken_no_autoshard", "broken_unsharded_pipelines"} <= names
+    assert "(model.fit, 2 local workers," in on_workers["a-text"]
+
+
+def test_with_2_local_workers_the_loss_average_is_named_and_its_fix_passes(
+    on_workers: Any,
+) -> None:
+    _check_cause(on_workers, "c", {2})
+    assert "(custom train_step, 2 local workers," in on_workers["c-text"]
+
+
+def module_level_data(strategy: Any) -> Any:
+    return strategy
+
+
+def test_workers_need_functions_they_can_import_again() -> None:
+    module, path, name = _locate(module_level_data, "data")
+    assert (module, name) == (__name__, "module_level_data")
+    assert path == str(Path(__file__).resolve())
+    with pytest.raises(ValueError, match=r"not a top-level name.*Fix: define build at the top"):
+        _locate(lambda: None, "build")
+
+    def nested(strategy: Any) -> Any:
+        return strategy
+
+    with pytest.raises(ValueError, match=r"'test_workers_need_.*nested'"):
+        _locate(nested, "data")
+
+
+def test_a_worker_that_fails_before_its_record_is_an_error_with_its_lines(tmp_path: Path) -> None:
+    (tmp_path / "fails_on_worker_1.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+            import keras
+            import numpy as np
+            import tensorflow as tf
+
+            def build():
+                if os.environ.get("TFPLACE_WORKER_INDEX") == "1":
+                    raise RuntimeError("build() cannot run on worker 1")
+                net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+                net.compile(optimizer="sgd", loss="mse")
+                return net
+
+            def data(strategy):
+                x = np.ones((16, 2), "float32")
+                return tf.data.Dataset.from_tensor_slices((x, x[:, :1])).batch(4)
+            """
+        )
+    )
+    proc = run_fresh(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import fails_on_worker_1 as m
+        import tfplace
+        try:
+            tfplace.compare_replicas(m.build, m.data, replicas=2, steps=2, workers=True)
+        except RuntimeError as err:
+            print("RAISED", err)
+        """,
+        timeout=400,
+    )
+    assert "RAISED compare_replicas(workers=True): none of the 2 workers wrote" in proc.stdout
+    assert "[worker 1]" in proc.stdout and "build() cannot run on worker 1" in proc.stdout
+
+
+UNSHARDED_SCRIPT = """
+import keras
+import numpy as np
+import tensorflow as tf
+
+SHARD = {shard}
+x = np.random.default_rng(3).normal(size=(256, 4)).astype("float32")
+
+
+def build():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    return model
+
+
+def data(strategy):
+    ds = tf.data.Dataset.from_tensor_slices((x, x.sum(axis=1, keepdims=True))).batch(32)
+    if not SHARD:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.OFF
+        )
+        ds = ds.with_options(options)
+    return ds
+
+
+if __name__ == "__main__":
+    raise SystemExit("the check imports this script; its own training must not run")
+"""
+
+
+def test_the_cli_checks_a_script_on_local_workers(tmp_path: Path) -> None:
+    script = tmp_path / "train_unsharded.py"
+    script.write_text(UNSHARDED_SCRIPT.format(shard=False))
+    cli = "import sys; from tfplace.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    code = f"import sys; sys.argv[1:] = ['check', '--workers', '--steps', '3', {str(script)!r}]"
+    proc = run_fresh(f"{code}\n{cli}", check=False, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
+    assert proc.stdout.startswith("DIFFERENT: 1 and 2 replicas part at step 0")
+    assert "2 local workers" in proc.stdout.splitlines()[0]
+    assert "1. [a] unsharded or duplicated data" in proc.stdout
+    script.write_text(UNSHARDED_SCRIPT.format(shard=True))
+    as_json = code.replace("'--steps'", "'--json', '--steps'")
+    proc = run_fresh(f"{as_json}\n{cli}", check=False, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    (report,) = json.loads(proc.stdout)
+    assert report["same"] is True and report["workers"] == 2 and len(report["rows"]) == 3
 
 
 SEQUENCE = f"""
