@@ -1,6 +1,7 @@
 """Cost of one replica check: seconds per ``compare_replicas`` call for a small model, and the
 ratio to the plain training it replays (build + ``model.fit`` of the same steps on N
-replicas), measured side by side in one run (medians of 3 after a warm-up).
+replicas), measured side by side in one run (medians of 3 after a warm-up); and one check with
+the N replicas as 2 local worker processes (``workers=True``: two TensorFlow start-ups more).
 
 Run: python benchmarks/bench_replicas.py
 """
@@ -52,6 +53,12 @@ def check(n: int) -> float:
     return time.perf_counter() - began
 
 
+def check_on_workers() -> float:
+    began = time.perf_counter()
+    assert tfplace.compare_replicas(build, data, replicas=2, steps=STEPS, workers=True).same
+    return time.perf_counter() - began
+
+
 def main() -> None:
     for n in (2, 4):
         plain(n)
@@ -63,6 +70,8 @@ def main() -> None:
             f"overhead ratio {c / p:.1f}x",
             flush=True,
         )
+    w = statistics.median(check_on_workers() for _ in range(3))
+    print(f"1 vs 2 local workers, {STEPS} steps: check {w:.2f} s", flush=True)
 
 
 if __name__ == "__main__":
