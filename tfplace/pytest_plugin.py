@@ -421,7 +421,7 @@ def _fresh_collective_keys(config: pytest.Config) -> None:
     test, 4 in the next) otherwise joins a collective group registered with another size, and
     every later collective in the process aborts (tensorflow#61314)."""
     state = config.stash.get(_STATE_KEY, None)
-    if state is None or state.active_because is None or "tensorflow" not in sys.modules:
+    if state is None or state.active_because is None or sys.modules.get("tensorflow") is None:
         return
     from tfplace import _tf
 
