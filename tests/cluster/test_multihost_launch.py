@@ -262,10 +262,10 @@ def test_a_host_without_key_login_or_with_a_busy_port_is_a_clear_error(
     subprocess.run([KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     ssh = [*cluster.ssh[:4], str(other), *cluster.ssh[5:]]  # a key the hosts do not know
     code = (
-        "import sys; from tfplace.cluster._remote import launch_on_hosts; "
+        "import sys; from tfplace.cluster._launch import launch; "
         "from tfplace.cluster._hosts import parse_hosts; from tfplace.errors import "
         "ClusterConfigError\n"
-        "try:\n    launch_on_hosts(['true'], parse_hosts(sys.argv[1]), ssh=sys.argv[3:], "
+        "try:\n    launch(['true'], None, hosts=parse_hosts(sys.argv[1]), ssh=sys.argv[3:], "
         "port=int(sys.argv[2]) or None)\n"
         "except ClusterConfigError as err:\n    print('ERROR', err); sys.exit(2)"
     )

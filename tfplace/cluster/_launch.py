@@ -640,9 +640,10 @@ def launch(
                 f"{hosts!r}. Fix: leave network out with hosts (docs: clusters.md, 'The "
                 "hostfile launcher', for what is exposed)"
             )
-        return launch_on_hosts(
+        outcome = launch_on_hosts(
             command,
             hosts,
+            lines=_Lines,
             num_workers=num_workers,
             env=env,
             forward=forward,
@@ -654,6 +655,7 @@ def launch(
             max_restarts=max_restarts,
             restart_on=restart_on,
         )
+        return LaunchResult(*outcome)
     assert num_workers is not None
     ports = _free_ports(num_workers, host, "launch")  # checks the host before anything starts
     started = time.monotonic()

@@ -46,11 +46,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, NamedTuple, Protocol
 
 from tfplace._decide.threads import split_threads
 from tfplace.cluster._hosts import HostSlots, parse_hosts, worker_hosts
-from tfplace.cluster._launch import LaunchResult, _Lines
 from tfplace.cluster._restarts import RESTART_COUNT_ENV, RESTART_EXIT_CODE, is_retryable
 from tfplace.cluster._spec import ClusterSpec
 from tfplace.errors import ClusterConfigError
@@ -202,6 +201,24 @@ def forwarded_env(env: Mapping[str, str], forward: Sequence[str] = ()) -> dict[s
     }
 
 
+class LineCutter(Protocol):
+    """Cuts a byte stream into lines (the local launcher's ``_Lines``)."""
+
+    def feed(self, data: bytes) -> list[str]: ...
+
+    def finish(self) -> list[str]: ...
+
+
+class Outcome(NamedTuple):
+    """How a launch on hosts ended: the fields of ``LaunchResult``, in its order."""
+
+    returncode: int
+    worker_codes: tuple[int | None, ...]
+    failed_worker: int | None
+    seconds: float
+    attempts: int
+
+
 @dataclass(frozen=True)
 class _Probe:
     cores: int
@@ -286,7 +303,9 @@ class _Group:
         out: IO[str],
         on_line: Callable[[int, str], None] | None,
         interrupt: _Interrupt,
+        lines: Callable[[], LineCutter],
     ) -> None:
+        self.lines = lines
         self.out = out
         self.on_line = on_line
         self.interrupt = interrupt
@@ -304,7 +323,7 @@ class _Group:
     def _pump(self, worker: _Worker) -> None:
         stream = worker.proc.stdout
         assert stream is not None
-        lines = _Lines()
+        lines = self.lines()
         read = getattr(stream, "read1", stream.read)
         while chunk := read(1 << 16):
             self._emit(worker, lines.feed(chunk))
@@ -421,6 +440,7 @@ def launch_on_hosts(
     command: Sequence[str],
     hosts: str | Sequence[HostSlots],
     *,
+    lines: Callable[[], LineCutter],
     num_workers: int | None = None,
     env: Mapping[str, str] | None = None,
     forward: Sequence[str] = (),
@@ -434,11 +454,13 @@ def launch_on_hosts(
     max_restarts: int = 0,
     restart_on: str = "retryable",
     cwd: str | None = None,
-) -> LaunchResult:
+) -> Outcome:
     """Run ``command`` as workers on ``hosts`` over ssh; see :func:`tfplace.cluster._launch.launch`.
 
     ``hosts`` is a host list (``"node1:2,node2:2"``, see :func:`parse_hosts`) or parsed
-    entries; ``num_workers``, when given, must equal its slot count.
+    entries; ``num_workers``, when given, must equal its slot count. ``lines`` makes the
+    object that cuts each worker's output into lines (``launch`` passes its own, so that local
+    and remote workers' output is cut the same way).
 
     ``python`` is the interpreter that runs the small wrapper and probe on each host (default:
     this one's path, the same environment on every host as Horovod and DeepSpeed expect);
@@ -450,7 +472,8 @@ def launch_on_hosts(
     restart. ssh's exit code 255 (a lost connection or host) is retried like a killed worker.
 
     Returns:
-        A :class:`LaunchResult`; no worker process is left on any host, whatever the path.
+        The fields of a ``LaunchResult``; no worker process is left on any host, whatever the
+        path.
 
     Raises:
         ClusterConfigError: a bad host list, a host that cannot be reached or logged in to
@@ -458,7 +481,7 @@ def launch_on_hosts(
             ``num_workers`` different from the slots (checked before any worker starts).
 
     Example:
-        >>> launch_on_hosts(["true"], "node1:2", num_workers=3)  # doctest: +ELLIPSIS
+        >>> launch_on_hosts(["true"], "node1:2", lines=list, num_workers=3)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         tfplace.errors.ClusterConfigError: launch: found -n 3 workers, expected the 2 slots...
     """
@@ -490,7 +513,7 @@ def launch_on_hosts(
     try:
         attempt = 1
         while True:
-            group = _Group(out, on_line, interrupt)
+            group = _Group(out, on_line, interrupt, lines)
             commands = _commands(command, hosts, probes, base, forward, ssh, python, workdir,
                                  grace_seconds, attempt)  # fmt: skip
             try:
@@ -505,7 +528,7 @@ def launch_on_hosts(
                     t.join(timeout=5)
             if group.callback_error is not None:
                 raise group.callback_error
-            result = LaunchResult(
+            result = Outcome(
                 returncode=code,
                 worker_codes=tuple(
                     None if w.proc.returncode is None else _code(w.proc.returncode)
@@ -544,6 +567,9 @@ def launch_on_hosts(
                 group.say(f"cannot restart: {err}")
                 log.warning("tfplace launch: cannot restart: %s", err)
                 return result
+            if interrupt.signal is not None:  # Ctrl-C while the hosts were asked
+                group.say(f"received signal {interrupt.signal}; not restarting")
+                return result._replace(returncode=128 + interrupt.signal)
             attempt += 1
     finally:
         if in_main:
