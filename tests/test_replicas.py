@@ -359,8 +359,14 @@ def test_strategies_of_other_sizes_in_one_process_collapse_without_own_keys() ->
     """The failure the measures prevent (tensorflow#61314): plain strategies share group 1."""
     proc = run_fresh(f"import sys; sys.argv[1:] = ['plain']\n{COLLAPSE}", check=False)
     assert proc.returncode != 0
-    assert proc.stdout.split() == ["plain", "2"]
-    assert re.search(r"joining a group with size ?4, but that group has size 2", proc.stderr)
+    # the first strategy trains; a later one of another size collapses: usually the 4-device
+    # one, sometimes (a race in TensorFlow's collective executor) the second 2-device one, and
+    # the op that reports the abort first may say "cancelled" instead of the group sizes
+    done = proc.stdout.split()
+    assert done in (["plain", "2"], ["plain", "2", "plain", "4"]), proc.stdout
+    assert re.search(
+        r"joining a group with size ?\d, but that group has size \d|was cancelled", proc.stderr
+    ), proc.stderr[-2000:]
 
 
 def test_the_strategies_the_check_builds_can_be_built_again_and_again() -> None:
