@@ -1035,6 +1035,17 @@ TITLES = {
 }
 
 
+class _Scores:
+    """Causes found so far: each cause keeps its strongest evidence."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, tuple[float, str]] = {}
+
+    def add(self, key: str, score: float, why: str) -> None:
+        if key not in self.found or self.found[key][0] < score:
+            self.found[key] = (score, why)
+
+
 def _rank(
     ev: _Evidence,
     facts: ModelFacts,
@@ -1045,83 +1056,111 @@ def _rank(
     differing: tuple[str, ...],
     error: str | None,
 ) -> list[Cause]:
-    found: dict[str, tuple[float, str]] = {}
-
-    def add(key: str, score: float, why: str) -> None:
-        if key not in found or found[key][0] < score:
-            found[key] = (score, why)
-
+    """The likely causes, strongest first: from a failure, from an agreement that may not
+    last, or from the evidence of where and how the runs part."""
+    scores = _Scores()
     if error is not None:
-        if facts.jit_compile:
-            xla = any(w in error for w in ("XLA", "xla", "different device", "jit"))
-            add(
-                "g",
-                0.95 if xla else 0.7,
-                f"training on {n} replicas failed with jit_compile=True: " + error[:160],
-            )
-        else:
-            add("x", 0.9, f"training on {n} replicas failed (1 replica trains): {error[:160]}")
-        return _causes(found)
+        _failure_causes(scores, facts, n, error)
+    elif same:
+        _latent_causes(scores, facts)
+    else:
+        batches_same = ev.batch_differs_at is None and not ev.undistributed and not ev.duplicated
+        _input_causes(scores, ev, n, custom)
+        if batches_same and custom:
+            _loss_scaling_causes(scores, ev, n)
+        _layer_causes(scores, ev, facts, differing, batches_same)
+        _numeric_causes(scores, ev, facts)
+    return _causes(scores.found)
 
-    if same:
-        if facts.unsynced_batchnorm:
-            add(
-                "d",
-                0.2,
-                f"agree here, but layers {', '.join(facts.unsynced_batchnorm)} "
-                "normalize per replica; they may part with other batches",
-            )
-        if facts.random_layers:
-            add(
-                "e",
-                0.2,
-                f"agree here although random layers {', '.join(facts.random_layers)} "
-                "are present (inactive, or rate 0?)",
-            )
-        return _causes(found)
 
+def _failure_causes(scores: _Scores, facts: ModelFacts, n: int, error: str) -> None:
+    """Training on N replicas failed while one replica trains."""
+    if facts.jit_compile:
+        xla = any(w in error for w in ("XLA", "xla", "different device", "jit"))
+        scores.add(
+            "g",
+            0.95 if xla else 0.7,
+            f"training on {n} replicas failed with jit_compile=True: " + error[:160],
+        )
+    else:
+        scores.add("x", 0.9, f"training on {n} replicas failed (1 replica trains): {error[:160]}")
+
+
+def _latent_causes(scores: _Scores, facts: ModelFacts) -> None:
+    """The runs agree; layers that could make them part with other batches are named."""
+    if facts.unsynced_batchnorm:
+        scores.add(
+            "d",
+            0.2,
+            f"agree here, but layers {', '.join(facts.unsynced_batchnorm)} "
+            "normalize per replica; they may part with other batches",
+        )
+    if facts.random_layers:
+        scores.add(
+            "e",
+            0.2,
+            f"agree here although random layers {', '.join(facts.random_layers)} "
+            "are present (inactive, or rate 0?)",
+        )
+
+
+def _input_causes(scores: _Scores, ev: _Evidence, n: int, custom: bool) -> None:
+    """Causes a and b: the N replicas did not see the one replica's global batches."""
     if ev.duplicated:
-        add("a", 0.97, f"on {n} replicas every replica received the very same examples")
+        scores.add("a", 0.97, f"on {n} replicas every replica received the very same examples")
     if ev.undistributed and custom:
-        add(
+        scores.add(
             "a",
             0.95,
             "the loop passed a plain (undistributed) batch to strategy.run, so every "
             "replica got the whole global batch",
         )
-    if ev.batch_differs_at is not None:
-        a, b = ev.batch_sizes
-        if a != b:
-            add(
-                "b",
-                0.95,
-                f"the global batch has {b} examples on {n} replicas but {a} on one (x{b / a:.3g})"
-                if a
-                else "the global batch size differs",
-            )
-        elif not ev.duplicated:
-            add(
-                "a",
-                0.8,
-                f"the global batch of step {ev.batch_differs_at} holds other examples "
-                f"on {n} replicas than on one (same size, different content)",
-            )
-    batches_same = ev.batch_differs_at is None and not ev.undistributed and not ev.duplicated
-    if batches_same and custom:
-        if ev.loss0_differs and (_near(ev.loss0_ratio, n) or _near(ev.loss0_ratio, 1 / n)):
-            add(
-                "c",
-                0.9,
-                f"same batches and weights, yet the step-0 loss on {n} replicas is "
-                f"{ev.loss0_ratio:.4g}x the one-replica loss (= the replica count)",
-            )
-        if _near(ev.grad_ratio, n) or _near(ev.grad_ratio, 1 / n, 0.05):
-            add(
-                "c",
-                0.92,
-                f"same batches, and the first update is {ev.grad_ratio:.4g}x the "
-                f"one-replica update: the gradient is scaled by the replica count {n}",
-            )
+    if ev.batch_differs_at is None:
+        return
+    a, b = ev.batch_sizes
+    if a != b:
+        scores.add(
+            "b",
+            0.95,
+            f"the global batch has {b} examples on {n} replicas but {a} on one (x{b / a:.3g})"
+            if a
+            else "the global batch size differs",
+        )
+    elif not ev.duplicated:
+        scores.add(
+            "a",
+            0.8,
+            f"the global batch of step {ev.batch_differs_at} holds other examples "
+            f"on {n} replicas than on one (same size, different content)",
+        )
+
+
+def _loss_scaling_causes(scores: _Scores, ev: _Evidence, n: int) -> None:
+    """Cause c: same batches in a custom step, yet the loss or update scales with N."""
+    if ev.loss0_differs and (_near(ev.loss0_ratio, n) or _near(ev.loss0_ratio, 1 / n)):
+        scores.add(
+            "c",
+            0.9,
+            f"same batches and weights, yet the step-0 loss on {n} replicas is "
+            f"{ev.loss0_ratio:.4g}x the one-replica loss (= the replica count)",
+        )
+    if _near(ev.grad_ratio, n) or _near(ev.grad_ratio, 1 / n, 0.05):
+        scores.add(
+            "c",
+            0.92,
+            f"same batches, and the first update is {ev.grad_ratio:.4g}x the "
+            f"one-replica update: the gradient is scaled by the replica count {n}",
+        )
+
+
+def _layer_causes(
+    scores: _Scores,
+    ev: _Evidence,
+    facts: ModelFacts,
+    differing: tuple[str, ...],
+    batches_same: bool,
+) -> None:
+    """Causes d and e: layers that compute per replica (statistics, random numbers)."""
     if facts.unsynced_batchnorm:
         stats = any("moving" in v for v in differing)
         score = 0.85 if (batches_same and ev.loss0_differs) or stats else 0.5
@@ -1130,7 +1169,7 @@ def _rank(
             if ev.loss0_differs
             else "weights part"
         )
-        add(
+        scores.add(
             "d",
             score,
             f"{where}; layers {', '.join(facts.unsynced_batchnorm)} are "
@@ -1138,7 +1177,7 @@ def _rank(
         )
     if facts.random_layers:
         score = 0.8 if ev.loss0_differs and batches_same else 0.5
-        add(
+        scores.add(
             "e",
             score,
             f"random layers {', '.join(facts.random_layers)}; "
@@ -1148,17 +1187,26 @@ def _rank(
                 else "weights part"
             ),
         )
-    elif batches_same and ev.loss0_differs and not facts.unsynced_batchnorm and "c" not in found:
-        add(
+    elif (
+        batches_same
+        and ev.loss0_differs
+        and not facts.unsynced_batchnorm
+        and "c" not in scores.found
+    ):
+        scores.add(
             "e",
             0.6,
             "identical batches and weights give another step-0 loss and the model "
             "has no BatchNormalization: something in the forward pass is random per replica "
             "(tf.random.*, a stateful RNG in the step)",
         )
+
+
+def _numeric_causes(scores: _Scores, ev: _Evidence, facts: ModelFacts) -> None:
+    """Causes f, g and h: precision, XLA, and plain rounding."""
     if facts.dtype_policy.startswith("mixed") or facts.loss_scaling:
         score = 0.85 if ev.skipped else (0.7 if ev.small else 0.4)
-        add(
+        scores.add(
             "f",
             score,
             f"dtype policy {facts.dtype_policy}"
@@ -1169,13 +1217,15 @@ def _rank(
             ),
         )
     if facts.jit_compile:
-        add("g", 0.6 if ev.small else 0.3, "the model is compiled with jit_compile=True")
+        scores.add("g", 0.6 if ev.small else 0.3, "the model is compiled with jit_compile=True")
     if ev.small:
-        add("h", 0.4 if found else 0.8, "the gap is within 1000x the tolerance: rounding-sized")
-    if not found:
-        add("h", 0.1, "no specific evidence; the runs part by more than rounding")
-    _ = first_variable
-    return _causes(found)
+        scores.add(
+            "h",
+            0.4 if scores.found else 0.8,
+            "the gap is within 1000x the tolerance: rounding-sized",
+        )
+    if not scores.found:
+        scores.add("h", 0.1, "no specific evidence; the runs part by more than rounding")
 
 
 def _causes(found: dict[str, tuple[float, str]]) -> list[Cause]:
