@@ -15,6 +15,9 @@ Side by side in one run:
    launcher's failure grace of 1 s and with 5 s (the whole grace a survivor stuck in a
    collective would otherwise be given).
 
+The same two-host run is also made without pinning (each worker's pools limited to 1 thread
+through ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS`` only), to weigh the pinning.
+
 Needs root (network namespaces) and OpenSSH's sshd; reuses the test's ``SshHosts``.
 Run: ``python benchmarks/bench_multihost.py`` (``BENCH_ROUNDS=n`` repeats the speed runs).
 """
@@ -226,6 +229,19 @@ def main() -> None:
             finally:
                 c.stop()
         left = hosts.leftovers()
+        # The same two hosts without pinning: 1 thread per pool from the environment only.
+        with SimulatedHosts(2) as free:
+            (folder / "ssh2").mkdir(mode=0o700)
+            c = SshHosts(free, folder / "ssh2")
+            one = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+            try:
+                c.start()
+                for _ in range(ROUNDS):
+                    name = "2 hosts, 1 thread per pool, not pinned"
+                    rows.setdefault(name, []).append(two_hosts(c, cnn, one))
+            finally:
+                c.stop()
+        left += free.leftovers()
     base = statistics.median(rows["1 process x 2 cores"])
     print(f"simulated hosts + sshd up in {up:.2f} s, down in {hosts.down_seconds:.2f} s")
     print(f"CNN, 3 conv layers, global batch {BATCH}, {STEPS} steps, {ROUNDS} round(s):")
