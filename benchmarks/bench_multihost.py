@@ -110,10 +110,9 @@ model.fit(x, y, batch_size=16, epochs=6, verbose=0, callbacks=[backup, Mark()])
 
 LAUNCHER = """
 import json, sys
-from tfplace.cluster._launch import _Lines
 from tfplace.cluster._remote import launch_on_hosts
 a = json.loads(sys.argv[1])
-code = launch_on_hosts(a["command"], a["hosts"], lines=_Lines, ssh=a["ssh"],
+code = launch_on_hosts(a["command"], a["hosts"], ssh=a["ssh"],
                        forward=a["forward"], max_restarts=a["restarts"],
                        grace_seconds=a["grace"], failure_grace=a["failure_grace"]).returncode
 sys.exit(code)

@@ -25,6 +25,7 @@ from tfplace._decide.threads import split_threads
 from tfplace._facts.inventory import CPUInfo, _affinity, cpu_quota
 from tfplace.cluster import _launch
 from tfplace.cluster._launch import free_ports, launch, tf_configs
+from tfplace.cluster._output import MAX_LINE, Lines
 
 pytestmark = pytest.mark.slow
 
@@ -408,17 +409,17 @@ def test_every_line_a_worker_writes_carries_its_prefix(tmp_path: Path) -> None:
 @pytest.mark.pure
 def test_lines_are_the_same_however_the_stream_is_cut() -> None:
     data = "a\nbb\r\ncc\rdd\r\r\neé\x0cf\n\ng".encode()
-    whole = _launch._Lines()
+    whole = Lines()
     expected = whole.feed(data) + whole.finish()
     assert expected == ["a", "bb", "cc", "dd", "", "eé", "f", "", "g"]
     for cut in range(len(data) + 1):
         for cut2 in range(cut, len(data) + 1):
-            lines = _launch._Lines()
+            lines = Lines()
             got = lines.feed(data[:cut]) + lines.feed(data[cut:cut2]) + lines.feed(data[cut2:])
             assert got + lines.finish() == expected, (cut, cut2)
-    long = _launch._Lines()
-    pieces = long.feed(b"x" * (_launch._MAX_LINE * 2 + 5)) + long.finish()
-    assert [len(p) for p in pieces] == [_launch._MAX_LINE, _launch._MAX_LINE, 5]
+    long = Lines()
+    pieces = long.feed(b"x" * (MAX_LINE * 2 + 5)) + long.finish()
+    assert [len(p) for p in pieces] == [MAX_LINE, MAX_LINE, 5]
 
 
 def test_a_launch_result_prints_as_text(tmp_path: Path) -> None:

@@ -36,7 +36,6 @@ import ipaddress
 import logging
 import math
 import os
-import re
 import select
 import shutil
 import signal
@@ -51,6 +50,7 @@ from typing import IO, Any
 
 from tfplace._decide.threads import split_threads
 from tfplace.cluster._hosts import HostSlots
+from tfplace.cluster._output import WorkerOutput
 from tfplace.cluster._restarts import RESTART_COUNT_ENV, RESTART_EXIT_CODE, is_retryable
 from tfplace.cluster._spec import ClusterSpec, check_host
 from tfplace.errors import ClusterConfigError
@@ -332,61 +332,6 @@ def _cause(worker: int, returncode: int) -> str:
     return f"worker {worker} exited with code {code}"
 
 
-#: What ends a line of worker output: ``\n``, ``\r\n``, or a lone ``\r`` (a terminal would
-#: return to the start of the line there, over the prefix).
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-#: A line longer than this is written out in pieces, each with its prefix: a bound on the memory
-#: one runaway line may hold, far above real lines (a worker printing its weights as one JSON
-#: line writes hundreds of KiB, and a reader of the output must get that line whole).
-_MAX_LINE = 1 << 24
-
-
-class _Lines:
-    r"""Cuts a stream of bytes, arriving in chunks of any size, into whole lines.
-
-    A line ends at ``\n``, ``\r\n``, a lone ``\r`` (or another of ``str.splitlines``'s line
-    ends); a chunk may end anywhere (inside a line,
-    between ``\r`` and ``\n``, inside a UTF-8 character); what is left at the end of the
-    stream is a last line. Pure: tested on its own.
-
-    Example:
-        >>> lines = _Lines()
-        >>> lines.feed(b"a\nb\r"), lines.feed(b"\nc\rd"), lines.finish()
-        (['a'], ['b', 'c'], ['d'])
-    """
-
-    def __init__(self) -> None:
-        self._pending = b""
-
-    def feed(self, data: bytes) -> list[str]:
-        """The lines ``data`` completes."""
-        held = self._pending + data
-        # A final \r may be the first half of \r\n: keep it until the next chunk says.
-        tail = b"\r" if held.endswith(b"\r") else b""
-        parts = _LINE_END.split(held[: len(held) - len(tail)])
-        self._pending = parts.pop() + tail
-        while len(self._pending) > _MAX_LINE:
-            parts.append(self._pending[:_MAX_LINE])
-            self._pending = self._pending[_MAX_LINE:]
-        return _decoded(parts)
-
-    def finish(self) -> list[str]:
-        """What is left at the end of the stream, as lines (a line without its end too)."""
-        parts = _LINE_END.split(self._pending)
-        self._pending = b""
-        if parts and parts[-1] == b"":
-            parts.pop()
-        return _decoded(parts)
-
-
-def _decoded(parts: list[bytes]) -> list[str]:
-    """The text of each line; the other line ends of ``str.splitlines`` (form feed, U+2028,
-    ...) end a line too, so that whoever splits the output that way finds a prefix on each."""
-    return [
-        piece for part in parts for piece in (part.decode("utf-8", "replace").splitlines() or [""])
-    ]
-
-
 class _Interrupt:
     """The signal the launcher itself received (Ctrl-C, SIGTERM), shared by every attempt."""
 
@@ -411,41 +356,19 @@ class _Launch:
         self.cluster = cluster
         self.env = env
         self.grace = grace
-        self.out = out
-        self.on_line = on_line
+        self.output = WorkerOutput(out, on_line)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.readers: list[threading.Thread] = []
-        self.out_lock = threading.Lock()
         self.interrupt = interrupt
-        self.callback_error: BaseException | None = None
+
+    @property
+    def callback_error(self) -> BaseException | None:
+        """What ``on_line`` raised, if it did (the launch stops and re-raises it)."""
+        return self.output.callback_error
 
     def _pump(self, index: int, stream: IO[bytes]) -> None:
-        """Copy one of a worker's streams to ``out``, a prefix on every line.
-
-        Standard output and standard error have a reader each, so a line half-written on
-        one is never cut by a line of the other; each stream is read as it arrives and cut
-        into lines by :class:`_Lines`, whatever the sizes of the writes.
-        """
-        lines = _Lines()
-        read = getattr(stream, "read1", stream.read)
-        while chunk := read(1 << 16):
-            self._emit(index, lines.feed(chunk))
-        self._emit(index, lines.finish())
-        stream.close()
-
-    def _emit(self, index: int, lines: list[str]) -> None:
-        if not lines:
-            return
-        prefix = f"[worker {index}] "
-        with self.out_lock:  # whole lines at a time, so callbacks never run concurrently
-            self.out.write("".join(f"{prefix}{line}\n" for line in lines))
-            self.out.flush()
-            for line in lines:
-                if self.on_line is not None and self.callback_error is None:
-                    try:
-                        self.on_line(index, line)
-                    except BaseException as err:  # stops the launch; launch() re-raises it
-                        self.callback_error = err
+        """Copy one of a worker's streams to the output, ``[worker i]`` on every line."""
+        self.output.pump(index, f"[worker {index}] ", stream)
 
     def start(self) -> None:
         n = self.cluster.num_workers
@@ -517,9 +440,7 @@ class _Launch:
             time.sleep(0.01)
 
     def _say(self, text: str) -> None:
-        with self.out_lock:
-            self.out.write(f"[tfplace launch] {text}\n")
-            self.out.flush()
+        self.output.say(text)
 
 
 def launch(
@@ -643,7 +564,6 @@ def launch(
         outcome = launch_on_hosts(
             command,
             hosts,
-            lines=_Lines,
             num_workers=num_workers,
             env=env,
             forward=forward,

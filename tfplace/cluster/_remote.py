@@ -46,10 +46,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Any, NamedTuple, Protocol
+from typing import IO, Any, NamedTuple
 
 from tfplace._decide.threads import split_threads
 from tfplace.cluster._hosts import HostSlots, parse_hosts, worker_hosts
+from tfplace.cluster._output import WorkerOutput
 from tfplace.cluster._restarts import RESTART_COUNT_ENV, RESTART_EXIT_CODE, is_retryable
 from tfplace.cluster._spec import ClusterSpec
 from tfplace.errors import ClusterConfigError
@@ -201,14 +202,6 @@ def forwarded_env(env: Mapping[str, str], forward: Sequence[str] = ()) -> dict[s
     }
 
 
-class LineCutter(Protocol):
-    """Cuts a byte stream into lines (the local launcher's ``_Lines``)."""
-
-    def feed(self, data: bytes) -> list[str]: ...
-
-    def finish(self) -> list[str]: ...
-
-
 class Outcome(NamedTuple):
     """How a launch on hosts ended: the fields of ``LaunchResult``, in its order."""
 
@@ -303,46 +296,25 @@ class _Group:
         out: IO[str],
         on_line: Callable[[int, str], None] | None,
         interrupt: _Interrupt,
-        lines: Callable[[], LineCutter],
     ) -> None:
-        self.lines = lines
-        self.out = out
-        self.on_line = on_line
+        self.output = WorkerOutput(out, on_line)
         self.interrupt = interrupt
         self.workers: list[_Worker] = []
         self.threads: list[threading.Thread] = []
-        self.out_lock = threading.Lock()
-        self.callback_error: BaseException | None = None
         self.done = threading.Event()
 
+    @property
+    def callback_error(self) -> BaseException | None:
+        """What ``on_line`` raised, if it did (the launch stops and re-raises it)."""
+        return self.output.callback_error
+
     def say(self, text: str) -> None:
-        with self.out_lock:
-            self.out.write(f"[tfplace launch] {text}\n")
-            self.out.flush()
+        self.output.say(text)
 
     def _pump(self, worker: _Worker) -> None:
         stream = worker.proc.stdout
         assert stream is not None
-        lines = self.lines()
-        read = getattr(stream, "read1", stream.read)
-        while chunk := read(1 << 16):
-            self._emit(worker, lines.feed(chunk))
-        self._emit(worker, lines.finish())
-        stream.close()
-
-    def _emit(self, worker: _Worker, lines: list[str]) -> None:
-        if not lines:
-            return
-        prefix = f"[worker {worker.index} {worker.host}] "
-        with self.out_lock:  # whole lines at a time, so callbacks never run concurrently
-            self.out.write("".join(f"{prefix}{line}\n" for line in lines))
-            self.out.flush()
-            for line in lines:
-                if self.on_line is not None and self.callback_error is None:
-                    try:
-                        self.on_line(worker.index, line)
-                    except BaseException as err:  # stops the launch; re-raised by the caller
-                        self.callback_error = err
+        self.output.pump(worker.index, f"[worker {worker.index} {worker.host}] ", stream)
 
     def _heartbeat(self) -> None:
         while not self.done.wait(1.0):
@@ -440,7 +412,6 @@ def launch_on_hosts(
     command: Sequence[str],
     hosts: str | Sequence[HostSlots],
     *,
-    lines: Callable[[], LineCutter],
     num_workers: int | None = None,
     env: Mapping[str, str] | None = None,
     forward: Sequence[str] = (),
@@ -458,9 +429,8 @@ def launch_on_hosts(
     """Run ``command`` as workers on ``hosts`` over ssh; see :func:`tfplace.cluster._launch.launch`.
 
     ``hosts`` is a host list (``"node1:2,node2:2"``, see :func:`parse_hosts`) or parsed
-    entries; ``num_workers``, when given, must equal its slot count. ``lines`` makes the
-    object that cuts each worker's output into lines (``launch`` passes its own, so that local
-    and remote workers' output is cut the same way).
+    entries; ``num_workers``, when given, must equal its slot count. Output is cut into lines and
+    prefixed as the local launcher's (``tfplace.cluster._output``).
 
     ``python`` is the interpreter that runs the small wrapper and probe on each host (default:
     this one's path, the same environment on every host as Horovod and DeepSpeed expect);
@@ -481,7 +451,7 @@ def launch_on_hosts(
             ``num_workers`` different from the slots (checked before any worker starts).
 
     Example:
-        >>> launch_on_hosts(["true"], "node1:2", lines=list, num_workers=3)  # doctest: +ELLIPSIS
+        >>> launch_on_hosts(["true"], "node1:2", num_workers=3)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         tfplace.errors.ClusterConfigError: launch: found -n 3 workers, expected the 2 slots...
     """
@@ -513,7 +483,7 @@ def launch_on_hosts(
     try:
         attempt = 1
         while True:
-            group = _Group(out, on_line, interrupt, lines)
+            group = _Group(out, on_line, interrupt)
             commands = _commands(command, hosts, probes, base, forward, ssh, python, workdir,
                                  grace_seconds, attempt)  # fmt: skip
             try:
