@@ -44,8 +44,10 @@ def _run_group(
     causes: str, scripts: dict[str, str] = SCRIPTS, how: str = ""
 ) -> tuple[str, str, int]:
     lines = "\n".join(
-        f"print('CODE', {c!r}, run({c!r}, importlib.import_module({scripts[c]!r}).CASES{how}))"
+        f"print('CODE', {c!r}, run({c!r}, getattr(importlib.import_module({module!r}), "
+        f"{attr or 'CASES'!r}){how}))"
         for c in causes
+        for module, _, attr in [scripts[c].partition(":")]
     )
     proc = run_fresh(
         f"""
@@ -134,14 +136,26 @@ def test_cause_g_xla_under_mirrored_is_named_and_its_fix_passes(catalogue: Any) 
 
 #: The causes checked with the N replicas as 2 local worker processes: (a) is the case that
 #: matters most across workers (every worker reading the same examples), (c) a custom step.
-WORKER_SCRIPTS = {"a": "a_workers", "c": "c_loss_average"}
+WORKER_SCRIPTS = {
+    "a": "a_workers",
+    "b": "workers:CASES_B",
+    "c": "c_loss_average",
+    "d": "workers:CASES_D",
+    "e": "workers:CASES_E",
+    "f": "workers:CASES_F",
+    "g": "workers:CASES_G",
+}
+WORKER_GROUPS = ("acf", "bdeg")
 
 
 @pytest.fixture(scope="module")
 def on_workers() -> dict[str, Any]:
-    """Cause a's worker cases and cause c's, 1 replica here vs 2 local workers."""
-    done = _run_group("ac", WORKER_SCRIPTS, ", replicas=(2,), workers=True")
-    return _results({"ac": done})
+    """Every cause, 1 replica here vs 2 local workers; two processes side by side."""
+    how = ", replicas=(2,), workers=True"
+    with ThreadPoolExecutor(len(WORKER_GROUPS)) as pool:
+        runs = pool.map(lambda group: _run_group(group, WORKER_SCRIPTS, how), WORKER_GROUPS)
+        done = dict(zip(WORKER_GROUPS, runs, strict=True))
+    return _results(done)
 
 
 def test_with_2_local_workers_unsharded_data_is_named_and_its_fixes_pass(on_workers: Any) -> None:
@@ -156,6 +170,14 @@ def test_with_2_local_workers_the_loss_average_is_named_and_its_fix_passes(
 ) -> None:
     _check_cause(on_workers, "c", {2})
     assert "(custom train_step, 2 local workers," in on_workers["c-text"]
+
+
+@pytest.mark.parametrize("cause", ["b", "d", "e", "f", "g"])
+def test_with_2_local_workers_the_other_causes_are_named_and_their_fixes_pass(
+    on_workers: Any, cause: str
+) -> None:
+    _check_cause(on_workers, cause, {2})
+    assert "2 local workers," in on_workers[cause + "-text"]
 
 
 def module_level_data(strategy: Any) -> Any:
