@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,47 @@ def test_the_error_pages_draw_every_error_class() -> None:
     for name in errors.__all__:
         assert f" {name} " in page or f"`{name}`" in page, name
         assert name in (errors.__doc__ or ""), name
+
+
+def _documented_paths() -> tuple[set[tuple[str, str]], set[str]]:
+    """``from tfplace.x import a, b`` statements, and dotted ``tfplace.x.y`` names in backticks,
+    as the README, the docs pages and the examples write them."""
+    root = PACKAGE.parent
+    files = [root / "README.md", *(root / "docs").rglob("*.md"), *(root / "docs").rglob("*.py")]
+    imports: set[tuple[str, str]] = set()
+    dotted: set[str] = set()
+    for path in files:
+        text = path.read_text()
+        for module, names in re.findall(r"from (tfplace(?:\.\w+)*) import ([\w, ]+)", text):
+            imports |= {(module, n.strip()) for n in names.split(",") if n.strip()}
+        dotted |= set(re.findall(r"`(tfplace(?:\.\w+)+)", text))
+    return imports, dotted
+
+
+def _resolve(dotted: str) -> object:
+    """The object ``tfplace.a.b.c`` names: the longest importable module, then attributes."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(dotted)
+
+
+def test_every_import_path_the_docs_use_works() -> None:
+    imports, dotted = _documented_paths()
+    assert ("tfplace.testing", "fake_inventory") in imports  # the scan sees the docs
+    assert "tfplace.callbacks.BackupAndRestore" in dotted
+    for module, name in sorted(imports):
+        assert hasattr(importlib.import_module(module), name), f"from {module} import {name}"
+    broken = []
+    for path in sorted(dotted):
+        try:
+            _resolve(path)
+        except (ImportError, AttributeError) as err:
+            broken.append(f"{path}: {err}")
+    assert broken == []
