@@ -49,6 +49,29 @@ def _which(name: str) -> str:
     return found
 
 
+def cluster_processes(root: Path, conf: Path, pids: set[int]) -> list[str]:
+    """``"pid: command line"`` of every live process of a test SLURM cluster: one of ``pids``
+    (its daemons), a process whose environment names ``conf`` (a task of its jobs, which carries
+    ``SLURM_CONF``), or one whose command line names its folder ``root``."""
+    found = []
+    marker = f"SLURM_CONF={conf}".encode()
+    folder = str(root).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if not cmdline:
+            continue  # a zombie: already dead
+        if int(entry.name) in pids or marker in environ.split(b"\0") or folder in cmdline:
+            text = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{entry.name}: {text}")
+    return found
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -224,27 +247,8 @@ PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 
     def leftovers(self) -> list[str]:
         """Processes of this cluster still running: its daemons, and any task of its jobs."""
-        found = []
-        marker = f"SLURM_CONF={self.conf}".encode()
         pids = {p for p in (self._pid(n) for n in self.pid_files) if p is not None}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-                environ = (entry / "environ").read_bytes()
-            except OSError:
-                continue
-            if not cmdline:
-                continue  # a zombie: already dead
-            if (
-                int(entry.name) in pids
-                or marker in environ.split(b"\0")
-                or (str(self.root).encode() in cmdline)
-            ):
-                text = cmdline.replace(b"\0", b" ").decode(errors="replace")
-                found.append(f"{entry.name}: {text}")
-        return found
+        return cluster_processes(self.root, self.conf, pids)
 
     def stop(self) -> list[str]:
         """Cancel every job, stop the daemons by PID file; return what is left (should be [])."""

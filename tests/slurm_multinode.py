@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sim_hosts import SimulatedHost, SimulatedHosts
+from slurm_cluster import cluster_processes
 
 __all__ = ["BINARIES", "MultiNodeSlurm", "missing_binaries"]
 
@@ -269,24 +270,8 @@ KillWait=5
 
     def leftovers(self) -> list[str]:
         """Processes of this cluster still running: daemons and tasks of its jobs."""
-        found = []
-        marker = f"SLURM_CONF={self.conf}".encode()
-        root = str(self.root).encode()
         munged = self._munged_pid()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-                environ = (entry / "environ").read_bytes()
-            except OSError:
-                continue
-            if not cmdline:
-                continue
-            if int(entry.name) == munged or marker in environ.split(b"\0") or root in cmdline:
-                text = cmdline.replace(b"\0", b" ").decode(errors="replace")
-                found.append(f"{entry.name}: {text}")
-        return found
+        return cluster_processes(self.root, self.conf, set() if munged is None else {munged})
 
     @staticmethod
     def _end(proc: subprocess.Popen[Any] | None, timeout: float = 10) -> None:
