@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -690,6 +691,13 @@ def test_a_strategy_matrix_in_one_process_cannot_collapse(pytester: pytest.Pytes
     pytester.makeconftest(
         "import tfplace\ntfplace.configure_cpus(threads=None, virtual_devices=4)\n"
     )
-    bare = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:tfplace")
-    bare.assert_outcomes(passed=1, failed=2)
-    assert "but that group has size 2" in bare.stdout.str()
+    bare = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:tfplace", "-v")
+    # Which later test sees the abort varies from run to run (it may surface in the test after
+    # the one whose collective joined the wrong group), so the control asserts the collapse
+    # itself: the first test passes, at least one later one fails on the group-size mismatch.
+    outcomes = bare.parseoutcomes()
+    assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 3, outcomes
+    assert outcomes.get("failed", 0) >= 1, outcomes
+    bare.stdout.fnmatch_lines(["*test_sync_batchnorm_trains?2_0? PASSED*"])
+    mismatch = r"joining a group with size ?\d, but that group has size \d"
+    assert re.search(mismatch, bare.stdout.str())
