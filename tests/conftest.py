@@ -31,9 +31,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             f"tests without a tier marker ({', '.join(TIERS)}): {untiered[:5]}; add "
             "pytestmark = pytest.mark.<tier> to the module or mark the test"
         )
-    # Longest first, so under -n the last tests to start are short ones and no worker idles
-    # at the end while the other finishes a two-minute engine test: slow, then tf, then pure,
-    # each in collection order (the same order in every xdist worker, as xdist requires).
-    items.sort(
-        key=lambda i: next(n for n, t in enumerate(reversed(TIERS)) if i.get_closest_marker(t))
-    )

@@ -25,11 +25,6 @@ from tfplace._replicas import ModelFacts, Run, _locate, judge
 
 pytestmark = pytest.mark.slow
 
-#: The tests of each module fixture below run in one xdist worker (``--dist loadgroup`` in
-#: pyproject.toml), so the fixture's ~100 s of checks run once, not once per worker.
-ONE_BUILD_OF_THE_CATALOGUE = pytest.mark.xdist_group("replica-catalogue")
-ONE_BUILD_ON_WORKERS = pytest.mark.xdist_group("replica-catalogue-on-workers")
-
 CATALOGUE = Path(__file__).parents[1] / "docs" / "examples" / "replicas"
 SCRIPTS = {
     "a": "a_duplicated_data",
@@ -111,37 +106,30 @@ def _check_cause(catalogue: dict[str, Any], cause: str, counts: set[int] | None 
     assert catalogue[cause + "-code"] == 0, text[-2000:]  # the example's own verdict agrees
 
 
-@ONE_BUILD_OF_THE_CATALOGUE
 def test_cause_a_duplicated_data_is_named_and_its_fix_passes(catalogue: Any) -> None:
     _check_cause(catalogue, "a")
 
 
-@ONE_BUILD_OF_THE_CATALOGUE
 def test_cause_b_global_batch_per_replica_is_named_and_its_fix_passes(catalogue: Any) -> None:
     _check_cause(catalogue, "b")
 
 
-@ONE_BUILD_OF_THE_CATALOGUE
 def test_cause_c_loss_averaged_per_replica_is_named_and_its_fix_passes(catalogue: Any) -> None:
     _check_cause(catalogue, "c")
 
 
-@ONE_BUILD_OF_THE_CATALOGUE
 def test_cause_d_batchnorm_per_replica_is_named_and_its_fix_passes(catalogue: Any) -> None:
     _check_cause(catalogue, "d")
 
 
-@ONE_BUILD_OF_THE_CATALOGUE
 def test_cause_e_random_ops_are_named_and_their_fix_passes(catalogue: Any) -> None:
     _check_cause(catalogue, "e")
 
 
-@ONE_BUILD_OF_THE_CATALOGUE
 def test_cause_f_mixed_precision_is_named_and_its_fix_passes(catalogue: Any) -> None:
     _check_cause(catalogue, "f")
 
 
-@ONE_BUILD_OF_THE_CATALOGUE
 def test_cause_g_xla_under_mirrored_is_named_and_its_fix_passes(catalogue: Any) -> None:
     _check_cause(catalogue, "g")
 
@@ -170,7 +158,6 @@ def on_workers() -> dict[str, Any]:
     return _results(done)
 
 
-@ONE_BUILD_ON_WORKERS
 def test_with_2_local_workers_unsharded_data_is_named_and_its_fixes_pass(on_workers: Any) -> None:
     _check_cause(on_workers, "a", {2})
     names = {r["name"] for r in on_workers["a"]}
@@ -178,7 +165,6 @@ def test_with_2_local_workers_unsharded_data_is_named_and_its_fixes_pass(on_work
     assert "(model.fit, 2 local workers," in on_workers["a-text"]
 
 
-@ONE_BUILD_ON_WORKERS
 def test_with_2_local_workers_the_loss_average_is_named_and_its_fix_passes(
     on_workers: Any,
 ) -> None:
@@ -186,7 +172,6 @@ def test_with_2_local_workers_the_loss_average_is_named_and_its_fix_passes(
     assert "(custom train_step, 2 local workers," in on_workers["c-text"]
 
 
-@ONE_BUILD_ON_WORKERS
 @pytest.mark.parametrize("cause", ["b", "d", "e", "f", "g"])
 def test_with_2_local_workers_the_other_causes_are_named_and_their_fixes_pass(
     on_workers: Any, cause: str
