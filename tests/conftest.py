@@ -13,8 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# Property tests share two cores with engine tests under -n 2: a slow draw is the machine's
+# load, not a finding (each test's own @settings still sets its number of examples).
+settings.register_profile("tfplace", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("tfplace")
 sys.path.insert(0, str(Path(__file__).parent))
 
 pytest_plugins = ["pytester"]

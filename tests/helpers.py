@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from tfplace.cluster._launch import free_ports
@@ -203,3 +205,23 @@ def stop_launcher(proc: subprocess.Popen[Any], worker_pids: Iterable[int] = ()) 
                 os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def computed_once(folder: Path, name: str, compute: Callable[[], Any]) -> Any:
+    """``compute()`` once per test session, shared by every pytest-xdist worker.
+
+    A module fixture runs once per worker that runs one of its tests, so under ``-n 2`` a
+    fixture of two minutes may run twice. The first worker to get here computes under an
+    exclusive lock and leaves the result (JSON) in ``folder``, the session's shared base
+    folder (``tmp_path_factory.getbasetemp().parent`` under xdist); a worker arriving
+    meanwhile waits on the lock, then reads it. (The pattern pytest-xdist documents for
+    session fixtures; xdist's own ``loadgroup`` is inert under pytest 9.2.)
+    """
+    result = folder / f"{name}.json"
+    with open(folder / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if result.exists():
+            return json.loads(result.read_text())
+        value = compute()
+        result.write_text(json.dumps(value))
+        return value

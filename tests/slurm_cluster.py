@@ -21,6 +21,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from tfplace.cluster._launch import free_ports
+
 BINARIES = (
     "munged",
     "slurmctld",
@@ -70,12 +72,6 @@ def cluster_processes(root: Path, conf: Path, pids: set[int]) -> list[str]:
             text = cmdline.replace(b"\0", b" ").decode(errors="replace")
             found.append(f"{entry.name}: {text}")
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class SlurmCluster:
@@ -160,11 +156,12 @@ class SlurmCluster:
         overrides = (
             "SlurmdParameters=config_overrides\n" if self.cpus > (os.cpu_count() or 1) else ""
         )
+        ctld_port, slurmd_port = free_ports(2)  # held together: two distinct ports
         self.conf.write_text(
             f"""ClusterName=tfplace-test
 SlurmctldHost={self.node}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge

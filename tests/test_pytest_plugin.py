@@ -685,19 +685,24 @@ def test_a_strategy_matrix_in_one_process_cannot_collapse(pytester: pytest.Pytes
     keys per test the second joins the group the first registered with size 2, and every later
     collective aborts (tensorflow#61314); the active plugin gives each test keys of its own."""
     pytester.makepyfile(test_matrix=MATRIX_TEST)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--tfplace-virtual-cpus=4")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--tfplace-virtual-cpus=4", timeout=300
+    )
     result.assert_outcomes(passed=3)
     # the same tests, the CPU split the same way, without the plugin: they collapse
     pytester.makeconftest(
         "import tfplace\ntfplace.configure_cpus(threads=None, virtual_devices=4)\n"
     )
-    bare = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:tfplace", "-v")
+    bare = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:tfplace", "-v", timeout=300
+    )
     # Which later test sees the abort varies from run to run (it may surface in the test after
     # the one whose collective joined the wrong group), so the control asserts the collapse
-    # itself: the first test passes, at least one later one fails on the group-size mismatch.
+    # itself: the first test passes, at least one later one fails on the group-size mismatch
+    # (the op that reports the abort first may say "cancelled" instead of the sizes).
     outcomes = bare.parseoutcomes()
     assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 3, outcomes
     assert outcomes.get("failed", 0) >= 1, outcomes
     bare.stdout.fnmatch_lines(["*test_sync_batchnorm_trains?2_0? PASSED*"])
-    mismatch = r"joining a group with size ?\d, but that group has size \d"
-    assert re.search(mismatch, bare.stdout.str())
+    mismatch = r"joining a group with size ?\d, but that group has size \d|was cancelled"
+    assert re.search(mismatch, bare.stdout.str() + bare.stderr.str())

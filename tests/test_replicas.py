@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import run_fresh
+from helpers import computed_once, run_fresh
 
 from tfplace._replicas import ModelFacts, Run, _locate, judge
 
@@ -63,12 +63,23 @@ from _common import run
     return proc.stdout, proc.stderr, proc.returncode
 
 
+def _shared(factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A folder every xdist worker of this session sees (the base folder, without xdist)."""
+    base = factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
 @pytest.fixture(scope="module")
-def catalogue() -> dict[str, Any]:
-    """Every case of every cause example, checked 1 vs 2 and 1 vs 4, several per process."""
-    with ThreadPoolExecutor(len(GROUPS)) as pool:
-        done = dict(zip(GROUPS, pool.map(_run_group, GROUPS), strict=True))
-    return _results(done)
+def catalogue(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict[str, Any]:
+    """Every case of every cause example, checked 1 vs 2 and 1 vs 4, several per process;
+    once per session, whichever xdist worker runs these tests."""
+
+    def compute() -> dict[str, Any]:
+        with ThreadPoolExecutor(len(GROUPS)) as pool:
+            done = dict(zip(GROUPS, pool.map(_run_group, GROUPS), strict=True))
+        return _results(done)
+
+    return computed_once(_shared(tmp_path_factory, worker_id), "replica-catalogue", compute)
 
 
 def _results(done: dict[str, tuple[str, str, int]]) -> dict[str, Any]:
@@ -149,13 +160,18 @@ WORKER_GROUPS = ("acf", "bdeg")
 
 
 @pytest.fixture(scope="module")
-def on_workers() -> dict[str, Any]:
-    """Every cause, 1 replica here vs 2 local workers; two processes side by side."""
+def on_workers(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict[str, Any]:
+    """Every cause, 1 replica here vs 2 local workers; two processes side by side; once per
+    session, whichever xdist worker runs these tests."""
     how = ", replicas=(2,), workers=True"
-    with ThreadPoolExecutor(len(WORKER_GROUPS)) as pool:
-        runs = pool.map(lambda group: _run_group(group, WORKER_SCRIPTS, how), WORKER_GROUPS)
-        done = dict(zip(WORKER_GROUPS, runs, strict=True))
-    return _results(done)
+
+    def compute() -> dict[str, Any]:
+        with ThreadPoolExecutor(len(WORKER_GROUPS)) as pool:
+            runs = pool.map(lambda group: _run_group(group, WORKER_SCRIPTS, how), WORKER_GROUPS)
+            done = dict(zip(WORKER_GROUPS, runs, strict=True))
+        return _results(done)
+
+    return computed_once(_shared(tmp_path_factory, worker_id), "replica-workers", compute)
 
 
 def test_with_2_local_workers_unsharded_data_is_named_and_its_fixes_pass(on_workers: Any) -> None:

@@ -1,9 +1,11 @@
-"""Host lists for the hostfile launcher: ``--hosts`` and hostfiles (pure), and the pure parts
-of the ssh launcher (the ssh command line, the forwarded environment)."""
+"""Host lists for the hostfile launcher: ``--hosts`` and hostfiles (pure), the pure parts of
+the ssh launcher (the ssh command line, the forwarded environment), and its probe of each host
+through a stand-in ssh client."""
 
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from tfplace.cluster._hosts import (
     read_hostfile,
     worker_hosts,
 )
-from tfplace.cluster._remote import SSH_OPTIONS, forwarded_env, ssh_command
+from tfplace.cluster._remote import SSH_OPTIONS, _probe, forwarded_env, ssh_command
 from tfplace.errors import ClusterConfigError
 
 pytestmark = pytest.mark.pure
@@ -170,3 +172,60 @@ def test_launch_checks_the_host_list_before_anything_starts(
         launch(["true"], None, hosts="a:2", network="private")
     with pytest.raises(ValueError, match="num_workers must be a positive int"):
         launch(["true"], None)
+
+
+# A stand-in for ssh: it fails each call whose number is in FAIL (1-based) with the text in
+# SAYS and exit code 255, as ssh does before a login; any other call runs the remote command
+# here, as ssh would there.
+FAKE_SSH = """\
+#!{python}
+import os, pathlib, subprocess, sys
+calls = pathlib.Path({calls!r})
+n = len(calls.read_text().split()) + 1 if calls.exists() else 1
+calls.write_text(calls.read_text() + " x" if calls.exists() else "x")
+if n in {fail!r}:
+    sys.stderr.write({says!r} + "\\n")
+    sys.exit(255)
+sys.exit(subprocess.run(["sh", "-c", sys.argv[-1]]).returncode)
+"""
+
+
+def fake_ssh(tmp_path: Path, fail: set[int], says: str) -> tuple[list[str], Path]:
+    calls = tmp_path / "calls"
+    path = tmp_path / "ssh"
+    path.write_text(FAKE_SSH.format(python=sys.executable, calls=str(calls), fail=fail, says=says))
+    path.chmod(0o755)
+    return [str(path)], calls
+
+
+@pytest.mark.slow
+def test_the_probe_tries_again_when_sshd_drops_the_connection_before_the_login(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An sshd over its MaxStartups limit, or one restarting with its host, resets the
+    connection before the login: the probe tries again (3 tries in all), saying so."""
+    says = "kex_exchange_identification: read: Connection reset by peer"
+    ssh, calls = fake_ssh(tmp_path, {1, 2}, says)
+    probe = _probe(ssh, sys.executable, HostSlots("node1", 2), None, "launch")
+    assert probe.cores >= 1 and len(probe.ports) == 2
+    assert calls.read_text().split() == ["x"] * 3
+    retries = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
+    assert len(retries) == 2 and says in retries[0], retries
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fail", "says", "tries"),
+    [
+        ({1, 2, 3}, "ssh: connect to host node1 port 22: Connection refused", 3),
+        ({1}, "root@node1: Permission denied (publickey).", 1),  # never tried again
+    ],
+)
+def test_a_probe_that_cannot_log_in_is_a_clear_error(
+    tmp_path: Path, fail: set[int], says: str, tries: int
+) -> None:
+    ssh, calls = fake_ssh(tmp_path, fail, says)
+    with pytest.raises(ClusterConfigError, match="host node1: cannot log in over ssh") as err:
+        _probe(ssh, sys.executable, HostSlots("node1", 1), None, "launch")
+    assert says in str(err.value)
+    assert len(calls.read_text().split()) == tries

@@ -822,4 +822,6 @@ def test_what_successful_workers_leave_running_is_stopped_at_once(tmp_path: Path
     pids = [int(line.split()[-1]) for line in out.getvalue().splitlines() if " child " in line]
     assert len(pids) == 2, out.getvalue()
     assert wait_gone(pids) == []
-    assert elapsed < 5, elapsed  # it used to wait 5 s per worker for the child's pipe
+    # it used to wait 5 s per worker for the child's pipe (10 s); 8 s leaves room for two
+    # Python start-ups on a loaded machine
+    assert elapsed < 8, elapsed

@@ -148,12 +148,16 @@ print(json.dumps({
 # ----------------------------------------------------------------------------- Ray Train
 
 
-def _ray_daemons() -> set[int]:
-    """PIDs of Ray's node daemons (``raylet``, ``gcs_server``) running on this machine."""
+def _ray_daemons(ray_tmp: str) -> set[int]:
+    """PIDs of Ray's node daemons (``raylet``, ``gcs_server``) started with ``RAY_TMPDIR``
+    set to ``ray_tmp``: this test's, not those of a Ray another test runs at the same time
+    (under pytest-xdist, tests/cluster/test_multihost_ray.py)."""
+    mine = f"RAY_TMPDIR={ray_tmp}".encode()
     pids = set()
     for comm in Path("/proc").glob("[0-9]*/comm"):
         try:
-            if comm.read_text().strip() in ("raylet", "gcs_server"):
+            daemon = comm.read_text().strip() in ("raylet", "gcs_server")
+            if daemon and mine in (comm.parent / "environ").read_bytes().split(b"\0"):
                 pids.add(int(comm.parent.name))
         except OSError:  # the process ended while we looked
             pass
@@ -165,7 +169,6 @@ def _ray_daemons() -> set[int]:
 def test_ray_train_two_workers_train_through_pick_strategy_and_agree(tmp_path: Path) -> None:
     if importlib.util.find_spec("ray") is None:
         skip_or_fail('Ray is not installed: pip install "ray[train]" (the test extra has it)')
-    before = _ray_daemons()
     # CPU only on any machine (Ray workers inherit it): one replica per worker. Ray's session
     # files go to a short private directory (its sockets must fit in 107 bytes), removed after.
     ray_tmp = tempfile.mkdtemp(prefix="tfp-ray-")
@@ -191,7 +194,7 @@ def test_ray_train_two_workers_train_through_pick_strategy_and_agree(tmp_path: P
         out, err = proc.communicate()
         pytest.fail(f"the Ray example did not finish in 240 s:\n{err[-3000:]}")
     finally:
-        left = _ray_daemons() - before
+        left = _ray_daemons(ray_tmp)
         for pid in left:  # started by this test: stop them before failing
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -218,22 +218,56 @@ class _Probe:
     ports: tuple[int, ...]
 
 
+#: What ssh says when the connection ended before the login from a cause that passes: an
+#: sshd dropping connections over its ``MaxStartups`` limit, or one (re)starting on a host
+#: that is coming back. The probe tries again after these; never after a refused login.
+TRANSIENT_SSH = (
+    "kex_exchange_identification",
+    "Connection reset by peer",
+    "Connection closed by",
+    "Connection refused",
+    "during banner exchange",
+)
+#: Seconds before each further try of a probe that failed transiently (3 tries in all).
+PROBE_RETRY_S = (0.5, 1.5)
+
+
+def transient_ssh_failure(code: int, said: str) -> bool:
+    """Whether ssh failed (exit code 255) before the login, from a cause that may pass (pure).
+
+    Example:
+        >>> transient_ssh_failure(255, "kex_exchange_identification: Connection reset by peer")
+        True
+        >>> transient_ssh_failure(255, "root@node1: Permission denied (publickey).")
+        False
+    """
+    return code == SSH_LOST and any(mark in said for mark in TRANSIENT_SSH)
+
+
 def _probe(
     ssh: Sequence[str], python: str, host: HostSlots, port: int | None, source: str
 ) -> _Probe:
     fixed = [str(port + i) for i in range(host.slots)] if port else []
     cmd = ssh_command(ssh, host.host, [python, "-I", "-S", "-c", _PROBE, str(host.slots), *fixed])
-    try:
-        done = subprocess.run(
-            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60
+    for wait in (*PROBE_RETRY_S, None):
+        try:
+            done = subprocess.run(
+                cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise ClusterConfigError(
+                f"{source}: host {host.host}: cannot run ssh ({err}); expected an ssh client "
+                "that reaches the host within 60 s. Fix: install OpenSSH's client, or pass "
+                "ssh=[...]"
+            ) from err
+        said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        last = said[-1] if said else "no message"
+        if wait is None or not transient_ssh_failure(done.returncode, last):
+            break
+        log.warning(
+            "%s: host %s: ssh failed (%s); trying again in %g s", source, host.host, last, wait
         )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise ClusterConfigError(
-            f"{source}: host {host.host}: cannot run ssh ({err}); expected an ssh client "
-            "that reaches the host within 60 s. Fix: install OpenSSH's client, or pass ssh=[...]"
-        ) from err
-    said = (done.stderr.strip() or done.stdout.strip()).splitlines()
-    last = said[-1] if said else "no message"
+        time.sleep(wait)
     if done.returncode == SSH_LOST:
         raise ClusterConfigError(
             f"{source}: host {host.host}: cannot log in over ssh ({last}); expected "
