@@ -79,7 +79,10 @@ def catalogue(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict[
             done = dict(zip(GROUPS, pool.map(_run_group, GROUPS), strict=True))
         return _results(done)
 
-    return computed_once(_shared(tmp_path_factory, worker_id), "replica-catalogue", compute)
+    found: dict[str, Any] = computed_once(
+        _shared(tmp_path_factory, worker_id), "replica-catalogue", compute
+    )
+    return found
 
 
 def _results(done: dict[str, tuple[str, str, int]]) -> dict[str, Any]:
@@ -171,7 +174,10 @@ def on_workers(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict
             done = dict(zip(WORKER_GROUPS, runs, strict=True))
         return _results(done)
 
-    return computed_once(_shared(tmp_path_factory, worker_id), "replica-workers", compute)
+    found: dict[str, Any] = computed_once(
+        _shared(tmp_path_factory, worker_id), "replica-workers", compute
+    )
+    return found
 
 
 def test_with_2_local_workers_unsharded_data_is_named_and_its_fixes_pass(on_workers: Any) -> None:
