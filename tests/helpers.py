@@ -225,3 +225,14 @@ def computed_once(folder: Path, name: str, compute: Callable[[], Any]) -> Any:
         value = compute()
         result.write_text(json.dumps(value))
         return value
+
+
+def processes_named(*names: str) -> list[Path]:
+    """The ``/proc/<pid>`` folders of the processes whose name (``comm``) is one of ``names``
+    (a process that ends while we look is left out)."""
+    found = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            if comm.read_text().strip() in names:
+                found.append(comm.parent)
+    return found

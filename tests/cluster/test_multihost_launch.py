@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import QUIET_ENV, skip_or_fail
+from helpers import QUIET_ENV, processes_named, skip_or_fail
 from sim_hosts import SimulatedHosts, unavailable
 
 from tfplace.cluster._remote import _WRAPPER
@@ -63,11 +63,7 @@ def _run_lock() -> Iterator[None]:
 
 
 def _sshd_running() -> bool:
-    for comm in Path("/proc").glob("[0-9]*/comm"):
-        with contextlib.suppress(OSError):
-            if comm.read_text().strip() == "sshd":
-                return True
-    return False
+    return bool(processes_named("sshd"))
 
 
 class SshHosts:

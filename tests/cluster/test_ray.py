@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CPU_ONLY_ENV, QUIET_ENV, run_json, skip_or_fail
+from helpers import CPU_ONLY_ENV, QUIET_ENV, processes_named, run_json, skip_or_fail
 
 from tfplace.cluster._spec import parse_tf_config
 
@@ -154,13 +154,10 @@ def _ray_daemons(ray_tmp: str) -> set[int]:
     (under pytest-xdist, tests/cluster/test_multihost_ray.py)."""
     mine = f"RAY_TMPDIR={ray_tmp}".encode()
     pids = set()
-    for comm in Path("/proc").glob("[0-9]*/comm"):
-        try:
-            daemon = comm.read_text().strip() in ("raylet", "gcs_server")
-            if daemon and mine in (comm.parent / "environ").read_bytes().split(b"\0"):
-                pids.add(int(comm.parent.name))
-        except OSError:  # the process ended while we looked
-            pass
+    for proc in processes_named("raylet", "gcs_server"):
+        with contextlib.suppress(OSError):  # the process ended while we looked
+            if mine in (proc / "environ").read_bytes().split(b"\0"):
+                pids.add(int(proc.name))
     return pids
 
 
