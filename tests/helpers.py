@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tfplace._facts.cluster.spec import ClusterSpec
 from tfplace.cluster._launch import free_ports
-from tfplace.cluster._spec import ClusterSpec
 
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 #: Set in every run_fresh child: allocate GPU memory on demand rather than mapping it all.

@@ -105,7 +105,7 @@ def test_import_loads_no_submodule_until_a_name_is_used() -> None:
         """
     )
     assert out["before"] == []
-    assert "tfplace.cluster._spec" in out["after"]
+    assert "tfplace._facts.cluster.spec" in out["after"]
     assert out["tf"] is False
 
 

@@ -27,13 +27,7 @@ SEAM = PACKAGE / "_tf.py"
 
 #: Layers by module-name prefix; the longest matching prefix wins.
 FLOOR = ("tfplace._tf", "tfplace.errors")
-FACTS = (
-    "tfplace._facts",
-    "tfplace.cluster._spec",
-    "tfplace.cluster._slurm",
-    "tfplace.cluster._env",
-    "tfplace.cluster._kubernetes",
-)
+FACTS = ("tfplace._facts",)
 PURE_PACKAGE_INITS = ("tfplace.cluster",)  # imports only the pure parsers
 DECISIONS = ("tfplace._decide",)
 
@@ -139,7 +133,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_layers_are_what_the_architecture_page_says() -> None:
     assert layer("tfplace._decide.strategy") == "decisions"
     assert layer("tfplace._facts.inventory") == "facts"
-    assert layer("tfplace.cluster._spec") == "facts"
+    assert layer("tfplace._facts.cluster.spec") == "facts"
     assert layer("tfplace.cluster._launch") == "actions"
     assert layer("tfplace._configure") == "actions"
     assert layer("tfplace.doctor._rules") == "top"

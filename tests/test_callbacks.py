@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from helpers import CHILD_GPU_ENV, CPU_ONLY_ENV, QUIET_ENV
 
+from tfplace._facts.cluster.spec import ClusterSpec
 from tfplace.cluster._launch import free_ports
 from tfplace.cluster._restarts import RESTART_EXIT_CODE
-from tfplace.cluster._spec import ClusterSpec
 
 pytestmark = pytest.mark.tf
 

@@ -35,9 +35,9 @@ _EXPORTS: dict[str, str] = {
     "tf_configs": "tfplace.cluster._launch",
     "TrainingDiagnosis": "tfplace.tuning._diagnose",
     "diagnose_training": "tfplace.tuning._diagnose",
-    "ClusterSpec": "tfplace.cluster._spec",
-    "parse_slurm": "tfplace.cluster._slurm",
-    "parse_tf_config": "tfplace.cluster._spec",
+    "ClusterSpec": "tfplace._facts.cluster.spec",
+    "parse_slurm": "tfplace._facts.cluster.slurm",
+    "parse_tf_config": "tfplace._facts.cluster.spec",
     "CPUConfig": "tfplace._configure",
     "GPUConfig": "tfplace._configure",
     "configure_cpus": "tfplace._configure",
@@ -89,6 +89,13 @@ if TYPE_CHECKING:  # static view for type checkers and IDEs (explicit re-exports
         Plan as Plan,
         plan as plan,
     )
+    from tfplace._facts.cluster.slurm import (
+        parse_slurm as parse_slurm,
+    )
+    from tfplace._facts.cluster.spec import (
+        ClusterSpec as ClusterSpec,
+        parse_tf_config as parse_tf_config,
+    )
     from tfplace._facts.inventory import (
         Inventory as Inventory,
         inventory as inventory,
@@ -122,13 +129,6 @@ if TYPE_CHECKING:  # static view for type checkers and IDEs (explicit re-exports
         barrier as barrier,
         is_chief as is_chief,
         worker_save_path as worker_save_path,
-    )
-    from tfplace.cluster._slurm import (
-        parse_slurm as parse_slurm,
-    )
-    from tfplace.cluster._spec import (
-        ClusterSpec as ClusterSpec,
-        parse_tf_config as parse_tf_config,
     )
     from tfplace.errors import (
         AlreadyInitializedError as AlreadyInitializedError,

@@ -241,7 +241,7 @@ def _k8s_tf_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     import os
     import socket
 
-    from tfplace.cluster._kubernetes import indexed_job_cluster
+    from tfplace._facts.cluster.kubernetes import indexed_job_cluster
     from tfplace.errors import ClusterConfigError
 
     if args.hosts or args.json:

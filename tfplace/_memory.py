@@ -38,7 +38,9 @@ def _name(device: str) -> str:
 def memory_info(device: str = "GPU:0") -> MemoryInfo:
     """Current and peak memory of ``device`` (``"GPU:0"``, ``"CPU:0"``), in MB.
 
-    On CPUs TensorFlow tracks few allocations; the numbers are often zeros there.
+    On CPUs TensorFlow tracks few allocations; the numbers are often zeros there, and are
+    zeros whenever the CPU allocator keeps no statistics (TensorFlow 2.21's default: set
+    ``TF_CPU_ALLOCATOR_USE_BFC=true`` before TensorFlow starts to have them).
 
     Raises:
         DeviceNotFoundError: the device does not exist.
@@ -57,6 +59,8 @@ def memory_info(device: str = "GPU:0") -> MemoryInfo:
             f"memory_info({device!r}): no such device ({err}). Visible: "
             + ", ".join(_tf.logical_device_names())
         ) from err
+    if info is None:  # the device exists, its allocator keeps no statistics
+        return MemoryInfo(name, 0.0, 0.0)
     return MemoryInfo(name, info["current"] / 2**20, info["peak"] / 2**20)
 
 

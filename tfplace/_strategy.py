@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from tfplace import _tf
 from tfplace._decide.strategy import REDUCTIONS, Plan, plan
+from tfplace._facts.cluster.spec import ClusterSpec
 from tfplace._facts.inventory import Inventory
 from tfplace.cluster._multiworker import MULTI_WORKER_FIX
-from tfplace.cluster._spec import ClusterSpec
 from tfplace.errors import AlreadyInitializedError, ClusterConfigError
 
 if TYPE_CHECKING:
@@ -125,8 +125,8 @@ def pick_strategy(
         port: the first port of a SLURM step's workers; a node's k-th task listens on
             ``port + k``. By default the ``TFPLACE_PORT`` environment variable, else a port
             derived from ``SLURM_JOB_ID`` and ``SLURM_STEP_ID``, so that two jobs sharing a
-            node do not collide (see ``tfplace.cluster._slurm.slurm_port``). TF_CONFIG names its
-            own ports, so it does not apply there.
+            node do not collide (see ``tfplace._facts.cluster.slurm.slurm_port``). TF_CONFIG
+            names its own ports, so it does not apply there.
 
     Returns:
         A ``tf.distribute.Strategy``; use ``with strategy.scope():`` to build models.
@@ -248,7 +248,7 @@ def _check_slurm_port(cluster: ClusterSpec) -> None:
     """Refuse a SLURM task's port that something on this node already listens on.
 
     Two jobs (or two steps of one job running at once) that share a node can derive the
-    same ports (see ``tfplace.cluster._slurm.slurm_port``); TensorFlow would then fail with
+    same ports (see ``tfplace._facts.cluster.slurm.slurm_port``); TensorFlow would then fail with
     ``Could not start gRPC server``, or a worker of the other job answer our peers. The check
     binds the port as TensorFlow's server will (every interface, ``SO_REUSEADDR``) and lets
     it go at once.

@@ -303,18 +303,30 @@ def logical_device_names(kind: str | None = None) -> list[str]:
     return [d.name for d in load().config.list_logical_devices(kind)]
 
 
-def memory_stats(device: str) -> dict[str, int]:
+def memory_stats(device: str) -> dict[str, int] | None:
     """``get_memory_info`` of a logical device: ``{"current": bytes, "peak": bytes}``.
+
+    None where the device exists but its allocator keeps no statistics (TensorFlow 2.21's
+    default CPU allocator; ``TF_CPU_ALLOCATOR_USE_BFC=true`` before start-up turns them on).
 
     Raises:
         ValueError: TensorFlow knows no such device.
     """
-    return dict(load().config.experimental.get_memory_info(device))
+    try:
+        return dict(load().config.experimental.get_memory_info(device))
+    except ValueError as err:
+        if "stats not available" in str(err):
+            return None
+        raise
 
 
 def reset_memory_stats(device: str) -> None:
-    """Reset the peak memory TensorFlow tracks for ``device``."""
-    load().config.experimental.reset_memory_stats(device)
+    """Reset the peak memory TensorFlow tracks for ``device`` (nothing where it tracks none)."""
+    try:
+        load().config.experimental.reset_memory_stats(device)
+    except ValueError as err:
+        if "Cannot reset memory stats" not in str(err):
+            raise
 
 
 def connect_tpu(address: str) -> Any:  # pragma: no cover - needs a TPU

@@ -79,7 +79,7 @@ EXPLICIT = """
 import json, os, tempfile, time
 config = json.loads(os.environ.pop("TF_CONFIG"))  # the cluster is given, not in the env
 import tfplace
-from tfplace.cluster._spec import from_mapping
+from tfplace._facts.cluster.spec import from_mapping
 
 cluster = from_mapping(config, source="cluster argument")
 strategy = tfplace.pick_strategy(cluster=cluster, communication_timeout=60, startup_timeout=120)
@@ -118,8 +118,8 @@ def test_an_explicit_cluster_without_tf_config_blocks_and_answers_as_tf_config_d
 def test_the_cluster_of_the_strategy_in_force_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
     """After a multi-worker strategy was built for an explicit cluster, is_chief() and
     worker_save_path() answer for that cluster, not for the (empty) environment."""
+    from tfplace._facts.cluster.spec import ClusterSpec
     from tfplace.cluster import _multiworker
-    from tfplace.cluster._spec import ClusterSpec
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     monkeypatch.delenv("SLURM_PROCID", raising=False)

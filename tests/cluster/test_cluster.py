@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import tfplace
-from tfplace.cluster._env import from_env
-from tfplace.cluster._slurm import parse_slurm
-from tfplace.cluster._spec import ClusterSpec, check_host, parse_tf_config
+from tfplace._facts.cluster.env import from_env
+from tfplace._facts.cluster.slurm import parse_slurm
+from tfplace._facts.cluster.spec import ClusterSpec, check_host, parse_tf_config
 from tfplace.errors import ClusterConfigError, TfplaceWarning
 
 pytestmark = pytest.mark.pure
@@ -231,7 +231,7 @@ def test_public_names() -> None:
 
 
 def test_mapping_with_a_non_string_task_type_name() -> None:
-    from tfplace.cluster._spec import from_mapping
+    from tfplace._facts.cluster.spec import from_mapping
 
     with pytest.raises(ClusterConfigError, match="task type names must be strings"):
         from_mapping({"cluster": {1: ["a:1"]}, "task": {"type": "worker"}})

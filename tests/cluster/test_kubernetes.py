@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tfplace.__main__ import main
-from tfplace.cluster._kubernetes import INDEX_VAR, indexed_job_cluster
+from tfplace._facts.cluster.kubernetes import INDEX_VAR, indexed_job_cluster
 from tfplace.errors import ClusterConfigError
 
 pytestmark = pytest.mark.pure

@@ -36,7 +36,7 @@ import pytest
 from helpers import skip_or_fail
 from sim_hosts import SimulatedHosts, unavailable
 
-from tfplace.cluster._spec import parse_tf_config
+from tfplace._facts.cluster.spec import parse_tf_config
 
 pytestmark = pytest.mark.slow
 

@@ -90,7 +90,7 @@ def test_two_workers_match_one_process_with_two_replicas(flavour: str) -> None:
 
 def test_is_chief_and_worker_save_path(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import tfplace
-    from tfplace.cluster._spec import from_mapping
+    from tfplace._facts.cluster.spec import from_mapping
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     monkeypatch.delenv("SLURM_PROCID", raising=False)  # in case the suite runs under srun
@@ -234,8 +234,8 @@ def test_a_worker_whose_peer_never_starts_fails_clearly_instead_of_hanging() -> 
 
     from helpers import run_fresh
 
+    from tfplace._facts.cluster.spec import ClusterSpec
     from tfplace.cluster._launch import free_ports
-    from tfplace.cluster._spec import ClusterSpec
 
     mine, missing = free_ports(2)
     config = ClusterSpec.local([mine, missing]).for_task(0).to_tf_config()

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from helpers import CPU_ONLY_ENV, QUIET_ENV, processes_named, run_json, skip_or_fail
 
-from tfplace.cluster._spec import parse_tf_config
+from tfplace._facts.cluster.spec import parse_tf_config
 
 pytestmark = pytest.mark.slow
 

@@ -27,10 +27,8 @@ from slurm_cluster import SlurmCluster, missing_binaries
 
 import tfplace
 from tfplace._decide.strategy import cluster_of
-from tfplace._strategy import build_strategy
-from tfplace.cluster._env import from_env
-from tfplace.cluster._launch import free_ports
-from tfplace.cluster._slurm import (
+from tfplace._facts.cluster.env import from_env
+from tfplace._facts.cluster.slurm import (
     _PORT_BLOCK,
     _PORT_BLOCKS,
     parse_slurm,
@@ -39,6 +37,8 @@ from tfplace.cluster._slurm import (
     step_ports,
     task_nodes,
 )
+from tfplace._strategy import build_strategy
+from tfplace.cluster._launch import free_ports
 from tfplace.errors import ClusterConfigError, TfplaceWarning
 from tfplace.testing import fake_inventory
 
@@ -602,7 +602,7 @@ def test_the_docs_sbatch_template_runs_as_written(slurm: SlurmCluster, tmp_path:
 
 PORT_PROBE = """
 import json, os, socket, sys, time
-from tfplace.cluster._slurm import parse_slurm
+from tfplace._facts.cluster.slurm import parse_slurm
 
 spec = parse_slurm(os.environ)
 port = int(spec.address.rpartition(":")[2])

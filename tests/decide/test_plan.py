@@ -10,8 +10,8 @@ import pytest
 
 import tfplace
 from tfplace._decide.strategy import PRIORITY, REDUCTIONS, decide
+from tfplace._facts.cluster.spec import ClusterSpec
 from tfplace._facts.inventory import GPUInfo
-from tfplace.cluster._spec import ClusterSpec
 from tfplace.testing import fake_inventory, use_inventory
 
 pytestmark = pytest.mark.pure

@@ -19,6 +19,7 @@ import tensorflow as tf
 from helpers import run_json
 
 import tfplace
+from tfplace import _tf
 from tfplace._decide.precision import choose_precision
 from tfplace._facts.inventory import GPUInfo, Inventory
 from tfplace.testing import fake_inventory
@@ -144,10 +145,21 @@ def test_configure_precision_under_tf_keras() -> None:
 
 
 def check_track_memory(device: str) -> None:
-    """track_memory(device) sees a 64 MB tensor placed on ``device`` and freed in the block."""
+    """track_memory(device) sees a 64 MB tensor placed on ``device`` and freed in the block.
+
+    Where the device's allocator keeps no statistics (TensorFlow 2.21's default CPU allocator)
+    both read zeros and the block still runs.
+    """
     info = tfplace.memory_info(device)
     assert info.device == device
     assert 0.0 <= info.current_mb <= info.peak_mb
+    if _tf.memory_stats(device) is None:
+        with tfplace.track_memory(device) as mem:
+            with tf.device(device):
+                block = tf.ones((1024, 1024, 16))
+            del block
+        assert (info.peak_mb, mem.peak_mb, mem.current_mb) == (0.0, 0.0, 0.0)
+        return
     with tfplace.track_memory(f"/device:{device}") as mem:
         assert mem.peak_mb == 0.0  # filled in when the block ends
         with tf.device(device):
@@ -161,6 +173,19 @@ def check_track_memory(device: str) -> None:
 
 def test_memory_info_and_track_memory_on_cpu() -> None:
     check_track_memory("CPU:0")
+
+
+@pytest.mark.slow
+def test_track_memory_on_a_cpu_allocator_with_statistics() -> None:
+    """With TF_CPU_ALLOCATOR_USE_BFC=true the CPU allocator keeps statistics: a 64 MB peak."""
+    peak, current = run_json(
+        "import json, tensorflow as tf, tfplace\n"
+        "with tfplace.track_memory('CPU:0') as mem:\n"
+        "    block = tf.ones((1024, 1024, 16)); del block\n"
+        "print(json.dumps([mem.peak_mb, mem.current_mb]))",
+        env={"TF_CPU_ALLOCATOR_USE_BFC": "true"},
+    )
+    assert peak >= 64.0 and 0.0 <= current < peak
 
 
 def test_memory_info_and_track_memory_on_each_gpu() -> None:

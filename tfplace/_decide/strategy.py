@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
+from tfplace._facts.cluster.env import from_env
+from tfplace._facts.cluster.slurm import slurm_port
+from tfplace._facts.cluster.spec import ClusterSpec
 from tfplace._facts.inventory import Inventory
-from tfplace.cluster._env import from_env
-from tfplace.cluster._slurm import slurm_port
-from tfplace.cluster._spec import ClusterSpec
 from tfplace.errors import ClusterConfigError, DeviceNotFoundError
 
 __all__ = [
@@ -140,7 +140,7 @@ def cluster_of(inv: Inventory, *, port: int | None = None) -> ClusterSpec | None
 
     Args:
         inv: the facts.
-        port: the first port of a SLURM step's workers (``tfplace.cluster._slurm.slurm_port``;
+        port: the first port of a SLURM step's workers (``tfplace._facts.cluster.slurm.slurm_port``;
             by default ``TFPLACE_PORT``, else derived from the job and step ids). TF_CONFIG
             names its own ports, so it does not apply there.
 

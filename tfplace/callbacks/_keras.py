@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from tfplace import _tf
 
 if TYPE_CHECKING:
-    from tfplace.cluster._spec import ClusterSpec
+    from tfplace._facts.cluster.spec import ClusterSpec
 
 __all__ = [
     "KerasFlavoured",

@@ -19,8 +19,8 @@ Example:
 
 from __future__ import annotations
 
-from tfplace.cluster._env import from_env
-from tfplace.cluster._slurm import parse_slurm
-from tfplace.cluster._spec import ClusterSpec, parse_tf_config
+from tfplace._facts.cluster.env import from_env
+from tfplace._facts.cluster.slurm import parse_slurm
+from tfplace._facts.cluster.spec import ClusterSpec, parse_tf_config
 
 __all__ = ["ClusterSpec", "from_env", "parse_slurm", "parse_tf_config"]

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tfplace.cluster._spec import check_host
+from tfplace._facts.cluster.spec import check_host
 from tfplace.errors import ClusterConfigError
 
 __all__ = ["HostSlots", "parse_hostfile", "parse_hosts", "read_hostfile", "worker_hosts"]

@@ -49,10 +49,10 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from tfplace._decide.threads import split_threads
+from tfplace._facts.cluster.spec import ClusterSpec, check_host
 from tfplace.cluster._hosts import HostSlots
 from tfplace.cluster._output import WorkerOutput
 from tfplace.cluster._restarts import RESTART_COUNT_ENV, RESTART_EXIT_CODE, is_retryable
-from tfplace.cluster._spec import ClusterSpec, check_host
 from tfplace.errors import ClusterConfigError
 
 __all__ = ["LaunchResult", "free_ports", "launch", "tf_configs"]

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from tfplace import _tf
 from tfplace._decide.strategy import Plan
-from tfplace.cluster._env import from_env
-from tfplace.cluster._spec import ClusterSpec
+from tfplace._facts.cluster.env import from_env
+from tfplace._facts.cluster.spec import ClusterSpec
 from tfplace.errors import (
     AlreadyInitializedError,
     BarrierTimeoutError,
@@ -465,7 +465,7 @@ def is_chief(cluster: ClusterSpec | None = None) -> bool:
         ClusterConfigError: the cluster description is malformed.
 
     Example:
-        >>> from tfplace.cluster._spec import ClusterSpec
+        >>> from tfplace._facts.cluster.spec import ClusterSpec
         >>> cluster = ClusterSpec.from_hosts(["node1", "node2"])
         >>> is_chief(cluster), is_chief(cluster.for_task(1))
         (True, False)
@@ -491,7 +491,7 @@ def worker_save_path(
         cluster: an explicit cluster; by default the strategy's, else TF_CONFIG or SLURM.
 
     Example:
-        >>> from tfplace.cluster._spec import ClusterSpec
+        >>> from tfplace._facts.cluster.spec import ClusterSpec
         >>> second = ClusterSpec.from_hosts(["node1", "node2"]).for_task(1)
         >>> with worker_save_path("model.keras", second) as p:  # model.save(p) goes here
         ...     p != "model.keras" and p.endswith("model.keras")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from tfplace.cluster._slurm import parse_slurm
-from tfplace.cluster._spec import ClusterSpec, parse_tf_config
+from tfplace._facts.cluster.slurm import parse_slurm
+from tfplace._facts.cluster.spec import ClusterSpec, parse_tf_config
 
 __all__ = ["from_env"]
 

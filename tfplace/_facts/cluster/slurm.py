@@ -11,7 +11,7 @@ import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 
-from tfplace.cluster._spec import ClusterSpec, check_host, fail_at as fail
+from tfplace._facts.cluster.spec import ClusterSpec, check_host, fail_at as fail
 from tfplace.errors import ClusterConfigError, TfplaceWarning
 
 __all__ = [

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from tfplace.cluster._spec import ClusterSpec, check_host
+from tfplace._facts.cluster.spec import ClusterSpec, check_host
 from tfplace.errors import ClusterConfigError
 
 __all__ = ["INDEX_VAR", "indexed_job_cluster"]
