@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 from helpers import computed_once, run_fresh
 
-from tfplace._replicas import ModelFacts, Run, _locate, judge
+from tfplace.replicas._judge import Run, judge
+from tfplace.replicas._report import ModelFacts
+from tfplace.replicas._workers import _locate
 
 pytestmark = pytest.mark.slow
 

@@ -63,8 +63,8 @@ _EXPORTS: dict[str, str] = {
     "on_gpu": "tfplace._placement",
     "configure_precision": "tfplace._precision",
     "pick_strategy": "tfplace._strategy",
-    "ReplicaReport": "tfplace._replicas",
-    "compare_replicas": "tfplace._replicas",
+    "ReplicaReport": "tfplace.replicas._report",
+    "compare_replicas": "tfplace.replicas._check",
     "AutotuneReport": "tfplace.tuning._autotune",
     "autotune": "tfplace.tuning._autotune",
     "find_batch_size": "tfplace.tuning._autotune",
@@ -113,10 +113,6 @@ if TYPE_CHECKING:  # static view for type checkers and IDEs (explicit re-exports
     from tfplace._precision import (
         configure_precision as configure_precision,
     )
-    from tfplace._replicas import (
-        ReplicaReport as ReplicaReport,
-        compare_replicas as compare_replicas,
-    )
     from tfplace._strategy import (
         pick_strategy as pick_strategy,
     )
@@ -139,6 +135,12 @@ if TYPE_CHECKING:  # static view for type checkers and IDEs (explicit re-exports
         DeviceNotFoundError as DeviceNotFoundError,
         TfplaceError as TfplaceError,
         TfplaceWarning as TfplaceWarning,
+    )
+    from tfplace.replicas._check import (
+        compare_replicas as compare_replicas,
+    )
+    from tfplace.replicas._report import (
+        ReplicaReport as ReplicaReport,
     )
     from tfplace.tuning._autotune import (
         AutotuneReport as AutotuneReport,

@@ -337,7 +337,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not path.is_file():
         parser.error(f"check: no such script {args.script!r}")
     from tfplace._configure import configure_cpus
-    from tfplace._replicas import compare_replicas
+    from tfplace.replicas._check import compare_replicas
 
     if not args.workers:  # before the script runs: it may start TensorFlow at import
         configure_cpus(threads=None, virtual_devices=max(counts))

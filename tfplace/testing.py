@@ -30,7 +30,7 @@ from tfplace._facts.nvidia import cuda_for_driver, parse_driver_version
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from tfplace._replicas import ReplicaReport
+    from tfplace.replicas._report import ReplicaReport
 
 __all__ = ["assert_same_training", "fake_inventory", "use_inventory"]
 
@@ -214,7 +214,7 @@ def assert_same_training(
         >>> def test_training_is_replica_invariant():  # doctest: +SKIP
         ...     assert_same_training(build, data, replicas=4)
     """
-    from tfplace._replicas import compare_replicas
+    from tfplace.replicas._check import compare_replicas
 
     report = compare_replicas(build, data, **options)
     if not report.same:
