@@ -272,7 +272,9 @@ def configure_gpus(
             ``memory_limit_mb`` each (TensorFlow's way to run multi-GPU code on one card);
             ``plan()`` and ``pick_strategy("mirrored")`` then count and mirror over them.
         strict: on a machine where TensorFlow sees no GPU at all, raise instead of warning
-            when ``visible`` (or ``visible="auto"`` with ``count``) asks for GPUs.
+            when ``visible`` (or ``visible="auto"`` with ``count``) asks for GPUs, and instead
+            of doing nothing when GPU settings (``memory_growth``, ``memory_limit_mb``,
+            ``logical_gpus``) are given.
         dry_run: decide and return the changes (``.changes``) without applying them. It
             refuses what the real call refuses: after the runtime started, a dry run that
             would change something raises the same :class:`AlreadyInitializedError`.
@@ -282,8 +284,9 @@ def configure_gpus(
     (:func:`tfplace._decide.devices.gpu_fallback`). Asked for GPUs on a machine where
     TensorFlow sees none at all, it applies nothing, warns with a
     :class:`~tfplace.errors.DeviceFallbackWarning` and TensorFlow runs on the CPU; with
-    ``strict=True`` it raises :class:`DeviceNotFoundError`. On a machine that has GPUs, an
-    index that does not exist always raises: that is a wrong index, not a missing GPU.
+    ``strict=True`` it raises :class:`DeviceNotFoundError`, also for GPU settings alone. On a
+    machine that has GPUs, an index that does not exist always raises: that is a wrong index,
+    not a missing GPU. The whole table: :data:`tfplace._decide.devices.GPU_POLICY`.
 
     Returns:
         The :class:`GPUConfig` in force afterwards (with ``dry_run``: the one that would be).
@@ -293,7 +296,8 @@ def configure_gpus(
     Raises:
         ValueError / TypeError: bad arguments (checked before TensorFlow is touched).
         DeviceNotFoundError: ``visible`` names a GPU that does not exist on a machine with
-            GPUs; with ``strict=True``, GPUs asked for where there is none; fewer GPUs than
+            GPUs; with ``strict=True``, GPUs asked for or configured where there is none;
+            fewer GPUs than
             ``count`` qualify for ``visible="auto"``.
         AlreadyInitializedError: different settings after the runtime started (also with
             ``dry_run=True``).
@@ -324,6 +328,23 @@ def configure_gpus(
             asked = (visible not in (None, "auto") and len(visible) > 0) or (
                 visible == "auto" and count is not None
             )
+            settings = {
+                "memory_growth": memory_growth,
+                "memory_limit_mb": memory_limit_mb,
+                "logical_gpus": logical_gpus,
+            }
+            if strict and not asked and any(v is not None for v in settings.values()):
+                given = ", ".join(f"{k}={v!r}" for k, v in settings.items() if v is not None)
+                gpu_fallback(  # raises: strict settings for GPUs that are not there
+                    f"configure_gpus({given})",
+                    "no GPU is visible to TensorFlow here (CUDA_VISIBLE_DEVICES="
+                    f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r})",
+                    strict=True,
+                    strict_call=f"configure_gpus({given}, strict=True)",
+                    fix="Run `tfplace doctor` to see why, or pass strict=False to go on on "
+                    "the CPU (nothing to configure).",
+                    instead="",
+                )
             if asked:  # an explicit request for GPUs is never silently dropped
                 call = f"configure_gpus(visible={visible!r}" + (
                     f", count={count}" if count is not None else ""

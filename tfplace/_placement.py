@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from tfplace import _tf
-from tfplace._decide.devices import gpu_fallback
+from tfplace._decide.devices import gpu_fallback, wrong_gpu_index
 from tfplace.errors import DeviceFallbackWarning, DeviceNotFoundError
 
 __all__ = ["on_cpu", "on_device", "on_gpu"]
@@ -206,18 +206,20 @@ class on_gpu(_Scope):
     """Place the ops of a block (or of each call of a decorated function) on a GPU.
 
     TensorFlow's own ``tf.device("/GPU:0")`` silently runs on the CPU when there is no such
-    GPU. ``on_gpu`` says so: with ``strict=True`` it raises, otherwise it falls back to
-    ``/CPU:0`` with a :class:`~tfplace.errors.DeviceFallbackWarning`. This is the one GPU
-    fallback policy, which :func:`~tfplace.configure_gpus` follows too: asked for a GPU that is
-    not there, warn and continue on the CPU, or raise with ``strict=True``.
+    GPU. ``on_gpu`` says so. On a machine without any GPU it falls back to ``/CPU:0`` with a
+    :class:`~tfplace.errors.DeviceFallbackWarning`, or raises with ``strict=True``; on a
+    machine that has GPUs, an index past the last one always raises (a wrong index). This is
+    the one GPU policy (:data:`tfplace._decide.devices.GPU_POLICY`), which
+    :func:`~tfplace.configure_gpus` follows too.
 
     Args:
         index: the logical GPU index (after ``configure_gpus(visible=...)``).
-        strict: raise instead of falling back when that GPU is not visible.
+        strict: raise instead of falling back to the CPU when no GPU is visible.
 
     Raises:
         TypeError / ValueError: ``index`` is not a non-negative int.
-        DeviceNotFoundError: at enter, with ``strict=True``, when the GPU is not visible.
+        DeviceNotFoundError: at enter: the machine has GPUs but not this one; or, with
+            ``strict=True``, no GPU is visible.
 
     Example:
         >>> @tfplace.on_gpu(strict=True)
@@ -241,13 +243,21 @@ class on_gpu(_Scope):
         gpus = _count("GPU")
         if self._index < gpus:
             return self._name
-        have = f"only GPU:0..GPU:{gpus - 1} are visible" if gpus else "no GPU is visible"
+        if gpus:  # a wrong index, not a missing GPU: raises whatever strict says
+            wrong_gpu_index(
+                f"on_gpu({self._index})",
+                [self._index],
+                range(gpus),
+                f"only logical GPU(s) (visible devices: {_visible()})",
+            )
         message = gpu_fallback(
             f"on_gpu({self._index})",
-            f"{have} (visible devices: {_visible()})" if self._strict else have,
+            f"no GPU is visible (visible devices: {_visible()})"
+            if self._strict
+            else "no GPU is visible",
             strict=self._strict,
             strict_call=f"on_gpu({self._index}, strict=True)",
-            fix=(f"Use an index below {gpus}, " if gpus else "Run `tfplace doctor` to see why, ")
+            fix="Run `tfplace doctor` to see why, "
             + f"or on_gpu({self._index}, strict=False) to fall back to the CPU.",
             instead="running on /CPU:0 instead",
         )

@@ -185,6 +185,68 @@ def check_gpu_request(
     return limits, wanted
 
 
+#: The one GPU policy: what a request for GPUs does on each kind of machine, by default and
+#: with ``strict=True``. The placement page shows this table and the tests run every row.
+#: (request, machine, outcome, outcome with strict=True)
+GPU_POLICY: tuple[tuple[str, str, str, str], ...] = (
+    ("`on_gpu(i)`", "has GPU i", "runs on GPU i", "runs on GPU i"),
+    ("`on_gpu(i)`", "has GPUs, not GPU i", "`DeviceNotFoundError`", "`DeviceNotFoundError`"),
+    (
+        "`on_gpu(i)`",
+        "no GPU",
+        "`DeviceFallbackWarning`, runs on `/CPU:0`",
+        "`DeviceNotFoundError`",
+    ),
+    ("`configure_gpus(visible=[...])`", "has those GPUs", "applied", "applied"),
+    (
+        "`configure_gpus(visible=[...])`",
+        "has GPUs, not all of those",
+        "`DeviceNotFoundError`",
+        "`DeviceNotFoundError`",
+    ),
+    (
+        "`configure_gpus(visible=[...])`",
+        "no GPU",
+        "`DeviceFallbackWarning`, nothing applied",
+        "`DeviceNotFoundError`",
+    ),
+    ("`configure_gpus(memory_growth=True)`", "has GPUs", "applied", "applied"),
+    (
+        "`configure_gpus(memory_growth=True)`",
+        "no GPU",
+        "nothing to configure (a log line)",
+        "`DeviceNotFoundError`",
+    ),
+)
+
+
+def wrong_gpu_index(call: str, asked: Sequence[int], have: Sequence[int], where: str) -> None:
+    """The policy's other half: on a machine that has GPUs, an index it lacks always raises.
+
+    It is a wrong index, not a missing GPU, whatever ``strict`` says: falling back to the
+    CPU there would hide the mistake behind a warning on a machine built for the GPU. Pure.
+
+    Args:
+        call: the call as the error names it, e.g. ``"on_gpu(3)"``.
+        asked: the GPU indices asked for.
+        have: the GPU indices that exist.
+        where: what the indices are (``"logical GPU(s)"``, ``"physical GPU(s)"``) and, in
+            parentheses, how they were found (``CUDA_VISIBLE_DEVICES``, visible devices).
+
+    Raises:
+        DeviceNotFoundError: some of ``asked`` are not in ``have``.
+
+    Example:
+        >>> wrong_gpu_index("on_gpu(0)", [0], [0, 1], "logical GPU(s)")  # fine: returns None
+    """
+    missing = [i for i in asked if i not in have]
+    if missing:
+        raise DeviceNotFoundError(
+            f"{call}: GPU(s) {missing} do not exist; TensorFlow sees {where} "
+            f"{sorted(have)}. Use those indices."
+        )
+
+
 def gpu_fallback(
     call: str, missing: str, *, strict: bool, strict_call: str, fix: str, instead: str
 ) -> str:
@@ -199,8 +261,9 @@ def gpu_fallback(
       caller emits the returned text as a :class:`~tfplace.errors.DeviceFallbackWarning`;
     - ``strict=True``: raise :class:`~tfplace.errors.DeviceNotFoundError`.
 
-    (``configure_gpus`` on a machine that *has* GPUs still raises for an index that does not
-    exist: that is a wrong index, not a missing GPU; see :func:`gpu_changes`.)
+    On a machine that *has* GPUs, an index it lacks raises in both calls whatever ``strict``
+    says: a wrong index, not a missing GPU (:func:`wrong_gpu_index`). The whole policy is
+    :data:`GPU_POLICY`.
 
     Args:
         call: the call as the warning names it, e.g. ``"on_gpu(0)"``.
@@ -263,13 +326,12 @@ def gpu_changes(
     if not facts.physical:
         return GPUChangeSet((), None, None, ())
     if wanted is not None:
-        missing = [i for i in wanted if i not in facts.physical]
-        if missing:
-            raise DeviceNotFoundError(
-                f"configure_gpus(visible={list(wanted)}): GPU(s) {missing} do not "
-                f"exist; TensorFlow sees physical GPU(s) {sorted(facts.physical)} "
-                f"(CUDA_VISIBLE_DEVICES={visible_env!r}). Use those indices."
-            )
+        wrong_gpu_index(
+            f"configure_gpus(visible={list(wanted)})",
+            wanted,
+            facts.physical,
+            f"physical GPU(s) (CUDA_VISIBLE_DEVICES={visible_env!r})",
+        )
     target_visible = wanted if wanted is not None else facts.visible
     if isinstance(limits, tuple) and len(limits) != len(target_visible):
         raise ValueError(
