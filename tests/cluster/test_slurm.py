@@ -252,6 +252,19 @@ def test_many_steps_of_nearby_jobs_never_share_ports() -> None:
     assert all(w.start >= 10_000 and w.stop <= 32_768 for w in found.values())
 
 
+def test_the_docs_claim_only_what_derived_ports_hold() -> None:
+    """Jobs far apart can derive the same ports (1000 and 1711 at step 0, 711 blocks apart):
+    the README and the Clusters page say so and name the check that catches it (issue 26.8)."""
+    first = [slurm_port({"SLURM_JOB_ID": job, "SLURM_STEP_ID": "0"}) for job in ("1000", "1711")]
+    assert first[0] == first[1]
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    clusters = (root / "docs" / "clusters.md").read_text()
+    assert "cannot collide between" not in readme
+    assert "jobs far apart can\n  derive the same ones" in readme
+    assert "Jobs far apart can\nstill land on the same ports by chance" in clusters
+
+
 def test_more_than_32_tasks_on_a_node_get_distinct_ports_in_range() -> None:
     env = step(
         SLURM_PROCID="39",
