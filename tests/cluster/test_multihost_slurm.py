@@ -126,6 +126,7 @@ def test_srun_two_nodes_four_tasks_match_parse_slurm_and_one_process(
     cluster: MultiNodeSlurm, tmp_path: Path, distribution: str
 ) -> None:
     shutil.copy(JOBS / "train.py", tmp_path)
+    shutil.copy(JOBS / "tiny.py", tmp_path)
     t0 = time.monotonic()
     proc = cluster.run(
         ["srun", "-N2", "-n4", f"--distribution={distribution}", "-o", "out-%t.txt",
@@ -217,6 +218,7 @@ def test_backup_folder_not_shared_between_nodes_is_a_clear_error(
     # the chief's first backup is invisible on the other node. Every worker must stop with
     # the error that says so, not hang in a collective.
     shutil.copy(JOBS / "train_ft.py", tmp_path)
+    shutil.copy(JOBS / "tiny.py", tmp_path)
     out_dir = cluster.hosts.local[0] / tmp_path.name
     t0 = time.monotonic()
     proc = cluster.run(
@@ -294,6 +296,7 @@ def test_lost_node_requeues_and_resumes_from_backup(
     cluster: MultiNodeSlurm, tmp_path: Path
 ) -> None:
     shutil.copy(JOBS / "train_ft.py", tmp_path)
+    shutil.copy(JOBS / "tiny.py", tmp_path)
     (tmp_path / "train.sbatch").write_text(FT_SCRIPT)
     ref_dir = tmp_path / "reference"
     ref_dir.mkdir()

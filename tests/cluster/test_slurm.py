@@ -416,7 +416,6 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
 
 TRAIN = """
 import json, os, time
-import numpy as np
 import tfplace
 if os.environ.get("REFERENCE") == "1":  # one process, 2 replicas on 2 virtual CPUs
     tfplace.configure_cpus(virtual_devices=2)
@@ -435,29 +434,25 @@ if meet:  # every worker of every job is up (its server bound) before any of the
     deadline = time.time() + 90
     while len(os.listdir(meet)) < int(os.environ["TEST_MEET_COUNT"]) and time.time() < deadline:
         time.sleep(0.1)
-import tensorflow as tf
+import tiny  # tests/jobs/tiny.py, copied next to this script
 
-keras = tf.keras
-rng = np.random.default_rng(0)
-x = rng.normal(size=(96, 4)).astype("float32")
-y = x @ np.array([[1.0], [-2.0], [0.5], [3.0]], dtype="float32")
-with strategy.scope():
-    keras.utils.set_random_seed(1)
-    model = keras.Sequential(
-        [keras.Input((4,)), keras.layers.Dense(8, "relu"), keras.layers.Dense(1)]
-    )
-    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False)
+model, history = tiny.fit(strategy)
 print(json.dumps({
-    "kind": type(strategy).__name__,
-    "replicas": strategy.num_replicas_in_sync,
+    **tiny.report(strategy, model, history),
     "cluster": cluster,
     "met": len(os.listdir(meet)) if meet else None,
     "procid": os.environ.get("SLURM_PROCID"),
-    "loss": history.history["loss"],
-    "weights": [w.ravel().tolist() for w in model.get_weights()],
 }))
 """
+#: The tests' one tiny job library, which TRAIN imports.
+TINY = ROOT / "tests" / "jobs" / "tiny.py"
+
+
+def write_train(folder: Path) -> None:
+    """TRAIN as ``train.py`` in ``folder``, with the job library beside it."""
+    (folder / "train.py").write_text(TRAIN)
+    shutil.copy(TINY, folder)
+
 
 #: Every SLURM test process sees no GPU, so that the workers' replicas are CPUs on any machine.
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
@@ -502,7 +497,7 @@ def two_free_ports() -> int:
 def test_srun_two_tasks_train_exactly_like_one_process_with_two_replicas(
     slurm: SlurmCluster, tmp_path: Path
 ) -> None:
-    (tmp_path / "train.py").write_text(TRAIN)
+    write_train(tmp_path)
     port = two_free_ports()
     proc = slurm.run(
         ["srun", "-n2", "-o", "out-%t.txt", "-e", "err-%t.txt", "python", "train.py"],
@@ -514,7 +509,11 @@ def test_srun_two_tasks_train_exactly_like_one_process_with_two_replicas(
     errors = "".join(p.read_text()[-2000:] for p in sorted(tmp_path.glob("err-*.txt")))
     assert proc.returncode == 0, f"{proc.stderr}\n{errors}"
     workers = [last_json(tmp_path / f"out-{i}.txt") for i in range(2)]
-    single = run_json(TRAIN, cpu_only=True, env={"REFERENCE": "1", **dict.fromkeys(_SLURM_VARS)})
+    single = run_json(
+        TRAIN,
+        cpu_only=True,
+        env={"REFERENCE": "1", "PYTHONPATH": str(TINY.parent), **dict.fromkeys(_SLURM_VARS)},
+    )
     assert single["replicas"] == 2
     for i, w in enumerate(workers):
         assert w["procid"] == str(i)
@@ -534,7 +533,7 @@ _SLURM_VARS = tuple(k for k in os.environ if k.startswith("SLURM_"))
 def test_the_batch_script_without_srun_trains_alone_within_seconds(
     slurm: SlurmCluster, tmp_path: Path
 ) -> None:
-    (tmp_path / "train.py").write_text(TRAIN)
+    write_train(tmp_path)
     (tmp_path / "job.sh").write_text("#!/bin/bash\npython train.py\n")
     start = time.monotonic()
     job = slurm.submit(
@@ -558,7 +557,7 @@ def test_the_batch_script_without_srun_trains_alone_within_seconds(
 def test_two_jobs_on_one_node_at_the_same_time_both_train(
     slurm: SlurmCluster, tmp_path: Path
 ) -> None:
-    (tmp_path / "train.py").write_text(TRAIN)
+    write_train(tmp_path)
     (tmp_path / "job.sh").write_text(
         "#!/bin/bash\nsrun -o out-%j-%t.txt -e err-%j-%t.txt python train.py\n"
     )

@@ -15,29 +15,21 @@ import socket
 import sys
 from typing import Any
 
+#: This folder: the job library ``tiny.py`` lies here, on the file system every node shares.
+JOBS = os.path.dirname(os.path.abspath(__file__))
+
 
 def train_func(config: dict[str, Any]) -> None:
     """Train a small model through ``tfplace.pick_strategy()``; write what it learned."""
     # Ray sets TF_USE_LEGACY_KERAS=1 in every worker; this code uses Keras 3.
     os.environ.pop("TF_USE_LEGACY_KERAS", None)
-    import numpy as np
+    sys.path.insert(0, config["jobs"])  # this folder, where every node finds tiny.py
+    import tiny
 
     import tfplace
 
     strategy = tfplace.pick_strategy(communication_timeout=60, startup_timeout=120)
-
-    import keras
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(96, 4)).astype("float32")
-    y = x @ np.array([[1.0], [-2.0], [0.5], [3.0]], dtype="float32")
-    with strategy.scope():
-        keras.utils.set_random_seed(1)
-        model = keras.Sequential(
-            [keras.Input((4,)), keras.layers.Dense(8, "relu"), keras.layers.Dense(1)]
-        )
-        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False)
+    model, history = tiny.fit(strategy)
     rank = int(config.get("rank", -1))
     if rank < 0:  # under Ray: its rank for this worker
         import ray.train
@@ -47,10 +39,7 @@ def train_func(config: dict[str, Any]) -> None:
         "rank": rank,
         "host": socket.gethostname(),
         "tf_config": os.environ.get("TF_CONFIG", ""),
-        "kind": type(strategy).__name__,
-        "replicas": strategy.num_replicas_in_sync,
-        "loss": history.history["loss"],
-        "weights": [w.ravel().tolist() for w in model.get_weights()],
+        **tiny.report(strategy, model, history),
     }
     name = config.get("name") or f"worker{rank}.json"
     with open(os.path.join(config["out_dir"], name), "w") as f:
@@ -67,7 +56,7 @@ def main(out_dir: str) -> None:
     try:
         trainer = TensorflowTrainer(
             train_func,
-            train_loop_config={"out_dir": out_dir},
+            train_loop_config={"out_dir": out_dir, "jobs": JOBS},
             scaling_config=ScalingConfig(
                 num_workers=2,
                 resources_per_worker={"CPU": 1},
@@ -84,6 +73,6 @@ def main(out_dir: str) -> None:
 if __name__ == "__main__":
     target = os.path.abspath(sys.argv[1])
     if "--reference" in sys.argv[2:]:
-        train_func({"out_dir": target, "rank": 0, "name": "reference.json"})
+        train_func({"out_dir": target, "rank": 0, "name": "reference.json", "jobs": JOBS})
     else:
         main(target)

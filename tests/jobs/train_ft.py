@@ -14,8 +14,8 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
+import tiny
 
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -28,15 +28,8 @@ strategy = tfplace.pick_strategy(startup_timeout=120)
 import keras  # noqa: E402
 
 out_dir = sys.argv[1]
-rng = np.random.default_rng(0)
-x = rng.normal(size=(256, 4)).astype("float32")
-y = x @ np.array([[1.0], [-2.0], [0.5], [3.0]], dtype="float32")
-with strategy.scope():
-    keras.utils.set_random_seed(1)
-    model = keras.Sequential(
-        [keras.Input((4,)), keras.layers.Dense(8, "relu"), keras.layers.Dense(1)]
-    )
-    model.compile(optimizer=keras.optimizers.SGD(0.02), loss="mse")
+x, y = tiny.data(256)
+model = tiny.build(strategy, learning_rate=0.02)
 
 pause = float(os.environ.get("STEP_SLEEP", "0"))
 info = {
@@ -79,7 +72,7 @@ print(
             "time": time.time(),
             "batches": Progress.batches,
             "step_sleep": pause,
-            "weights": [w.ravel().tolist() for w in model.get_weights()],
+            "weights": tiny.weights(model),
             **info,
         }
     ),
