@@ -308,3 +308,93 @@ def test_change_sets_dispatch_on_typed_targets_not_labels() -> None:
     text = (PACKAGE / "_configure.py").read_text()
     for target in Target:
         assert f'"{target.value}"' not in text, target
+
+
+#: Private names of the standard library that tfplace may use anywhere.
+_STDLIB_PRIVATE = frozenset({"_replace", "_asdict", "_fields", "_exit", "_getframe"})
+#: Public-looking TensorFlow/Keras internals tfplace relies on: only the seam may touch them.
+_PUBLIC_LOOKING_INTERNALS = frozenset({"train_function"})
+
+
+def _tfplace_private_names() -> set[str]:
+    """The private names tfplace itself defines: modules, functions, classes, variables,
+    arguments and the attributes it sets on its own objects (``self._x``)."""
+    names: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        names.update(part.removesuffix(".py") for part in path.relative_to(PACKAGE).parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.add(node.name)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            elif isinstance(node, ast.arg):
+                names.add(node.arg)
+            elif isinstance(node, ast.alias) and node.asname:
+                names.add(node.asname)
+            elif (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.ctx, ast.Store)
+                and ast.unparse(node.value) in ("self", "cls")
+            ):
+                names.add(node.attr)
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def _private_touches(source: str, name: str, ours: set[str]) -> list[str]:
+    """Where ``source`` reaches an attribute tfplace does not define and TensorFlow or Keras
+    keeps private (``x._name``, ``getattr(x, "_name")``), or a listed public-looking one."""
+
+    def foreign(attr: str) -> bool:
+        if attr in _PUBLIC_LOOKING_INTERNALS:
+            return True
+        private = attr.startswith("_") and not attr.startswith(("__", "_tfplace"))
+        return private and attr not in ours and attr not in _STDLIB_PRIVATE
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        attr = None
+        if isinstance(node, ast.Attribute) and ast.unparse(node.value) not in ("self", "cls"):
+            attr = node.attr
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr", "setattr", "delattr")
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+        ):
+            attr = node.args[1].value
+        if attr is not None and foreign(attr):
+            found.append(f"{name}:{getattr(node, 'lineno', '?')} {ast.unparse(node)}")
+    return found
+
+
+def test_private_tensorflow_and_keras_attributes_are_reached_only_through_the_seam() -> None:
+    """Every internal (``strategy.extended._num_workers``, ``model._initial_epoch``,
+    ``model.train_function``, ...) is behind a named seam function with a feature probe."""
+    ours = _tfplace_private_names()
+    offenders = [
+        hit
+        for path in _modules()
+        for hit in _private_touches(path.read_text(), str(path.relative_to(PACKAGE)), ours)
+    ]
+    assert offenders == [], offenders
+    seam_hits = [
+        hit for path in _seam_files() for hit in _private_touches(path.read_text(), path.name, ours)
+    ]
+    assert any("_num_workers" in hit for hit in seam_hits)  # the check sees real internals
+
+
+def test_the_private_attribute_check_catches_each_way_around_it() -> None:
+    ours = {"_mine"}
+    cases = {
+        "strategy.extended._num_workers\n": "_num_workers",
+        "model._initial_epoch = 3\n": "_initial_epoch",
+        "getattr(model, '_training_state', None)\n": "_training_state",
+        "model.train_function = f\n": "train_function",
+    }
+    for code, expected in cases.items():
+        hits = _private_touches(code, "probe.py", ours)
+        assert any(expected in h for h in hits), (code, hits)
+    allowed = "self._x = 1\nobj._mine\nt._replace(a=1)\nstrategy._tfplace_cluster = c\n"
+    assert _private_touches(allowed, "probe.py", ours) == []

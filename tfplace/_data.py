@@ -65,12 +65,7 @@ def _walk(dataset: Any) -> list[Any]:
             continue
         seen.add(id(node))
         out.append(node)
-        inputs = getattr(node, "_inputs", None)
-        if callable(inputs):
-            try:
-                stack.extend(inputs())
-            except Exception:  # a dataset type without inputs support
-                continue
+        stack.extend(_tf.dataset_inputs(node))
     return out
 
 
@@ -199,8 +194,8 @@ def prepare_dataset(
         raise TypeError(f"dataset must be a tf.data.Dataset, found {type(dataset).__name__}")
     autotune = _tf.data_autotune()
     if shard_policy == "auto":
-        workers = getattr(getattr(strategy, "extended", None), "_num_workers", 2) or 2
-        policy, why = shard_policy_for(dataset, max(2, int(workers)))
+        workers = _tf.strategy_num_workers(strategy)
+        policy, why = shard_policy_for(dataset, max(2, workers))
     else:
         policy, why = shard_policy, "requested"
     ds = dataset

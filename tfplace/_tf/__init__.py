@@ -11,7 +11,8 @@ The modules, by concern:
 - ``_devices``: ``tf.config`` (:class:`TFConfig`), device scopes, memory, the profiler;
 - ``_strategies``: ``tf.distribute`` constructors, collective keys, the coordination service;
 - ``_data``: ``tf.data`` options and ``tf.io.gfile``;
-- ``_keras``: Keras calls (session, dtype policy);
+- ``_keras``: Keras calls (session, dtype policy) and the Keras internals tfplace relies on;
+- ``_probes``: the list of those internals and the one message when one changed;
 - ``_replica_check``: the Keras and tf.data calls of the replica check.
 """
 
@@ -33,6 +34,7 @@ from tfplace._tf._core import (
 )
 from tfplace._tf._data import (
     data_autotune as data_autotune,
+    dataset_inputs as dataset_inputs,
     gfile_exists as gfile_exists,
     gfile_isdir as gfile_isdir,
     gfile_listdir as gfile_listdir,
@@ -59,9 +61,27 @@ from tfplace._tf._devices import (
     reset_memory_stats as reset_memory_stats,
 )
 from tfplace._tf._keras import (
+    CHECKPOINT_HOOKS as CHECKPOINT_HOOKS,
+    check_checkpoint_hooks as check_checkpoint_hooks,
+    clear_initial_epoch as clear_initial_epoch,
     clear_keras_session as clear_keras_session,
+    flat_layers as flat_layers,
     keras_policy as keras_policy,
+    set_initial_epoch as set_initial_epoch,
     set_keras_policy as set_keras_policy,
+    skip_train_steps as skip_train_steps,
+    steps_per_execution as steps_per_execution,
+    stock_callback_classes as stock_callback_classes,
+    wrap_method as wrap_method,
+)
+from tfplace._tf._probes import (
+    INTERNALS as INTERNALS,
+    TESTED_VERSIONS as TESTED_VERSIONS,
+    Internal as Internal,
+    installed_versions as installed_versions,
+    internal_missing as internal_missing,
+    internal_text as internal_text,
+    tested_versions as tested_versions,
 )
 from tfplace._tf._replica_check import (
     fit_steps as fit_steps,
@@ -84,15 +104,22 @@ from tfplace._tf._strategies import (
     multi_worker_base as multi_worker_base,
     one_device_strategy as one_device_strategy,
     simple_cluster_resolver as simple_cluster_resolver,
+    strategy_num_workers as strategy_num_workers,
     tpu_strategy as tpu_strategy,
 )
 
 __all__ = [
+    "CHECKPOINT_HOOKS",
     "COLLECTIVE_IMPLEMENTATIONS",
     "INSTALL_HINT",
+    "INTERNALS",
     "MIRRORED_REDUCTIONS",
+    "TESTED_VERSIONS",
+    "Internal",
     "TFConfig",
     "already_initialized",
+    "check_checkpoint_hooks",
+    "clear_initial_epoch",
     "clear_keras_session",
     "collective_mirrored_strategy",
     "communication_options",
@@ -102,9 +129,11 @@ __all__ = [
     "cross_device_ops",
     "current_strategy",
     "data_autotune",
+    "dataset_inputs",
     "device_check",
     "device_scope_ops",
     "fit_steps",
+    "flat_layers",
     "fresh_collective_keys",
     "fresh_keras_names",
     "gfile_exists",
@@ -116,6 +145,9 @@ __all__ = [
     "gfile_rename",
     "gfile_rmtree",
     "gfile_write_text",
+    "installed_versions",
+    "internal_missing",
+    "internal_text",
     "is_already_exists",
     "is_dataset",
     "is_deadline_exceeded",
@@ -141,8 +173,15 @@ __all__ = [
     "reraise_if_initialized",
     "reset_memory_stats",
     "runtime_started",
+    "set_initial_epoch",
     "set_keras_policy",
     "shard_options",
     "simple_cluster_resolver",
+    "skip_train_steps",
+    "steps_per_execution",
+    "stock_callback_classes",
+    "strategy_num_workers",
+    "tested_versions",
     "tpu_strategy",
+    "wrap_method",
 ]

@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from tfplace._tf._core import load
+from tfplace._tf._probes import internal_missing
 
 __all__ = [
     "data_autotune",
+    "dataset_inputs",
     "gfile_exists",
     "gfile_isdir",
     "gfile_listdir",
@@ -93,3 +95,23 @@ def gfile_write_text(path: str, text: str) -> None:
     """Write ``text`` to a file (replacing it), through ``tf.io.gfile.GFile``."""
     with load().io.gfile.GFile(path, "w") as handle:
         handle.write(text)
+
+
+def dataset_inputs(dataset: Any) -> list[Any]:
+    """The datasets ``dataset`` reads from (``Dataset._inputs()``; none for a source).
+
+    A dataset type that cannot list its inputs (it raises) has none to show. Where the
+    internal is missing from ``tf.data.Dataset`` itself, says so once and returns none: the
+    auto-shard choice then sees no files and shards by element.
+    """
+    inputs = getattr(dataset, "_inputs", None)
+    if not callable(inputs):
+        if is_dataset(dataset):
+            internal_missing(
+                "dataset_inputs", f"{type(dataset).__name__}._inputs is {inputs!r}, not a method"
+            )
+        return []
+    try:
+        return list(inputs())
+    except Exception:  # a dataset type without inputs support
+        return []

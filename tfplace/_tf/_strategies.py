@@ -10,6 +10,7 @@ from typing import Any
 
 from tfplace._tf._core import load
 from tfplace._tf._devices import connect_tpu
+from tfplace._tf._probes import internal_missing
 
 __all__ = [
     "COLLECTIVE_IMPLEMENTATIONS",
@@ -25,6 +26,7 @@ __all__ = [
     "multi_worker_base",
     "one_device_strategy",
     "simple_cluster_resolver",
+    "strategy_num_workers",
     "tpu_strategy",
 ]
 
@@ -134,6 +136,13 @@ def fresh_collective_keys() -> int:
     cls = load().distribute.MirroredStrategy
     with _key_lock:
         base = next(_key_ranges) * _COLLECTIVE_KEY_STRIDE
+        if not isinstance(getattr(cls, "_collective_key_base", None), int):
+            internal_missing(
+                "collective_key_base",
+                f"MirroredStrategy has no integer _collective_key_base "
+                f"(found {getattr(cls, '_collective_key_base', None)!r})",
+            )
+            return base
         cls._collective_key_base = base
     return base
 
@@ -153,3 +162,31 @@ def collective_mirrored_strategy(devices: list[str]) -> Any:
     (collective all-reduce), in collective keys of its own (see :func:`fresh_collective_keys`)."""
     distribute = load().distribute
     return _own_keys(lambda: distribute.MirroredStrategy(devices=devices))
+
+
+def strategy_num_workers(strategy: object) -> int:
+    """How many workers train under ``strategy``: 1 unless it is a multi-worker strategy.
+
+    Reads ``strategy.extended._num_workers`` (what Keras and TensorFlow read); where that
+    internal is missing or not a count, says so once (a :class:`~tfplace.errors.TfplaceWarning`)
+    and counts the chief and worker tasks of the strategy's public ``cluster_resolver``.
+
+    Example:
+        >>> strategy_num_workers(None)
+        1
+    """
+    if strategy is None or not is_multi_worker(strategy):
+        return 1
+    extended = getattr(strategy, "extended", None)
+    count = getattr(extended, "_num_workers", None)
+    if isinstance(count, int) and not isinstance(count, bool) and count >= 1:
+        return count
+    internal_missing(
+        "num_workers",
+        f"{type(extended).__name__} has no worker count _num_workers (found {count!r})",
+    )
+    try:
+        jobs = strategy.cluster_resolver.cluster_spec().as_dict()  # type: ignore[attr-defined]
+    except Exception:  # no resolver: a strategy of this process alone
+        return 1
+    return max(1, sum(len(jobs.get(job, ())) for job in ("chief", "worker")))

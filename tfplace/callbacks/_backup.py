@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
+from tfplace import _tf
 from tfplace.callbacks._keras import (
     KerasFlavoured,
     is_legacy,
@@ -107,7 +109,7 @@ class BackupAndRestore(KerasFlavoured):
         self._key = ""  # this fit's prefix in the coordination service
         self._saves_checked = False
         self._watch: Preemption | None = None
-        self._original_train_function: Any = None
+        self._undo_skip: Callable[[], None] | None = None
 
     # Saving.
 
@@ -152,34 +154,13 @@ class BackupAndRestore(KerasFlavoured):
         epoch, batch = int(state["epoch"]), int(state["batch"])
         self._epoch = epoch
         self._skip = batch + 1
-        if legacy:
-            model._training_state = _InitialCounters(epoch)
-        else:
-            model._initial_epoch = epoch
+        if not _tf.set_initial_epoch(model, epoch, legacy=legacy):
+            self._skip = 0  # fit starts at its initial_epoch argument (said once by the seam)
         if self._skip:
-            self._skip_batches(self._skip)
+            self._undo_skip = _tf.skip_train_steps(model, self._skip)
+            if self._undo_skip is None:  # trains the epoch again from its first batch
+                self._skip = 0
         log.info("tfplace: resumed from %s (epoch %d, batch %d)", folder, epoch, batch)
-
-    def _skip_batches(self, batches: int) -> None:
-        """Make the next ``fit`` steps draw their batches without training on them."""
-        model = self.model
-        original = model.train_function
-        self._original_train_function = original
-        value: Any = getattr(model, "steps_per_execution", None)  # tf_keras: a tf.Variable
-        per_call = int(value.numpy() if hasattr(value, "numpy") else (value or 1))
-        calls = max(1, batches // per_call)
-
-        def skipping(iterator: Any, *args: Any, **kwargs: Any) -> Any:
-            nonlocal calls
-            calls -= 1
-            if calls <= 0:
-                model.train_function = original
-                self._original_train_function = None
-            for _ in range(per_call):
-                next(iterator)
-            return {}
-
-        model.train_function = skipping
 
     # Keras hooks.
 
@@ -253,28 +234,10 @@ class BackupAndRestore(KerasFlavoured):
         model = self.model
         if self._watch is not None:
             self._watch.stop()
-        if self._original_train_function is not None:
-            model.train_function = self._original_train_function
-        if is_legacy(self._tfplace_keras):
-            model._training_state = None
-        else:
-            model._initial_epoch = None
+        if self._undo_skip is not None:
+            self._undo_skip()
+        _tf.clear_initial_epoch(model, legacy=is_legacy(self._tfplace_keras))
         if self.delete_checkpoint:
             meet(model, self.timeout)  # nobody may still be reading the backup
             if is_writer(model):
                 self._store.remove_all()
-
-
-class _InitialCounters:
-    """What tf_keras's ``fit`` asks ``model._training_state`` for: where to start."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def maybe_load_initial_counters_from_ckpt(
-        self, steps_per_epoch: Any, initial_epoch: int, mode: Any = None
-    ) -> tuple[int, int]:
-        return self.epoch, 0  # the batches already trained are skipped by BackupAndRestore
-
-    def maybe_load_initial_epoch_from_ckpt(self, initial_epoch: int, mode: Any = None) -> int:
-        return self.epoch

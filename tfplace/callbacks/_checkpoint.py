@@ -37,6 +37,13 @@ class ModelCheckpoint(KerasFlavoured):
     #: (path Keras writes, path to rename it to on the chief, private folder to remove)
     _tfplace_move: tuple[str, str | None, str | None] | None = None
 
+    @classmethod
+    def _check_base(cls, base: type) -> None:
+        """Refuse a Keras ``ModelCheckpoint`` without the two hooks overridden below."""
+        _tf.check_checkpoint_hooks(base)
+
+    # The two hooks (_tf.CHECKPOINT_HOOKS) of Keras's class this one overrides, checked above.
+
     def _get_file_path(self, epoch: Any, batch: Any, logs: Any) -> str:
         real: str = super()._get_file_path(epoch, batch, logs)  # type: ignore[misc]
         url = "://" in real

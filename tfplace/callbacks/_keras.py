@@ -38,6 +38,10 @@ class KerasFlavoured:
     if TYPE_CHECKING:  # provided by the Keras base class at run time
         model: Any
 
+    @classmethod
+    def _check_base(cls, base: type) -> None:
+        """Refuse a Keras base class that lacks what this class relies on (nothing here)."""
+
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         keras = _tf.load_keras(stacklevel=3)
         key = (cls, keras.__name__)
@@ -45,6 +49,7 @@ class KerasFlavoured:
             concrete = _classes.get(key)
             if concrete is None:
                 base = getattr(keras.callbacks, cls._keras_base)
+                cls._check_base(base)
                 concrete = type(cls.__name__, (cls, base), {"__module__": "tfplace.callbacks"})
                 concrete.__qualname__ = cls.__qualname__
                 _classes[key] = concrete
@@ -68,7 +73,7 @@ def multi_worker(model: Any) -> bool:
     strategy = _strategy(model)
     if strategy is None:
         return False
-    return _tf.is_multi_worker(strategy) and (strategy.extended._num_workers > 1)
+    return _tf.strategy_num_workers(strategy) > 1
 
 
 def task(model: Any) -> str:

@@ -18,6 +18,7 @@ own among them) still see a ``MultiWorkerMirroredStrategy``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -386,18 +387,12 @@ def _flag_stock_callbacks() -> None:
     nothing else changes. tfplace's own callbacks (``_tfplace_safe``) are skipped; tf_keras's
     are left alone (they already write per worker).
     """
-    with warnings.catch_warnings():  # a TF_USE_LEGACY_KERAS warning is not ours to give here
-        warnings.simplefilter("ignore", TfplaceWarning)
-        keras = _tf.load_keras()
-    if keras.__name__ != "keras":
-        return
-    replacements = {"ModelCheckpoint": "ModelCheckpoint", "BackupAndRestore": "BackupAndRestore"}
-    for name, replacement in replacements.items():
-        cls = getattr(keras.callbacks, name, None)
-        original = getattr(cls, "on_train_begin", None)
-        if cls is None or original is None or getattr(original, "_tfplace_flag", False):
+    for name, cls in _tf.stock_callback_classes().items():
+        if getattr(cls.on_train_begin, "_tfplace_flag", False):  # type: ignore[attr-defined]
             continue
-        cls.on_train_begin = _flagging(original, name, replacement)
+        _tf.wrap_method(
+            cls, "on_train_begin", functools.partial(_flagging, name=name, replacement=name)
+        )
 
 
 _flagged: set[str] = set()
@@ -407,7 +402,7 @@ def _flagging(original: Any, name: str, replacement: str) -> Any:
     def on_train_begin(self: Any, logs: Any = None) -> Any:
         strategy: Any = getattr(getattr(self, "model", None), "distribute_strategy", None)
         unsafe = not getattr(self, "_tfplace_safe", False) and _tf.is_multi_worker(strategy)
-        if unsafe and strategy.extended._num_workers > 1 and name not in _flagged:
+        if unsafe and _tf.strategy_num_workers(strategy) > 1 and name not in _flagged:
             _flagged.add(name)
             warnings.warn(
                 f"keras.callbacks.{name} under the multi-worker strategy: every worker writes "

@@ -344,10 +344,7 @@ def auto_jit_compile(
 
 def model_supports_jit(model: Any) -> bool:
     """Whether every layer of ``model`` declares XLA support (Keras 3's ``supports_jit``)."""
-    layers = getattr(model, "_flatten_layers", None)
-    if layers is None:
-        return True
-    return all(getattr(layer, "supports_jit", True) for layer in layers())
+    return all(getattr(layer, "supports_jit", True) for layer in _tf.flat_layers(model))
 
 
 def keras_of(model: Any) -> ModuleType:
