@@ -121,6 +121,49 @@ def test_is_chief_and_worker_save_path(tmp_path: Any, monkeypatch: pytest.Monkey
         pass
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["gs://bucket/run1/model.keras", "ram://run1/ckpt/model.keras", "gs://bucket/model.keras"],
+)
+def test_worker_save_path_keeps_urls_as_written(url: str) -> None:
+    """A URL is never collapsed by Path() (gs://bucket -> gs:/bucket, a local folder): the
+    chief gets it exactly; another worker a local private file of the same name."""
+    import tfplace
+    from tfplace._facts.cluster.spec import from_mapping
+
+    cluster = {"worker": ["a:1", "b:1"]}
+    chief = from_mapping({"cluster": cluster, "task": {"type": "worker", "index": 0}})
+    other = from_mapping({"cluster": cluster, "task": {"type": "worker", "index": 1}})
+    with tfplace.worker_save_path(url, chief) as p:
+        assert p == url
+    with tfplace.worker_save_path(url, other) as p:
+        assert "://" not in p and os.path.basename(p) == "model.keras"
+        private = os.path.dirname(p)
+        assert os.path.isdir(private)
+    assert not os.path.exists(private)
+
+
+def test_a_model_saved_through_worker_save_path_lands_at_the_ram_url(tmp_path: Any) -> None:
+    """The chief saves a Keras model to a ram:// URL and loads it back from there."""
+    import tensorflow as tf
+
+    import tfplace
+    from tfplace._facts.cluster.spec import from_mapping
+
+    keras = pytest.importorskip("keras")
+    chief = from_mapping(
+        {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}
+    )
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    url = "ram://tfplace-test/run1/model.weights.h5"
+    tf.io.gfile.makedirs("ram://tfplace-test/run1")
+    with tfplace.worker_save_path(url, chief) as p:
+        model.save_weights(p)
+    assert tf.io.gfile.exists(url)
+    assert not (tmp_path / "ram:").exists() and not os.path.exists("ram:")
+    tf.io.gfile.rmtree("ram://tfplace-test")
+
+
 def test_is_chief_and_worker_save_path_read_the_environment_only(tmp_path: Any) -> None:
     """No TensorFlow import and no installed-package scan: a fresh process that forbids the
     scan still answers from TF_CONFIG, then from SLURM variables."""

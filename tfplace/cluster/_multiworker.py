@@ -477,9 +477,11 @@ def worker_save_path(
 
     Under a multi-worker strategy every worker must take part in saving (the variables are
     synchronized through collectives), but only one may write the real file. The chief gets
-    ``path``; every other worker gets a path in its own temporary directory, deleted when
-    the block ends. It finds the cluster as :func:`is_chief` does. The folder of ``path``
-    must exist on the chief (create it first, as for any save).
+    ``path``; every other worker gets a path in its own local temporary directory, with the
+    same file name, deleted when the block ends. ``path`` may be a URL TensorFlow's file
+    systems know (``gs://bucket/run/model.keras``, ``ram://...``): the chief gets it exactly
+    as written. It finds the cluster as :func:`is_chief` does. The folder of ``path`` must
+    exist on the chief (create it first, as for any save).
 
     Args:
         path: where the model or checkpoint should end up.
@@ -495,13 +497,17 @@ def worker_save_path(
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"path must be a str or os.PathLike, found {path!r}")
     spec = _current_cluster(cluster)
-    target = Path(path)
+    target = os.fspath(path)
+    if not isinstance(target, str):
+        raise TypeError(f"path must name a file as text, found the bytes path {target!r}")
+    url = "://" in target  # gs://, ram://, hdfs://: kept as written, never through Path()
     if spec is None or spec.is_chief:
-        yield str(target)
+        yield target if url else str(Path(target))
         return
+    name = target.rstrip("/").rsplit("/", 1)[-1] if url else Path(target).name
     private = tempfile.mkdtemp(prefix=f"tfplace-{spec.task_type}-{spec.task_index}-")
     try:
-        yield str(Path(private) / target.name)
+        yield os.path.join(private, name)
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
