@@ -86,7 +86,10 @@ if os.environ.get("MODE") == "checkpoint":
     saver = tfplace.callbacks.ModelCheckpoint(os.path.join(out, "ckpt", "e{epoch}.keras"))
 else:
     folder = "backup" if not os.environ.get("APART") else f"backup-of-{me}"  # not shared
-    saver = tfplace.callbacks.BackupAndRestore(os.path.join(out, folder), save_freq=freq)
+    grace = float(os.environ.get("GRACE", "65"))
+    saver = tfplace.callbacks.BackupAndRestore(
+        os.path.join(out, folder), save_freq=freq, shared_grace=grace
+    )
 callbacks.insert(0, saver)
 model.fit(x, y, batch_size=16, epochs=5, verbose=0, shuffle=False, callbacks=callbacks)
 loaded = None
@@ -326,7 +329,7 @@ def test_backup_folders_that_are_not_shared_stop_every_worker_naming_the_folder(
     worker stops again, before training, instead of resuming at different epochs."""
     out = tmp_path / "run"
     out.mkdir()
-    env = {**flavour("keras3"), "APART": "1"}
+    env = {**flavour("keras3"), "APART": "1", "GRACE": "2"}
     for attempt in ("first save", "restore"):
         start = time.monotonic()
         results = run_group(out, 2, env, settle=30)
@@ -440,3 +443,158 @@ def test_ram_and_local_backup_dirs_go_through_gfile(tmp_path: Path) -> None:
         assert run["epochs"] == 2  # resumed in epoch 2 of 3
         assert run["left"] is False  # delete_checkpoint removed the folder
         assert run["ckpt"] == ["e1.keras"]  # renamed into place, no temporary left
+
+
+# ---------------------------------------------- the backup agreement never waits silently
+
+
+class FakeCoordination:
+    """The coordination service's key-value calls, in memory, shared by worker threads."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.values: dict[str, str] = {}
+        self.changed = threading.Condition()
+
+    def set_config_key_value(self, key: str, value: str) -> None:
+        import tensorflow as tf
+
+        with self.changed:
+            if key in self.values:
+                raise tf.errors.AlreadyExistsError(None, None, f"{key} exists")
+            self.values[key] = value
+            self.changed.notify_all()
+
+    def get_config_key_value(self, key: str, timeout_ms: int) -> str:
+        import tensorflow as tf
+
+        with self.changed:
+            if not self.changed.wait_for(lambda: key in self.values, timeout_ms / 1000):
+                raise tf.errors.DeadlineExceededError(None, None, f"{key} not set")
+            return self.values[key]
+
+
+def worker_model(index: int, workers: int) -> Any:
+    from types import SimpleNamespace
+
+    jobs = {"worker": [f"h{i}:1" for i in range(workers)]}
+    resolver = SimpleNamespace(
+        task_type="worker",
+        task_id=index,
+        cluster_spec=lambda: SimpleNamespace(as_dict=lambda: jobs),
+    )
+    return SimpleNamespace(distribute_strategy=SimpleNamespace(cluster_resolver=resolver))
+
+
+class FlakyStore:
+    """A BackupStore whose file access fails (``fail``), or whose backup 0 appears only
+    ``late`` seconds after the start (a network file system's cache)."""
+
+    def __init__(self, fail: bool = False, late: float = 0.0) -> None:
+        self.root = "/data/run1/backup"
+        self.fail = fail
+        self.since = time.monotonic() + late
+
+    def _check(self) -> None:
+        if self.fail:
+            raise PermissionError(13, "Permission denied", self.root)
+
+    def latest(self) -> int | None:
+        self._check()
+        return 0 if time.monotonic() >= self.since else None
+
+    def is_complete(self, number: int) -> bool:
+        self._check()
+        return time.monotonic() >= self.since
+
+    def numbers(self) -> list[int]:
+        return [0] if self.is_complete(0) else []
+
+
+def agree_in_threads(
+    monkeypatch: pytest.MonkeyPatch, stores: list[Any], grace: float = 1.0
+) -> tuple[list[Any], float]:
+    """Every worker runs agree_on_restore in a thread on one fake coordination service;
+    returns each one's result (or exception) and the seconds until all were done."""
+    import threading
+
+    from tfplace import _tf
+    from tfplace.callbacks._shared import agree_on_restore
+
+    ctx = FakeCoordination()
+    monkeypatch.setattr(_tf, "coordination_context", lambda: ctx)
+    results: list[Any] = [None] * len(stores)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = agree_on_restore(
+                worker_model(i, len(stores)), stores[i], "tfplace/backup/1/restore", 60, grace
+            )
+        except Exception as err:
+            results[i] = err
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(70)
+    return results, time.monotonic() - start
+
+
+def test_a_worker_that_cannot_read_the_backups_stops_every_worker_within_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Worker 2's file access raises: it publishes the failure as its verdict, and every
+    worker raises the same ClusterConfigError naming it, instead of waiting 60 s."""
+    from tfplace.errors import ClusterConfigError
+
+    results, took = agree_in_threads(monkeypatch, [FlakyStore(), FlakyStore(), FlakyStore(True)])
+    assert took < 10
+    for result in results:
+        assert isinstance(result, ClusterConfigError), results
+        assert "worker/2 could not read '/data/run1/backup'" in str(result)
+        assert "Permission denied" in str(result)
+
+
+def test_a_chief_that_cannot_read_the_backups_stops_the_others_within_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tfplace.errors import ClusterConfigError
+
+    results, took = agree_in_threads(monkeypatch, [FlakyStore(True), FlakyStore()])
+    assert took < 10
+    for result in results:
+        assert isinstance(result, ClusterConfigError), results
+        assert "worker/0 could not read" in str(result)
+
+
+def test_a_backup_that_appears_late_is_found_within_the_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The chief sees backup 0 at once; worker 1's view lags by 1.5 s (an NFS attribute
+    cache): a 5 s grace finds it, a 0.5 s grace calls the folder not shared and names the
+    NFS cache settings."""
+    from tfplace.errors import ClusterConfigError
+
+    results, _ = agree_in_threads(monkeypatch, [FlakyStore(), FlakyStore(late=1.5)], grace=5.0)
+    assert results == [0, 0]
+    results, _ = agree_in_threads(monkeypatch, [FlakyStore(), FlakyStore(late=30)], grace=0.5)
+    for result in results:
+        assert isinstance(result, ClusterConfigError), results
+        text = str(result)
+        assert "worker/1 does not see backup-00000000" in text and "looked for 0.5 s" in text
+        assert "acdirmax" in text and "actimeo" in text and "lookupcache" in text
+        assert "shared_grace" in text
+
+
+def test_the_default_grace_outlasts_nfs_attribute_caching() -> None:
+    import tfplace.callbacks
+    from tfplace.callbacks._shared import DEFAULT_GRACE_S
+
+    assert DEFAULT_GRACE_S > 60  # Linux NFS: acdirmax is 60 s by default
+    assert tfplace.callbacks.BackupAndRestore("/tmp/x").shared_grace == DEFAULT_GRACE_S
+    assert tfplace.callbacks.BackupAndRestore("/tmp/x", shared_grace=2).shared_grace == 2.0
+    with pytest.raises(ValueError, match="shared_grace"):
+        tfplace.callbacks.BackupAndRestore("/tmp/x", shared_grace=-1)

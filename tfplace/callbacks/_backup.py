@@ -20,7 +20,7 @@ from tfplace.callbacks._keras import (
     tasks,
 )
 from tfplace.callbacks._preemption import Preemption
-from tfplace.callbacks._shared import agree_on_restore, check_saved
+from tfplace.callbacks._shared import DEFAULT_GRACE_S, agree_on_restore, check_saved
 from tfplace.callbacks._store import BackupStore, join
 from tfplace.cluster._restarts import RESTART_EXIT_CODE
 
@@ -56,10 +56,13 @@ class BackupAndRestore(KerasFlavoured):
         preemption: on SIGTERM, save a backup at the next step every worker can reach and exit
             with the restart code 143 (installed only in the main thread, during ``fit``).
         timeout: seconds the workers wait for each other.
+        shared_grace: seconds a worker keeps looking for a backup the chief wrote before
+            calling ``backup_dir`` not shared (65: above Linux NFS's default attribute cache
+            time, ``acdirmax`` 60 s). Only a worker that does not see the backup waits.
 
     Raises:
-        ValueError: ``backup_dir`` is empty or ``save_freq`` is not ``"epoch"`` or a positive
-            int.
+        ValueError: ``backup_dir`` is empty, ``save_freq`` is not ``"epoch"`` or a positive
+            int, or ``shared_grace`` is negative.
 
     Example:
         >>> import tfplace.callbacks
@@ -79,6 +82,7 @@ class BackupAndRestore(KerasFlavoured):
         *,
         preemption: bool = True,
         timeout: float = 600.0,
+        shared_grace: float = DEFAULT_GRACE_S,
     ) -> None:
         super().__init__()
         if not backup_dir:
@@ -90,7 +94,16 @@ class BackupAndRestore(KerasFlavoured):
                 f"BackupAndRestore(save_freq={save_freq!r}): expected 'epoch' or a positive "
                 "number of batches"
             )
+        if (
+            isinstance(shared_grace, bool)
+            or not isinstance(shared_grace, int | float)
+            or not (shared_grace >= 0)
+        ):
+            raise ValueError(
+                f"BackupAndRestore(shared_grace={shared_grace!r}): expected seconds >= 0"
+            )
         self.backup_dir = os.fspath(backup_dir)
+        self.shared_grace = float(shared_grace)
         self.save_freq = save_freq
         self.double_checkpoint = double_checkpoint
         self.delete_checkpoint = delete_checkpoint
@@ -130,7 +143,9 @@ class BackupAndRestore(KerasFlavoured):
         if is_writer(model):
             self._store.prune(2 if self.double_checkpoint else 1)
         if multi_worker(model) and not self._saves_checked:
-            check_saved(model, self._store, number, f"{self._key}/saved", self.timeout)
+            check_saved(
+                model, self._store, number, f"{self._key}/saved", self.timeout, self.shared_grace
+            )
             self._saves_checked = True
         log.debug("tfplace: backup %d saved (epoch %d, batch %d)", number, epoch, batch)
         self._next_save += 1
@@ -176,7 +191,9 @@ class BackupAndRestore(KerasFlavoured):
         fit = BackupAndRestore._fits
         self._key = f"tfplace/backup/{fit}"
         if multi_worker(model):  # the chief chooses; every worker checks it sees that one
-            chosen = agree_on_restore(model, self._store, f"{self._key}/restore", self.timeout)
+            chosen = agree_on_restore(
+                model, self._store, f"{self._key}/restore", self.timeout, self.shared_grace
+            )
         else:
             chosen = self._store.latest()
         if chosen is not None:
