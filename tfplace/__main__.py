@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="tfplace",
         description="Show what TensorFlow can use on this machine and what tfplace would pick.",
     )
+    parser.add_argument("--version", action="version", version=f"tfplace {_version()}")
     _doctor_options(parser)
     sub = parser.add_subparsers(dest="command")
     _add_doctor(sub)
@@ -46,6 +47,12 @@ def _add_doctor(sub: Any) -> None:
         "information allowed), 1 a finding is an error, 3 --verify failed.",
     )
     _doctor_options(doctor)
+
+
+def _version() -> str:
+    from tfplace import __version__
+
+    return __version__
 
 
 def _add_launch(sub: Any) -> None:
@@ -86,9 +93,11 @@ def _add_launch(sub: Any) -> None:
         dest="forward",
         action="append",
         default=[],
-        metavar="NAME",
-        help="pass this variable of the environment to the workers (repeatable; TF_*, "
-        "TFPLACE_*, KERAS_*, PYTHON*, XLA_*, CUDA_*, NCCL_*, OMP_*, KMP_* always are)",
+        metavar="NAME[=VALUE]",
+        help="pass this variable to the workers (repeatable; NAME=VALUE sets the value; an "
+        "unset NAME is an error). TensorFlow's own variables (a documented list, never "
+        "Terraform's TF_VAR_*/TF_TOKEN_*/TF_CLI_ARGS*) and TFPLACE_*, KERAS_*, PYTHON*, "
+        "XLA_*, CUDA_*, NCCL_*, OMP_*, KMP_* always go",
     )
     remote.add_argument(
         "--port",
@@ -130,9 +139,26 @@ def _add_launch(sub: Any) -> None:
         "restart code 143; any other code (1: an exception) ends the launch. any: restart "
         "on every failure",
     )
+    noise = launch.add_mutually_exclusive_group()
+    noise.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="the launcher's INFO lines (core shares, network, addresses) and TensorFlow's INFO "
+        "logs in the workers (TF_CPP_MIN_LOG_LEVEL=0)",
+    )
+    noise.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="the launcher's errors only, and TensorFlow's warnings hidden in the workers "
+        "(TF_CPP_MIN_LOG_LEVEL=2); by default workers get TF_CPP_MIN_LOG_LEVEL=1 (no INFO "
+        "logs). A TF_CPP_MIN_LOG_LEVEL set in the environment always wins",
+    )
     launch.add_argument("-m", dest="module", action="store_true", help="SCRIPT is a module")
     launch.add_argument("script", help="the Python script (or module with -m)")
     launch.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
+    launch.set_defaults(launch_parser=launch)
 
 
 def _add_tf_config(sub: Any) -> None:
@@ -263,10 +289,14 @@ def _k8s_tf_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def _launch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import logging
+    import os
+
     from tfplace.cluster._hosts import read_hostfile
     from tfplace.cluster._launch import launch
     from tfplace.errors import ClusterConfigError
 
+    parser = args.launch_parser  # its usage, not the top level's, on a bad option
     remote = args.hosts is not None or args.hostfile is not None
     if args.num_workers is None and not remote:
         parser.error("launch needs -n N (local workers), or --hosts / --hostfile")
@@ -280,12 +310,27 @@ def _launch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"--max-restarts must be >= 0, found {args.max_restarts}")
     if not math.isfinite(args.grace) or args.grace < 0:
         parser.error(f"--grace must be a finite number of seconds >= 0, found {args.grace}")
+    missing = _missing_target(args.script, args.module)
+    if missing is not None:  # before any worker starts, not N copies of Python's error
+        print(f"tfplace launch: {missing}", file=sys.stderr)
+        return 2
+    log = logging.getLogger("tfplace")
+    if args.verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    elif args.quiet:
+        log.setLevel(logging.ERROR)
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if args.verbose else "2" if args.quiet else "1")
     target = ["-m", args.script] if args.module else [args.script]
     try:
         hosts = read_hostfile(args.hostfile) if args.hostfile is not None else args.hosts
         result = launch(
             [sys.executable, *target, *args.args],
             args.num_workers,
+            env=env,
             grace_seconds=args.grace,
             host=args.host,
             network=args.network,
@@ -296,10 +341,45 @@ def _launch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             forward=args.forward,
             port=args.port,
         )
-    except ClusterConfigError as err:  # a bad --host or host list: nothing was started
+    except ClusterConfigError as err:  # a bad --host, host list or -x: nothing was started
         print(f"tfplace {err}", file=sys.stderr)  # "tfplace launch: host: ..."
         return 2
     return result.returncode
+
+
+#: Asks a fresh Python whether a module can be found as ``python -m`` would (the current folder
+#: first), without importing the module itself (its parent packages are imported).
+_FIND_MODULE = (
+    "import importlib.util, sys\n"
+    "try:\n    found = importlib.util.find_spec(sys.argv[1]) is not None\n"
+    "except Exception as err:\n    print(f'{type(err).__name__}: {err}'); found = False\n"
+    "sys.exit(0 if found else 1)"
+)
+
+
+def _missing_target(script: str, module: bool) -> str | None:
+    """Why the workers could not start ``script`` (or ``-m`` module), or None when they can."""
+    import os
+    import subprocess
+
+    if not module:
+        if os.path.isfile(script):
+            return None
+        return (
+            f"no such script {script!r} (expected a Python file, relative to {os.getcwd()}); "
+            "no worker was started. Fix: check the path, or use -m for a module"
+        )
+    done = subprocess.run(
+        [sys.executable, "-c", _FIND_MODULE, script], capture_output=True, text=True, check=False
+    )
+    if done.returncode == 0:
+        return None
+    why = f" ({done.stdout.strip()})" if done.stdout.strip() else ""
+    return (
+        f"no module named {script!r}{why} for this Python ({sys.executable}, from "
+        f"{os.getcwd()}); no worker was started. Fix: check the name, install the package, "
+        "or run from the folder that holds it"
+    )
 
 
 def _tf_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

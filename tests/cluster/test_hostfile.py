@@ -4,12 +4,15 @@ through a stand-in ssh client."""
 
 from __future__ import annotations
 
+import io
+import os
 import shlex
 import sys
 from pathlib import Path
 
 import pytest
 
+from tfplace.cluster._forward import TF_VARIABLES
 from tfplace.cluster._hosts import (
     HostSlots,
     parse_hostfile,
@@ -140,8 +143,61 @@ def test_forwarded_environment() -> None:
         "PYTHONPATH": "/src",
         "KERAS_BACKEND": "tensorflow",
     }
-    assert forwarded_env(env, ["MY_VAR", "TF_CONFIG"])["MY_VAR"] == "v"
-    assert "TF_CONFIG" not in forwarded_env(env, ["TF_CONFIG"])
+    assert forwarded_env(env, ["MY_VAR"])["MY_VAR"] == "v"
+    with pytest.raises(ClusterConfigError, match="each worker gets its own TF_CONFIG"):
+        forwarded_env(env, ["TF_CONFIG"])
+
+
+def test_terraforms_variables_never_reach_the_hosts() -> None:
+    """``TF_`` is Terraform's prefix too: its input variables, API tokens and CLI arguments
+    stay here; TensorFlow's own variables go, by the documented list (issue 26, item 2)."""
+    terraform = {
+        "TF_VAR_db_password": "s3cret",
+        "TF_TOKEN_app_terraform_io": "token",
+        "TF_CLI_ARGS": "-no-color",
+        "TF_CLI_ARGS_plan": "-refresh=false",
+        "TF_LOG": "DEBUG",
+        "TF_WORKSPACE": "prod",
+    }
+    tensorflow = {"TF_CPP_MIN_LOG_LEVEL": "1", "TF_XLA_FLAGS": "--tf_xla_auto_jit=2",
+                  "TF_ENABLE_ONEDNN_OPTS": "0", "TF_USE_LEGACY_KERAS": "0"}  # fmt: skip
+    assert forwarded_env({**terraform, **tensorflow}) == tensorflow
+    assert set(tensorflow) <= set(TF_VARIABLES)
+    page = (Path(__file__).resolve().parents[2] / "docs" / "clusters.md").read_text()
+    assert all(f"`{name}`" in page for name in TF_VARIABLES)  # the documented list is this one
+    # named explicitly, a variable goes (the user's choice)
+    assert forwarded_env(terraform, ["TF_WORKSPACE"]) == {"TF_WORKSPACE": "prod"}
+
+
+def test_x_name_value_sets_the_value_and_an_unset_name_is_an_error() -> None:
+    env = {"LR": "0.1"}
+    assert forwarded_env(env, ["LR", "SEED=3", "EMPTY="]) == {"LR": "0.1", "SEED": "3", "EMPTY": ""}
+    assert forwarded_env(env, ["LR=0.5"])["LR"] == "0.5"  # the value given wins, as mpirun -x
+    with pytest.raises(ClusterConfigError) as err:
+        forwarded_env(env, ["MISSING_VAR"])
+    assert "-x MISSING_VAR" in str(err.value) and "MISSING_VAR unset" in str(err.value)
+    assert "-x MISSING_VAR=VALUE" in str(err.value)
+    with pytest.raises(ClusterConfigError, match="expected NAME or NAME=VALUE"):
+        forwarded_env(env, ["=3"])
+
+
+@pytest.mark.slow
+def test_x_is_checked_before_anything_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    from tfplace.__main__ import main
+    from tfplace.cluster._launch import launch
+
+    # node-unreachable.invalid is never asked: the bad -x ends the launch first
+    assert (
+        main(["launch", "--hosts", "node-unreachable.invalid", "-x", "NOT_SET_HERE_X", __file__])
+        == 2
+    )
+    assert "-x NOT_SET_HERE_X: expected a variable set" in capsys.readouterr().err
+    with pytest.raises(ClusterConfigError, match="-x NOT_SET_HERE_X"):
+        launch(["true"], 1, forward=["NOT_SET_HERE_X"], env={})
+    out = io.StringIO()
+    result = launch([sys.executable, "-c", "import os; print(os.environ['SEED'])"], 1,
+                    forward=["SEED=7"], env=dict(os.environ), out=out)  # fmt: skip
+    assert result.returncode == 0 and "[worker 0] 7" in out.getvalue()
 
 
 def test_launch_checks_the_host_list_before_anything_starts(
@@ -161,9 +217,9 @@ def test_launch_checks_the_host_list_before_anything_starts(
         main(["launch", "-n", "2", "--port", "3000", "x.py"])
     assert "--port goes with --hosts/--hostfile" in capsys.readouterr().err
 
-    assert main(["launch", "--hosts", "a:x", "x.py"]) == 2
+    assert main(["launch", "--hosts", "a:x", __file__]) == 2  # a script that exists
     assert "tfplace --hosts: entry 1: found 'x', expected a slot count" in capsys.readouterr().err
-    assert main(["launch", "--hostfile", str(tmp_path / "none"), "x.py"]) == 2
+    assert main(["launch", "--hostfile", str(tmp_path / "none"), __file__]) == 2
     assert "cannot read" in capsys.readouterr().err
 
     with pytest.raises(ClusterConfigError, match="found -n 3 workers, expected the 2 slots"):

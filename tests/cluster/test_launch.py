@@ -23,7 +23,7 @@ from helpers import CPU_ONLY_ENV, QUIET_ENV, alive, stop_launcher, wait_gone
 import tfplace
 from tfplace._decide.threads import split_threads
 from tfplace._facts.inventory import CPUInfo, _affinity, cpu_quota
-from tfplace.cluster import _launch
+from tfplace.cluster import _launch, _netns
 from tfplace.cluster._launch import free_ports, launch, tf_configs
 from tfplace.cluster._output import MAX_LINE, Lines
 
@@ -34,6 +34,11 @@ def script(tmp_path: Path, body: str) -> str:
     path = tmp_path / "worker.py"
     path.write_text(textwrap.dedent(body))
     return str(path)
+
+
+def worker_lines(text: str) -> list[str]:
+    """The workers' lines of a launch's output, without the launcher's own."""
+    return [line for line in text.splitlines() if not line.startswith("[tfplace launch] ")]
 
 
 def cli(*args: str) -> subprocess.Popen[str]:
@@ -65,8 +70,12 @@ def test_workers_get_their_tf_config_and_prefixed_output(tmp_path: Path) -> None
     assert result.worker_codes == (0, 0, 0)
     assert result.failed_worker is None
     assert result.attempts == 1
-    lines = sorted(out.getvalue().splitlines())
-    assert lines == [f"[worker {i}] task {i} {i} 0 x y" for i in range(3)]  # first start: 0
+    lines = sorted(worker_lines(out.getvalue()))
+    assert lines == [f"[worker {i}] task {i} {i} 0 x y" for i in range(3)]
+    started = re.findall(r"\[tfplace launch\] worker (\d): pid (\d+) on host (\S+)", out.getvalue())
+    assert [w for w, _, _ in started] == ["0", "1", "2"] and len(
+        {p for _, p, _ in started}
+    ) == 3  # first start: 0
 
 
 def test_one_failing_worker_stops_the_others_and_leaves_nothing(tmp_path: Path) -> None:
@@ -137,7 +146,7 @@ def test_signals_are_forwarded_and_workers_stopped(tmp_path: Path, sig: int) -> 
         while len(pids) < 2:
             line = proc.stdout.readline()
             assert line, "launcher ended early"
-            if " pid " in line:
+            if line.startswith("[worker") and " pid " in line:
                 pids.append(int(line.split()[-1]))
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=30)
@@ -291,7 +300,7 @@ def test_a_host_that_is_not_here_is_a_clear_error_not_a_socket_error() -> None:
         assert repr(host) in str(info.value)
         assert isinstance(info.value.__cause__, OSError)  # the socket error stays chained
     proc = subprocess.run(
-        [sys.executable, "-m", "tfplace", "launch", "-n", "2", "--host", "bad host", "x.py"],
+        [sys.executable, "-m", "tfplace", "launch", "-n", "2", "--host", "bad host", __file__],
         capture_output=True,
         text=True,
         check=False,
@@ -346,7 +355,7 @@ def test_on_line_gets_each_workers_lines_without_the_prefix(tmp_path: Path) -> N
             [f"out {i}", f"[worker 9] looks like a prefix {i}", f"err {i}"]
         )
     # The prefixed copy still goes to ``out``.
-    assert sorted(out.getvalue().splitlines()) == sorted(f"[worker {i}] {t}" for i, t in lines)
+    assert sorted(worker_lines(out.getvalue())) == sorted(f"[worker {i}] {t}" for i, t in lines)
 
 
 MESSY_WORKER = r"""
@@ -379,7 +388,7 @@ def test_every_line_a_worker_writes_carries_its_prefix(tmp_path: Path) -> None:
     result = launch([sys.executable, path], 2, out=out, on_line=lambda *a: seen.append(a))
     assert result.returncode == 0
     text = out.getvalue()
-    lines = text.splitlines()  # Python's idea of a line: \r, \x0c, ... included
+    lines = worker_lines(text)  # Python's idea of a line: \r, \x0c, ... included
     unprefixed = [line for line in lines if not re.match(r"\[worker [01]\] ", line)]
     assert unprefixed == [], text
     for i in range(2):
@@ -700,12 +709,12 @@ def test_under_the_switch_a_launch_that_falls_back_fails_the_network_test(
         import sys
         sys.path[:0] = [{str(here)!r}, {str(here.parent)!r}]
         import pytest
-        from tfplace.cluster import _launch
+        from tfplace.cluster import _launch, _netns
 
         @pytest.fixture(autouse=True)
         def no_namespace(monkeypatch):
             monkeypatch.setattr(
-                _launch._PrivateNetwork, "open", classmethod(lambda cls: "not allowed here")
+                _netns.PrivateNetwork, "open", classmethod(lambda cls: "not allowed here")
             )
         """
     )
@@ -739,9 +748,7 @@ def run_netns_probe(tmp_path: Path, **kwargs: object) -> list[str]:
 def test_when_no_namespace_can_be_made_the_launch_warns_and_still_runs(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(
-        _launch._PrivateNetwork, "open", classmethod(lambda cls: "not allowed here")
-    )
+    monkeypatch.setattr(_netns.PrivateNetwork, "open", classmethod(lambda cls: "not allowed here"))
     with caplog.at_level(logging.INFO, logger="tfplace"):
         namespaces = run_netns_probe(tmp_path)
     assert namespaces == [os.readlink("/proc/self/ns/net")] * 2  # the machine's own network

@@ -569,19 +569,39 @@ def spec(code: str, heartbeat: float = 30.0) -> dict[str, object]:
     }
 
 
+def first_line(proc: subprocess.Popen[bytes]) -> bytes:
+    """The worker's first line, after the wrapper's own start line."""
+    assert proc.stdout is not None
+    start = proc.stdout.readline()
+    assert re.fullmatch(rb"\x02tfplace start \d+ \S+\n", start), start
+    return proc.stdout.readline()
+
+
 def test_the_wrapper_passes_the_exit_code_environment_and_folder() -> None:
     proc = wrapper(spec("import os, sys; print(os.environ['X'], os.getcwd()); sys.exit(7)"))
     assert proc.stdout is not None and proc.stdin is not None
     out = proc.stdout.read()  # the input stays open: closing it would stop the worker
     proc.wait(timeout=30)
     proc.stdin.close()
-    assert proc.returncode == 7 and out.split() == [b"1", b"/"]
+    start, worker, end = out.splitlines()
+    assert proc.returncode == 7 and worker.split() == [b"1", b"/"]
+    assert start.startswith(b"\x02tfplace start ") and end == b"\x02tfplace exit 7"
+
+
+def test_the_wrapper_reports_a_death_by_signal_as_such() -> None:
+    """ssh can pass back only 128 + n; the wrapper's last line says the worker was killed."""
+    proc = wrapper(spec("import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
+    assert proc.stdout is not None and proc.stdin is not None
+    out = proc.stdout.read()
+    proc.wait(timeout=30)
+    proc.stdin.close()
+    assert proc.returncode == 137 and out.splitlines()[-1] == b"\x02tfplace exit -9"
 
 
 def test_the_wrapper_stops_its_worker_when_its_input_closes() -> None:
     proc = wrapper(spec("import time; print('up', flush=True); time.sleep(60)"))
     assert proc.stdout is not None and proc.stdin is not None
-    assert proc.stdout.readline() == b"up\n"
+    assert first_line(proc) == b"up\n"
     t0 = time.monotonic()
     proc.stdin.close()
     proc.wait(timeout=30)
@@ -593,7 +613,7 @@ def test_the_wrapper_stops_its_worker_when_the_heartbeat_stops() -> None:
     t0 = time.monotonic()  # before the wrapper starts its heartbeat clock
     proc = wrapper(spec("import time; print('up', flush=True); time.sleep(60)", heartbeat=1.0))
     assert proc.stdout is not None and proc.stdin is not None
-    assert proc.stdout.readline() == b"up\n"
+    assert first_line(proc) == b"up\n"
     proc.wait(timeout=30)  # no "." sent: stopped after 1 s
     proc.stdin.close()
     assert proc.returncode == 128 + 15
@@ -604,7 +624,7 @@ def test_the_wrapper_forwards_a_signal_and_kills_on_request() -> None:
     code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"  # noqa: E501
     proc = wrapper(spec(code))
     assert proc.stdout is not None and proc.stdin is not None
-    assert proc.stdout.readline() == b"up\n"
+    assert first_line(proc) == b"up\n"
     proc.stdin.write(b"SIG 15\n")  # ignored by the worker
     proc.stdin.flush()
     time.sleep(0.3)

@@ -28,7 +28,8 @@ from typing import Any
 import pytest
 from helpers import QUIET_ENV, stop_launcher, wait_gone
 
-from tfplace.cluster._launch import LaunchResult, Restart, _Restarts, launch
+from tfplace.cluster._core import Failure, Restart, RestartPolicy
+from tfplace.cluster._launch import LaunchResult, launch
 from tfplace.cluster._restarts import RESTART_COUNT_ENV, RESTART_EXIT_CODE
 
 pytestmark = pytest.mark.slow
@@ -208,7 +209,7 @@ def test_the_restart_verdict_is_typed(
     decision: Restart,
     reason: str,
 ) -> None:
-    verdict = _Restarts(limit, on).verdict(returncode, attempt)
+    verdict = RestartPolicy(limit, on).verdict(Failure.of(returncode), attempt)
     assert verdict.decision is decision
     assert verdict.restart is (decision is Restart.RESTART)
     assert reason in verdict.reason and bool(verdict.reason) is bool(reason)

@@ -1,58 +1,54 @@
-"""The local multi-worker launcher behind ``tfplace launch``.
+"""``tfplace launch``: the public entry, and the local transport of the launcher core.
 
-Starts N worker processes of the current Python, each with its own ``TF_CONFIG`` on free
-loopback ports, prefixes every output line with the worker's index, forwards Ctrl-C and
-SIGTERM, and as soon as one worker fails stops the others (SIGTERM, then SIGKILL after a
-grace period) and exits with that worker's code. Each worker runs in its own process group,
-so whatever it started is stopped with it.
+:func:`launch` checks its arguments, then hands a transport to the one supervision core
+(:mod:`tfplace.cluster._core`: group states, failures, the restart policy, signals, the stop):
+:class:`LocalWorkers` here for N worker processes of the current Python on this machine, or
+the ssh transport of :mod:`tfplace.cluster._remote` for workers on other hosts.
 
-With ``max_restarts=N`` a failed group is started again, whole (a single restarted
-MultiWorkerMirroredStrategy worker could deadlock the collectives of the others), on new
-ports and with ``TFPLACE_RESTART_COUNT`` set, up to N times. What is retried follows
-Kubeflow's ``restartPolicy: ExitCode`` (kubeflow/training-operator,
+Local workers each get their own ``TF_CONFIG`` on free loopback ports (new ones at each
+restart) and run in their own process group, so whatever a worker starts is stopped with it.
+Each worker's TensorFlow thread pools are sized to its share of the usable cores
+(:func:`split_threads`, pure) through ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS``,
+unless the environment sets them already; on Linux the workers share a private network with
+only a loopback interface (:mod:`tfplace.cluster._netns`).
+
+Restarts follow Kubeflow's ``restartPolicy: ExitCode`` (kubeflow/training-operator,
 ``pkg/util/train/train_util.go``, ``IsRetryableExitCode``): a death by a signal and the
-restart exit code 143 are retried, an ordinary error code (1, 2, ...) is permanent, since the
-same program would fail the same way again; ``restart_on="any"`` retries every failure.
-A signal to the launcher itself (Ctrl-C, SIGTERM) is never a reason to restart.
-
-Two things keep local workers from getting in each other's way and out of reach:
-
-- Core shares (:func:`split_threads`, pure): each worker's TensorFlow thread pools are sized
-  to its share of the usable cores through ``TF_NUM_INTRAOP_THREADS`` /
-  ``TF_NUM_INTEROP_THREADS``, unless the environment sets them already.
-- A private network: TensorFlow's gRPC server always listens on every interface
-  (``GrpcServer::Init`` binds ``0.0.0.0:<port>``, whatever host ``TF_CONFIG`` names), and its
-  distributed runtime has no authentication. On Linux the workers therefore run in one
-  private network namespace that has only a loopback interface (as root, or through an
-  unprivileged user namespace); where that is impossible the launch log warns.
+restart exit code 143 are retried, an ordinary error code (1, 2, ...) is permanent;
+``restart_on="any"`` retries every failure. A signal to the launcher itself is never a reason
+to restart.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
-import errno
-import ipaddress
 import logging
 import math
 import os
-import select
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import IO, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO
 
 from tfplace._decide.threads import split_threads
-from tfplace._facts.cluster.spec import ClusterSpec, check_host
+from tfplace._facts.cluster.spec import ClusterSpec, check_host, parse_tf_config
+from tfplace.cluster._core import (
+    RESTART_ON,
+    LaunchResult,
+    RestartPolicy,
+    Supervision,
+    Transport,
+    supervise,
+)
+from tfplace.cluster._forward import forward_values
 from tfplace.cluster._hosts import HostSlots
+from tfplace.cluster._netns import NETWORKS, PrivateNetwork, choose_network
 from tfplace.cluster._output import WorkerOutput
-from tfplace.cluster._restarts import RESTART_COUNT_ENV, RESTART_EXIT_CODE, is_retryable
+from tfplace.cluster._restarts import RESTART_COUNT_ENV
 from tfplace.errors import ClusterConfigError
 
 __all__ = ["LaunchResult", "free_ports", "launch", "tf_configs"]
@@ -126,6 +122,22 @@ def tf_configs(hosts: Sequence[str], port: int = 2222) -> list[str]:
     return [spec.for_task(i).to_tf_config() for i in range(spec.num_workers)]
 
 
+def _replaced_tf_config(value: str | None) -> None:
+    """Say, in one line, that the launcher's own ``TF_CONFIG`` is not what the workers get."""
+    if value is None or not value.strip():
+        return
+    try:
+        parse_tf_config(value)
+    except ClusterConfigError as err:
+        log.warning(
+            "tfplace launch: the TF_CONFIG of this environment is not valid (%s); it is not "
+            "used: each worker gets its own TF_CONFIG from the launcher",
+            err,
+        )
+        return
+    log.info("tfplace launch: each worker gets its own TF_CONFIG, not this environment's")
+
+
 def _usable_cores() -> int:
     from tfplace._facts.inventory import CPUInfo, _affinity, cpu_quota
 
@@ -134,247 +146,42 @@ def _usable_cores() -> int:
     ).usable_cores
 
 
-# A process that creates the workers' network namespace (with only the loopback interface,
-# brought up) and holds it open until its standard input closes. Run with ``python -I -S``.
-_HOLDER = """
-import ctypes, fcntl, os, socket, struct, sys
-NEWNET, NEWUSER = 0x40000000, 0x10000000
-try:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(NEWNET) != 0:
-        uid, gid = os.getuid(), os.getgid()
-        if libc.unshare(NEWUSER | NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET), also with CLONE_NEWUSER")
-        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
-                           ("gid_map", f"{gid} {gid} 1")):
-            with open(f"/proc/self/{name}", "w") as f:
-                f.write(text)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # bring lo up
-        ifreq = fcntl.ioctl(s, 0x8913, struct.pack("16sH14x", b"lo", 0))
-        flags = struct.unpack("16sH14x", ifreq)[1]
-        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))
-except Exception as err:
-    print("FAIL", err, flush=True)
-    sys.exit(0)
-print("READY", flush=True)
-sys.stdin.read()
-"""
+class LocalWorkers(Transport):
+    """The local transport: worker processes of this machine, each in its own process group
+    (so that whatever a worker starts is stopped with it), in the private network if any."""
 
-# Joins the holder's namespaces (argv[1] is its pid), then becomes the worker (exec: same pid).
-_ENTER = """
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-pid = sys.argv[1]
-for kind, flag in (("user", 0x10000000), ("net", 0x40000000)):
-    if os.readlink(f"/proc/{pid}/ns/{kind}") == os.readlink(f"/proc/self/ns/{kind}"):
-        continue
-    fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY)
-    if libc.setns(fd, flag) != 0:
-        sys.exit(f"tfplace launch: cannot join the workers' {kind} namespace: "
-                 + os.strerror(ctypes.get_errno()))
-    os.close(fd)
-os.execvp(sys.argv[2], sys.argv[2:])
-"""
-
-NETWORKS = ("auto", "private", "host")
-
-
-class _PrivateNetwork:
-    """A network namespace that only the workers share, held by a small process."""
-
-    def __init__(self, holder: subprocess.Popen[str]) -> None:
-        self.holder = holder
-
-    @classmethod
-    def open(cls) -> _PrivateNetwork | str:
-        """The namespace, or why there cannot be one here."""
-        if not sys.platform.startswith("linux"):
-            return f"network namespaces are Linux-only (this is {sys.platform})"
-        try:
-            holder = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _HOLDER],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-            )
-        except OSError as err:
-            return f"cannot start the namespace holder ({err})"
-        assert holder.stdout is not None
-        try:
-            # The holder answers at once; a hung one must not hang the launch.
-            ready, _, _ = select.select([holder.stdout], [], [], 10.0)
-            first = holder.stdout.readline().strip() if ready else ""
-        except BaseException:
-            cls(holder).close()
-            raise
-        if first == "READY":
-            return cls(holder)
-        cls(holder).close()
-        if not ready:
-            return "the namespace holder did not answer within 10 s"
-        return first.removeprefix("FAIL ") or "the namespace holder ended without a word"
-
-    def wrap(self, command: Sequence[str], env: Mapping[str, str]) -> list[str]:
-        # The worker's program is found here, as Popen would find it, so that a missing one
-        # is still FileNotFoundError in the launcher and not a failing worker.
-        program = command[0]
-        if os.sep not in program:
-            found = shutil.which(program, path=env.get("PATH", os.defpath))
-            if found is None:
-                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
-        elif not os.access(program, os.X_OK):
-            kind = errno.EACCES if os.path.exists(program) else errno.ENOENT
-            raise (PermissionError if kind == errno.EACCES else FileNotFoundError)(
-                kind, os.strerror(kind), program
-            )
-        return [sys.executable, "-I", "-S", "-c", _ENTER, str(self.holder.pid), *command]
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            if self.holder.stdin is not None:
-                self.holder.stdin.close()
-        try:
-            self.holder.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.holder.kill()
-            self.holder.wait()
-        if self.holder.stdout is not None:
-            self.holder.stdout.close()
-
-
-def _is_loopback(host: str) -> bool:
-    bare = host.strip("[]")
-    if bare == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(bare).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True)
-class LaunchResult:
-    """How a launch ended.
-
-    Attributes:
-        returncode: 0 when every worker succeeded, else the first failing worker's code
-            (128 + signal number for a worker killed by a signal) in the last attempt.
-        worker_codes: each worker's exit code in the last attempt (128 + N for a worker a
-            signal N ended, the launcher's SIGTERM/SIGKILL included; None only for a worker
-            that never started).
-        failed_worker: the index of the first worker that failed in the last attempt, or None.
-        seconds: wall time of the launch, all attempts together.
-        attempts: how many times the group was started (1 + the restarts).
-    """
-
-    returncode: int
-    worker_codes: tuple[int | None, ...]
-    failed_worker: int | None
-    seconds: float
-    attempts: int = 1
-
-    def __str__(self) -> str:
-        """One line: how the launch ended, each worker's exit code, the time and attempts.
-
-        Example:
-            >>> print(LaunchResult(3, (0, 3, 143), 1, 4.25, attempts=2))
-            launch failed: worker 1 exited with code 3; exit codes 0, 3, 143; 4.2 s, 2 attempts
-            >>> print(LaunchResult(0, (0, 0), None, 1.5))
-            launch succeeded: 2 workers exited with code 0; 1.5 s, 1 attempt
-        """
-        codes = ", ".join("not started" if c is None else str(c) for c in self.worker_codes)
-        tries = f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}"
-        if self.returncode == 0:
-            head = f"launch succeeded: {len(self.worker_codes)} workers exited with code 0"
-            return f"{head}; {self.seconds:.1f} s, {tries}"
-        if self.failed_worker is None:
-            head = f"launch stopped with code {self.returncode} (the launcher was signalled)"
-        else:
-            head = f"launch failed: worker {self.failed_worker} exited with code {self.returncode}"
-        return f"{head}; exit codes {codes}; {self.seconds:.1f} s, {tries}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary."""
-        return {
-            "returncode": self.returncode,
-            "worker_codes": list(self.worker_codes),
-            "failed_worker": self.failed_worker,
-            "seconds": self.seconds,
-            "attempts": self.attempts,
-        }
-
-
-def _code(returncode: int) -> int:
-    return 128 - returncode if returncode < 0 else returncode
-
-
-RESTART_ON = ("retryable", "any")
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def _cause(worker: int, returncode: int) -> str:
-    """Why a worker failed, in words: ``worker 1 was killed by SIGKILL (exit code 137)``."""
-    code = _code(returncode)
-    if returncode < 0:
-        return f"worker {worker} was killed by {_signal_name(-returncode)} (exit code {code})"
-    if code == RESTART_EXIT_CODE:
-        return f"worker {worker} exited with the restart exit code {code}"
-    if is_retryable(code):
-        return f"worker {worker} exited with code {code} (128 + {_signal_name(code - 128)})"
-    return f"worker {worker} exited with code {code}"
-
-
-class _Interrupt:
-    """The signal the launcher itself received (Ctrl-C, SIGTERM), shared by every attempt."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-
-
-class _Launch:
     def __init__(
         self,
         command: Sequence[str],
-        cluster: ClusterSpec,
+        num_workers: int,
+        host: str,
         env: Mapping[str, str],
-        grace: float,
-        out: IO[str],
-        on_line: Callable[[int, str], None] | None,
-        network: _PrivateNetwork | None,
-        interrupt: _Interrupt,
+        network: PrivateNetwork | None,
+        ports: list[int],
     ) -> None:
         self.command = list(command)
-        self.network = network
-        self.cluster = cluster
+        self.num_workers = num_workers
+        self.host = host
         self.env = env
-        self.grace = grace
-        self.output = WorkerOutput(out, on_line)
+        self.network = network
+        self.ports = ports
         self.procs: list[subprocess.Popen[bytes]] = []
         self.readers: list[threading.Thread] = []
-        self.interrupt = interrupt
 
     @property
-    def callback_error(self) -> BaseException | None:
-        """What ``on_line`` raised, if it did (the launch stops and re-raises it)."""
-        return self.output.callback_error
+    def size(self) -> int:
+        return self.num_workers
 
-    def _pump(self, index: int, stream: IO[bytes]) -> None:
-        """Copy one of a worker's streams to the output, ``[worker i]`` on every line."""
-        self.output.pump(index, f"[worker {index}] ", stream)
+    def prepare(self, attempt: int) -> None:
+        if attempt > 1:  # the first ports were found (and the host checked) by launch()
+            self.ports = _free_ports(self.num_workers, self.host, "launch")
 
-    def start(self) -> None:
-        n = self.cluster.num_workers
-        for i in range(n):
-            env = dict(self.env)
-            env["TF_CONFIG"] = self.cluster.for_task(i).to_tf_config()
+    def start(self, attempt: int, output: WorkerOutput) -> None:
+        self.procs, self.readers = [], []
+        cluster = ClusterSpec.local(self.ports, self.host)
+        for i in range(self.num_workers):
+            env = {**self.env, RESTART_COUNT_ENV: str(attempt - 1)}
+            env["TF_CONFIG"] = cluster.for_task(i).to_tf_config()
             env["TFPLACE_WORKER_INDEX"] = str(i)
             env.setdefault("PYTHONUNBUFFERED", "1")
             proc = subprocess.Popen(
@@ -386,12 +193,20 @@ class _Launch:
                 start_new_session=True,
             )
             self.procs.append(proc)
+            output.say(f"worker {i}: pid {proc.pid} on host {socket.gethostname()}")
             for stream in (proc.stdout, proc.stderr):
                 assert stream is not None
-                reader = threading.Thread(target=self._pump, args=(i, stream), daemon=True)
+                reader = threading.Thread(
+                    target=output.pump, args=(i, f"[worker {i}] ", stream), daemon=True
+                )
                 reader.start()
                 self.readers.append(reader)
-        log.info("tfplace launch: %d workers on %s", n, ", ".join(self.cluster.addresses("worker")))
+        log.info(
+            "tfplace launch: %d workers on %s", self.size, ", ".join(cluster.addresses("worker"))
+        )
+
+    def returncodes(self) -> list[int | None]:
+        return [p.poll() for p in self.procs]
 
     def _signal_all(self, sig: int) -> None:
         for proc in self.procs:
@@ -399,10 +214,9 @@ class _Launch:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, sig)
 
-    def stop_all(self, first: int = signal.SIGTERM) -> None:
-        """Signal every live worker group, then SIGKILL after the grace period."""
-        self._signal_all(first)
-        deadline = time.monotonic() + self.grace
+    def stop(self, sig: int, grace: float) -> None:
+        self._signal_all(sig)
+        deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):
             time.sleep(0.05)
         self._signal_all(signal.SIGKILL)
@@ -415,32 +229,13 @@ class _Launch:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
 
-    def wait(self) -> tuple[int, int | None]:
-        while True:
-            if self.callback_error is not None:
-                self._say("the on_line callback raised an error; stopping the workers")
-                self.stop_all()
-                raise self.callback_error
-            stop_signal = self.interrupt.signal
-            if stop_signal is not None:
-                self._say(f"received signal {stop_signal}; stopping the workers")
-                self.stop_all(stop_signal)
-                return 128 + stop_signal, None
-            codes = [p.poll() for p in self.procs]
-            for i, code in enumerate(codes):
-                if code is not None and code != 0:
-                    self._say(f"worker {i} exited with code {_code(code)}; stopping the others")
-                    self.stop_all()
-                    return _code(code), i
-            if all(code == 0 for code in codes):
-                # Every worker succeeded: whatever they left running in their groups goes too,
-                # and so the output pipes close and the readers end.
-                self._kill_groups()
-                return 0, None
-            time.sleep(0.01)
-
-    def _say(self, text: str) -> None:
-        self.output.say(text)
+    def finish(self) -> None:
+        # After success too: whatever the workers left running in their groups goes, and so
+        # the output pipes close and the readers end.
+        if all(p.poll() is not None for p in self.procs):
+            self._kill_groups()
+        for reader in self.readers:
+            reader.join(timeout=5)
 
 
 def launch(
@@ -469,7 +264,9 @@ def launch(
         command: the program and its arguments, e.g. ``[sys.executable, "train.py"]``.
         num_workers: how many workers (>= 1).
         env: the base environment (default: this process's); each worker also gets
-            ``TF_CONFIG`` and ``TFPLACE_WORKER_INDEX``.
+            ``TF_CONFIG`` and ``TFPLACE_WORKER_INDEX``, and ``TF_CPP_MIN_LOG_LEVEL=1`` (no
+            TensorFlow INFO logs) unless ``env`` sets it. A ``TF_CONFIG`` in ``env`` is
+            replaced (the log says so; a WARNING where it is not valid).
         grace_seconds: how long stopped workers get between SIGTERM and SIGKILL.
         host: the local address the workers listen on: IPv4, IPv6 or a name of this machine.
         out: where every output line goes, prefixed with ``[worker i]`` (default: standard
@@ -500,7 +297,11 @@ def launch(
             and ``network`` do not apply (``network="private"`` is an error); a lost host
             (ssh's exit code 255) is retried like a killed worker.
         ssh: with ``hosts``: the ssh client and the user's own options.
-        forward: with ``hosts``: names of more variables of ``env`` to pass to the workers.
+        forward: more variables for the workers, as ``mpirun -x`` takes them: ``"NAME"``
+            passes ``env``'s value (an unset NAME is a ``ClusterConfigError``),
+            ``"NAME=VALUE"`` sets VALUE. With ``hosts`` these are added to what is always
+            forwarded (TensorFlow's own variables by an explicit list, never Terraform's
+            ``TF_VAR_*``/``TF_TOKEN_*``/``TF_CLI_ARGS*``; see ``docs/clusters.md``).
         port: with ``hosts``: a fixed port base (checked free on each host) instead of free
             ports.
 
@@ -552,6 +353,9 @@ def launch(
         raise ValueError(f"max_restarts must be an int >= 0, found {max_restarts!r}")
     if restart_on not in RESTART_ON:
         raise ValueError(f"restart_on must be one of {RESTART_ON}, found {restart_on!r}")
+    env = dict(os.environ if env is None else env)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's INFO logs would bury the output
+    _replaced_tf_config(env.get("TF_CONFIG"))
     if hosts is not None:
         from tfplace.cluster._remote import launch_on_hosts
 
@@ -561,7 +365,7 @@ def launch(
                 f"{hosts!r}. Fix: leave network out with hosts (docs: clusters.md, 'The "
                 "hostfile launcher', for what is exposed)"
             )
-        outcome = launch_on_hosts(
+        return launch_on_hosts(
             command,
             hosts,
             num_workers=num_workers,
@@ -575,261 +379,24 @@ def launch(
             max_restarts=max_restarts,
             restart_on=restart_on,
         )
-        return LaunchResult(*outcome)
     assert num_workers is not None
     ports = _free_ports(num_workers, host, "launch")  # checks the host before anything starts
     started = time.monotonic()
-    base = dict(os.environ if env is None else env)
+    base = {**env, **forward_values(forward, env)}
     threads = split_threads(_usable_cores(), num_workers, base)
     for reason in threads.reasons:
         log.info("tfplace launch: %s", reason)
     base.update(threads.set_env)
-    private = _network(network, host)
-    config = _RunConfig(
-        command=tuple(command),
-        host=host,
-        env=base,
-        grace_seconds=grace_seconds,
-        out=out or sys.stdout,
-        on_line=on_line,
-        network=private,
-        restarts=_Restarts(max_restarts, restart_on),
-        started=started,
+    private = choose_network(network, host)
+    workers = LocalWorkers(command, num_workers, host, base, private, ports)
+    how = Supervision(
+        RestartPolicy(max_restarts, restart_on),
+        grace_seconds,
+        WorkerOutput(out or sys.stdout, on_line),
+        started,
     )
     try:
-        return _run(config, ports)
+        return supervise(workers, how)
     finally:
         if private is not None:
             private.close()
-
-
-def _network(network: str, host: str) -> _PrivateNetwork | None:
-    """The private namespace the workers will share, or None (with the reason logged)."""
-    if network == "host":
-        log.info("tfplace launch: network='host': the workers' ports are open on every interface")
-        return None
-    if not _is_loopback(host):
-        if network == "private":
-            raise ClusterConfigError(
-                f"launch: network='private' needs a loopback host, found {host!r}. "
-                "Fix: use host='127.0.0.1' (or '::1'), or network='host'"
-            )
-        log.info(
-            "tfplace launch: host %r is not a loopback address: the workers use this "
-            "machine's network and listen on every interface",
-            host,
-        )
-        return None
-    opened = _PrivateNetwork.open()
-    if isinstance(opened, str):
-        if network == "private":
-            raise ClusterConfigError(
-                f"launch: network='private': expected a private network namespace, found "
-                f"none can be made here ({opened}). Fix: run as root or allow unprivileged "
-                "user namespaces (kernel.unprivileged_userns_clone=1), or use network='auto'"
-            )
-        log.warning(
-            "tfplace launch: the workers' TensorFlow servers listen on every network "
-            "interface and could not be isolated (%s): anyone who can reach this machine can "
-            "connect to them, and TensorFlow's runtime has no authentication. Run on a "
-            "trusted network or behind a firewall (docs: multi-worker.md, 'Network exposure')",
-            opened,
-        )
-        return None
-    log.info(
-        "tfplace launch: the workers share a private network namespace (loopback only): "
-        "unreachable from outside this machine, and without outbound network access; "
-        "network='host' keeps the machine's network"
-    )
-    return opened
-
-
-class Restart(enum.Enum):
-    """What happens after a failed attempt (see :meth:`_Restarts.verdict`)."""
-
-    #: Start the whole group again.
-    RESTART = "restart"
-    #: ``max_restarts=0``: restarts were not asked for; the failure ends the launch silently.
-    NOT_ASKED = "not asked"
-    #: ``max_restarts`` restarts were made already.
-    EXHAUSTED = "exhausted"
-    #: The exit code is a permanent failure (and ``restart_on="retryable"``).
-    PERMANENT = "permanent"
-
-
-@dataclass(frozen=True)
-class _Verdict:
-    """Whether a failed attempt is restarted, and why not, in words."""
-
-    decision: Restart
-    reason: str = ""
-
-    @property
-    def restart(self) -> bool:
-        return self.decision is Restart.RESTART
-
-
-@dataclass(frozen=True)
-class _Restarts:
-    limit: int
-    on: str
-
-    def verdict(self, returncode: int, attempt: int) -> _Verdict:
-        """Whether the failed ``attempt`` (1-based), ended by ``returncode``, is restarted.
-
-        Example:
-            >>> _Restarts(2, "retryable").verdict(1, 1).decision
-            <Restart.PERMANENT: 'permanent'>
-            >>> _Restarts(2, "retryable").verdict(-9, 1).restart
-            True
-        """
-        if attempt > self.limit:
-            if self.limit == 0:
-                return _Verdict(Restart.NOT_ASKED)
-            return _Verdict(
-                Restart.EXHAUSTED,
-                f"restarts exhausted: {attempt} attempts (1 start + {self.limit} restarts)",
-            )
-        if self.on != "any" and not is_retryable(returncode):
-            return _Verdict(
-                Restart.PERMANENT,
-                f"exit code {_code(returncode)} is a permanent failure (retryable: a death "
-                f"by a signal, or the restart exit code {RESTART_EXIT_CODE}); "
-                "restart_on='any' (--restart-on any) restarts every failure",
-            )
-        return _Verdict(Restart.RESTART)
-
-
-@dataclass(frozen=True)
-class _RunConfig:
-    """Everything one launch needs to start its attempts, checked by :func:`launch`."""
-
-    command: tuple[str, ...]
-    host: str
-    env: Mapping[str, str]
-    grace_seconds: float
-    out: IO[str]
-    on_line: Callable[[int, str], None] | None
-    network: _PrivateNetwork | None
-    restarts: _Restarts
-    started: float
-
-
-@contextlib.contextmanager
-def _signals_to(interrupt: _Interrupt) -> Iterator[None]:
-    """Record SIGINT and SIGTERM in ``interrupt`` meanwhile (main thread only; restored)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_signal(sig: int, _frame: object) -> None:
-        interrupt.signal = sig
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def _run(config: _RunConfig, ports: list[int]) -> LaunchResult:
-    """Start the group, and again after each failure the restart policy allows."""
-    interrupt = _Interrupt()
-    with _signals_to(interrupt):
-        attempt = 1
-        while True:
-            run = _Launch(
-                config.command,
-                ClusterSpec.local(ports, config.host),
-                {**config.env, RESTART_COUNT_ENV: str(attempt - 1)},
-                config.grace_seconds,
-                config.out,
-                config.on_line,
-                config.network,
-                interrupt,
-            )
-            code, failed = _attempt(run)
-            result = _result(run, code, failed, config.started, attempt)
-            if failed is None or not _restart(config, run, result, attempt, interrupt):
-                return result
-            ports = _free_ports(len(ports), config.host, "launch")
-            attempt += 1
-
-
-def _result(
-    run: _Launch, code: int, failed: int | None, started: float, attempt: int
-) -> LaunchResult:
-    return LaunchResult(
-        returncode=code,
-        worker_codes=tuple(
-            None if p.returncode is None else _code(p.returncode) for p in run.procs
-        ),
-        failed_worker=failed,
-        seconds=time.monotonic() - started,
-        attempts=attempt,
-    )
-
-
-def _restart(
-    config: _RunConfig, run: _Launch, result: LaunchResult, attempt: int, interrupt: _Interrupt
-) -> bool:
-    """Whether the failed ``attempt`` is restarted; says so, or why not, in the output and log."""
-    assert result.failed_worker is not None
-    raw = run.procs[result.failed_worker].returncode
-    assert raw is not None
-    cause = _cause(result.failed_worker, raw)
-    if interrupt.signal is not None:
-        run._say(f"received signal {interrupt.signal}; not restarting")
-        log.warning(
-            "tfplace launch: %s, and the launcher received signal %d: not restarting",
-            cause,
-            interrupt.signal,
-        )
-        return False
-    verdict = config.restarts.verdict(raw, attempt)
-    if verdict.decision is Restart.NOT_ASKED:
-        return False
-    if not verdict.restart:
-        run._say(f"not restarting: {verdict.reason}; exit code {result.returncode}")
-        log.warning(
-            "tfplace launch: %s on attempt %d; not restarting: %s. Exit code %d",
-            cause,
-            attempt,
-            verdict.reason,
-            result.returncode,
-        )
-        return False
-    n, limit = len(run.procs), config.restarts.limit
-    run._say(
-        f"restarting all {n} workers on new ports (restart {attempt} of {limit}, "
-        f"{RESTART_COUNT_ENV}={attempt})"
-    )
-    log.warning(
-        "tfplace launch: %s on attempt %d; restarting all %d workers on new ports "
-        "(restart %d of %d, %s=%d)",
-        cause,
-        attempt,
-        n,
-        attempt,
-        limit,
-        RESTART_COUNT_ENV,
-        attempt,
-    )
-    return True
-
-
-def _attempt(run: _Launch) -> tuple[int, int | None]:
-    """Start the group, wait for it to end; every worker has ended when this returns."""
-    try:
-        run.start()
-        code, failed = run.wait()
-    except BaseException:
-        run.stop_all()
-        raise
-    finally:
-        for reader in run.readers:
-            reader.join(timeout=5)
-    if run.callback_error is not None:  # raised while the last lines were read
-        raise run.callback_error
-    return code, failed

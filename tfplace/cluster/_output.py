@@ -86,21 +86,36 @@ class WorkerOutput:
             self.out.write(f"[tfplace launch] {text}\n")
             self.out.flush()
 
-    def pump(self, index: int, prefix: str, stream: IO[bytes]) -> None:
+    def pump(
+        self,
+        index: int,
+        prefix: str,
+        stream: IO[bytes],
+        control: Callable[[str], bool] | None = None,
+    ) -> None:
         """Copy ``stream`` to ``out`` until it ends, ``prefix`` on every line.
 
         A stream is read as it arrives and cut into lines by :class:`Lines`, whatever the sizes
         of the writes; give standard output and standard error a reader each, so that a line
-        half-written on one is never cut by a line of the other.
+        half-written on one is never cut by a line of the other. ``control`` sees each line
+        first; a line for which it returns True is the transport's own and is not written.
         """
         lines = Lines()
         read = getattr(stream, "read1", stream.read)
         while chunk := read(1 << 16):
-            self._emit(index, prefix, lines.feed(chunk))
-        self._emit(index, prefix, lines.finish())
+            self._emit(index, prefix, lines.feed(chunk), control)
+        self._emit(index, prefix, lines.finish(), control)
         stream.close()
 
-    def _emit(self, index: int, prefix: str, lines: list[str]) -> None:
+    def _emit(
+        self,
+        index: int,
+        prefix: str,
+        lines: list[str],
+        control: Callable[[str], bool] | None = None,
+    ) -> None:
+        if control is not None:
+            lines = [line for line in lines if not control(line)]
         if not lines:
             return
         with self.lock:  # whole lines at a time, so callbacks never run concurrently

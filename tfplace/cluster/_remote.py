@@ -22,8 +22,9 @@ written in the host list, with ports free on each host, and each worker's Tensor
 pools get its share of its host's cores (:func:`~tfplace._decide.threads.split_threads`).
 
 Only chosen variables of the launcher's environment reach the workers (ssh does not forward
-the environment): those named with a prefix of :data:`FORWARD_PREFIXES`, and any named in
-``forward``; the rest comes from the host's own login environment.
+the environment): TensorFlow's own by an explicit list, a few families by prefix, and those
+``forward`` names (:mod:`tfplace.cluster._forward`; never Terraform's ``TF_VAR_*``,
+``TF_TOKEN_*``, ``TF_CLI_ARGS*``); the rest comes from the host's own login environment.
 
 The ssh client runs with ``BatchMode=yes`` (never a password prompt), a 10 s connect timeout,
 and ``ServerAliveInterval=1`` / ``ServerAliveCountMax=3``: a host that stops answering (power
@@ -46,19 +47,30 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Any, NamedTuple
+from functools import partial
+from typing import IO, Any
 
 from tfplace._decide.threads import split_threads
 from tfplace._facts.cluster.spec import ClusterSpec
+from tfplace.cluster._core import (
+    LaunchResult,
+    LostLink,
+    RestartPolicy,
+    Supervision,
+    Transport,
+    supervise,
+)
+from tfplace.cluster._forward import FORWARD_PREFIXES, TF_VARIABLES, forwarded_env
 from tfplace.cluster._hosts import HostSlots, parse_hosts, worker_hosts
 from tfplace.cluster._output import WorkerOutput
-from tfplace.cluster._restarts import RESTART_COUNT_ENV, RESTART_EXIT_CODE, is_retryable
+from tfplace.cluster._restarts import RESTART_COUNT_ENV
 from tfplace.errors import ClusterConfigError
 
 __all__ = [
     "FORWARD_PREFIXES",
     "HEARTBEAT_TIMEOUT",
     "SSH_OPTIONS",
+    "TF_VARIABLES",
     "forwarded_env",
     "launch_on_hosts",
     "ssh_command",
@@ -78,11 +90,6 @@ SSH_OPTIONS = (
     "-o", "LogLevel=ERROR",
 )  # fmt: skip
 
-#: Variables of the launcher's environment that reach the workers, by name prefix.
-FORWARD_PREFIXES = (
-    "TF_", "TFPLACE_", "KERAS_", "PYTHON", "XLA_", "CUDA_", "NCCL_", "OMP_", "KMP_",
-)  # fmt: skip
-
 #: Seconds without the launcher's heartbeat after which a wrapper stops its worker.
 HEARTBEAT_TIMEOUT = 5.0
 
@@ -94,7 +101,7 @@ SSH_LOST = 255
 FAILURE_GRACE = 1.0
 
 _WRAPPER = r"""
-import json, os, signal, subprocess, sys, threading, time
+import json, os, signal, socket, subprocess, sys, threading, time
 spec = json.loads(sys.stdin.readline() or "null")
 if not spec:
     sys.exit(0)
@@ -106,6 +113,7 @@ try:
 except OSError as err:
     print("tfplace launch: cannot start %r here: %s" % (spec["argv"][0], err), flush=True)
     sys.exit(127)
+print("\x02tfplace start %d %s" % (proc.pid, socket.gethostname()), flush=True)
 state = {"seen": time.monotonic(), "stop": False}
 def group(sig):
     try:
@@ -140,6 +148,7 @@ while proc.poll() is None:
     time.sleep(0.05)
 group(signal.SIGKILL)
 code = proc.returncode
+print("\x02tfplace exit %d" % code, flush=True)
 os._exit(128 - code if code < 0 else code)
 """
 
@@ -184,32 +193,6 @@ def ssh_command(ssh: Sequence[str], host: str, remote: Sequence[str]) -> list[st
         True
     """
     return [*ssh, *SSH_OPTIONS, host.strip("[]"), shlex.join(remote)]
-
-
-def forwarded_env(env: Mapping[str, str], forward: Sequence[str] = ()) -> dict[str, str]:
-    """The part of ``env`` a remote worker gets (pure): :data:`FORWARD_PREFIXES` and ``forward``.
-
-    ``TF_CONFIG`` is never forwarded (each worker gets its own).
-
-    Example:
-        >>> forwarded_env({"TF_CPP_MIN_LOG_LEVEL": "2", "HOME": "/root", "LR": "0.1"}, ["LR"])
-        {'TF_CPP_MIN_LOG_LEVEL': '2', 'LR': '0.1'}
-    """
-    return {
-        k: v
-        for k, v in env.items()
-        if k != "TF_CONFIG" and (k.startswith(FORWARD_PREFIXES) or k in forward)
-    }
-
-
-class Outcome(NamedTuple):
-    """How a launch on hosts ended: the fields of ``LaunchResult``, in its order."""
-
-    returncode: int
-    worker_codes: tuple[int | None, ...]
-    failed_worker: int | None
-    seconds: float
-    attempts: int
 
 
 @dataclass(frozen=True)
@@ -298,6 +281,11 @@ def _probe_all(
         return [f.result() for f in futures]
 
 
+#: What starts the wrapper's own lines (its worker's pid at the start, the worker's raw
+#: return code at the end), which the launcher reads and does not print.
+CONTROL = "\x02tfplace "
+
+
 class _Worker:
     """One ssh client running the wrapper, and the thread that prefixes its output."""
 
@@ -306,6 +294,36 @@ class _Worker:
         self.host = host
         self.proc = proc
         self.lock = threading.Lock()
+        self.reader: threading.Thread | None = None
+        #: The worker's own ``Popen.returncode`` as its wrapper reported it (negative for a
+        #: death by a signal), once it did.
+        self.reported: int | None = None
+
+    def control(self, line: str, output: WorkerOutput) -> bool:
+        """Read one of the wrapper's own lines; True when ``line`` was one."""
+        if not line.startswith(CONTROL):
+            return False
+        words = line[len(CONTROL) :].split()
+        if words[:1] == ["start"] and len(words) == 3:
+            output.say(f"worker {self.index}: pid {words[1]} on host {words[2]}")
+        elif words[:1] == ["exit"] and len(words) == 2:
+            with contextlib.suppress(ValueError):
+                self.reported = int(words[1])
+        return True
+
+    def returncode(self) -> int | None:
+        """The ssh client's return code, or the worker's own where its wrapper reported it
+        (so that a worker killed by a signal on its host reads as one here too)."""
+        code = self.proc.poll()
+        if code is None or code == 0:
+            return code
+        if self.reader is not None:  # its last line (the report) is read before the pipe ends
+            self.reader.join(timeout=2.0)
+            self.reader = None
+        raw = self.reported
+        if raw is not None and (128 - raw if raw < 0 else raw) == code:
+            return raw
+        return code
 
     def send(self, word: str) -> None:
         with self.lock, contextlib.suppress(OSError, ValueError):
@@ -317,129 +335,6 @@ class _Worker:
         with self.lock, contextlib.suppress(OSError, ValueError):
             assert self.proc.stdin is not None
             self.proc.stdin.close()
-
-
-class _Interrupt:
-    def __init__(self) -> None:
-        self.signal: int | None = None
-
-
-class _Group:
-    def __init__(
-        self,
-        out: IO[str],
-        on_line: Callable[[int, str], None] | None,
-        interrupt: _Interrupt,
-    ) -> None:
-        self.output = WorkerOutput(out, on_line)
-        self.interrupt = interrupt
-        self.workers: list[_Worker] = []
-        self.threads: list[threading.Thread] = []
-        self.done = threading.Event()
-
-    @property
-    def callback_error(self) -> BaseException | None:
-        """What ``on_line`` raised, if it did (the launch stops and re-raises it)."""
-        return self.output.callback_error
-
-    def say(self, text: str) -> None:
-        self.output.say(text)
-
-    def _pump(self, worker: _Worker) -> None:
-        stream = worker.proc.stdout
-        assert stream is not None
-        self.output.pump(worker.index, f"[worker {worker.index} {worker.host}] ", stream)
-
-    def _heartbeat(self) -> None:
-        while not self.done.wait(1.0):
-            for w in self.workers:
-                if w.proc.poll() is None:
-                    w.send(".")
-
-    def start(self, commands: Sequence[tuple[str, list[str], dict[str, Any]]]) -> None:
-        for index, (host, cmd, spec) in enumerate(commands):
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            worker = _Worker(index, host, proc)
-            self.workers.append(worker)
-            worker.send(json.dumps(spec, separators=(",", ":")))
-            reader = threading.Thread(target=self._pump, args=(worker,), daemon=True)
-            reader.start()
-            self.threads.append(reader)
-        beat = threading.Thread(target=self._heartbeat, daemon=True)
-        beat.start()
-        self.threads.append(beat)
-
-    def stop(self, sig: int, grace: float) -> None:
-        """Signal every live worker, SIGKILL after ``grace``, and end every ssh client."""
-        live = [w for w in self.workers if w.proc.poll() is None]
-        for w in live:
-            w.send(f"SIG {int(sig)}")
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(w.proc.poll() is None for w in live):
-            time.sleep(0.02)
-        for w in live:
-            if w.proc.poll() is None:
-                w.send("KILL")
-            w.close_input()
-        # The wrappers exit once their workers are gone and ssh ends with them; an ssh whose
-        # host does not answer is killed here (its wrapper stops on the missing heartbeat).
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline and any(w.proc.poll() is None for w in live):
-            time.sleep(0.02)
-        self.kill_clients()
-
-    def kill_clients(self) -> None:
-        for w in self.workers:
-            if w.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(w.proc.pid, signal.SIGKILL)
-            w.proc.wait()
-            w.close_input()
-        self.done.set()
-
-    def wait(self, grace: float, failure_grace: float) -> tuple[int, int | None]:
-        while True:
-            if self.callback_error is not None:
-                self.say("the on_line callback raised an error; stopping the workers")
-                self.stop(signal.SIGTERM, grace)
-                raise self.callback_error
-            sig = self.interrupt.signal
-            if sig is not None:
-                self.say(f"received signal {sig}; stopping the workers")
-                self.stop(sig, grace)
-                return 128 + sig, None
-            codes = [w.proc.poll() for w in self.workers]
-            for i, code in enumerate(codes):
-                if code is not None and code != 0:
-                    self.say(f"{_cause(self.workers[i], code)}; stopping the others")
-                    self.stop(signal.SIGTERM, min(grace, failure_grace))
-                    return _code(code), i
-            if all(code == 0 for code in codes):
-                self.kill_clients()
-                return 0, None
-            time.sleep(0.01)
-
-
-def _code(returncode: int) -> int:
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def _cause(worker: _Worker, returncode: int) -> str:
-    code = _code(returncode)
-    name = f"worker {worker.index} on {worker.host}"
-    if code == SSH_LOST:
-        return f"{name}: lost the connection (ssh exit code 255: host down, unreachable or killed)"
-    return f"{name} exited with code {code}"
-
-
-def _retryable(code: int) -> bool:
-    return code == SSH_LOST or is_retryable(code)
 
 
 def launch_on_hosts(
@@ -459,7 +354,7 @@ def launch_on_hosts(
     max_restarts: int = 0,
     restart_on: str = "retryable",
     cwd: str | None = None,
-) -> Outcome:
+) -> LaunchResult:
     """Run ``command`` as workers on ``hosts`` over ssh; see :func:`tfplace.cluster._launch.launch`.
 
     ``hosts`` is a host list (``"node1:2,node2:2"``, see :func:`parse_hosts`) or parsed
@@ -476,8 +371,7 @@ def launch_on_hosts(
     restart. ssh's exit code 255 (a lost connection or host) is retried like a killed worker.
 
     Returns:
-        The fields of a ``LaunchResult``; no worker process is left on any host, whatever the
-        path.
+        A ``LaunchResult``; no worker process is left on any host, whatever the path.
 
     Raises:
         ClusterConfigError: a bad host list, a host that cannot be reached or logged in to
@@ -498,130 +392,164 @@ def launch_on_hosts(
             f"list ({', '.join(f'{h.host}:{h.slots}' for h in hosts)}). Fix: leave -n out "
             "with --hosts/--hostfile, or make the slots add up to it"
         )
+    setup = _Setup(
+        command=tuple(command),
+        hosts=tuple(hosts),
+        base=dict(os.environ if env is None else env),
+        forward=tuple(forward),
+        ssh=tuple(ssh),
+        python=python or sys.executable,
+        workdir=cwd or os.getcwd(),
+        port=port,
+        grace=float(grace_seconds),
+    )
+    forwarded_env(setup.base, setup.forward)  # a bad -x is an error before anything starts
     started = time.monotonic()
-    base = dict(os.environ if env is None else env)
-    python = python or sys.executable
-    workdir = cwd or os.getcwd()
-    out = out or sys.stdout
-    interrupt = _Interrupt()
-    previous: dict[int, Any] = {}
+    workers = SshWorkers(setup, failure_grace)
+    workers.prepare(1)  # errors before anything starts
+    how = Supervision(
+        RestartPolicy(max_restarts, restart_on),
+        grace_seconds,
+        WorkerOutput(out or sys.stdout, on_line),
+        started,
+    )
+    return supervise(workers, how)
 
-    def on_signal(sig: int, _frame: object) -> None:
-        interrupt.signal = sig
 
-    in_main = threading.current_thread() is threading.main_thread()
-    probes = _probe_all(ssh, python, hosts, port, "launch")  # errors before anything starts
-    if in_main:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, on_signal)
-    try:
-        attempt = 1
-        while True:
-            group = _Group(out, on_line, interrupt)
-            commands = _commands(command, hosts, probes, base, forward, ssh, python, workdir,
-                                 grace_seconds, attempt)  # fmt: skip
-            try:
-                group.start(commands)
-                code, failed = group.wait(grace_seconds, failure_grace)
-            except BaseException:
-                group.stop(signal.SIGTERM, grace_seconds)
-                raise
-            finally:
-                group.done.set()
-                for t in group.threads:
-                    t.join(timeout=5)
-            if group.callback_error is not None:
-                raise group.callback_error
-            result = Outcome(
-                returncode=code,
-                worker_codes=tuple(
-                    None if w.proc.returncode is None else _code(w.proc.returncode)
-                    for w in group.workers
-                ),
-                failed_worker=failed,
-                seconds=time.monotonic() - started,
-                attempts=attempt,
+@dataclass(frozen=True)
+class _Setup:
+    """What every attempt on the hosts starts from, checked by :func:`launch_on_hosts`."""
+
+    command: tuple[str, ...]
+    hosts: tuple[HostSlots, ...]
+    base: Mapping[str, str]
+    forward: tuple[str, ...]
+    ssh: tuple[str, ...]
+    python: str
+    workdir: str
+    port: int | None
+    grace: float
+
+
+class SshWorkers(Transport):
+    """The ssh transport: one ssh client a worker, each running the wrapper on its host.
+
+    Its lost-link code (ssh's 255) is the one thing it tells the restart policy.
+    """
+
+    lost = LostLink(SSH_LOST, "ssh exit code 255: host down, unreachable or killed")
+
+    def __init__(self, setup: _Setup, failure_grace: float = FAILURE_GRACE) -> None:
+        self.setup = setup
+        self.failure_grace = failure_grace
+        self.restart_where = "on the same ports" if setup.port else "on new ports"
+        self.probes: list[_Probe] = []
+        self.workers: list[_Worker] = []
+        self.threads: list[threading.Thread] = []
+        self.done = threading.Event()
+
+    @property
+    def size(self) -> int:
+        return sum(h.slots for h in self.setup.hosts)
+
+    def label(self, index: int) -> str:
+        host = worker_hosts(self.setup.hosts)[index][0]
+        return f"worker {index} on {host}"
+
+    def prepare(self, attempt: int) -> None:
+        s = self.setup
+        self.probes = _probe_all(s.ssh, s.python, s.hosts, s.port, "launch")
+
+    def start(self, attempt: int, output: WorkerOutput) -> None:
+        self.workers, self.threads, self.done = [], [], threading.Event()
+        for index, (host, cmd, spec) in enumerate(_commands(self.setup, self.probes, attempt)):
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
-            if failed is None:
-                return result
-            if interrupt.signal is not None:
-                group.say(f"received signal {interrupt.signal}; not restarting")
-                return result
-            why = _refuse(code, attempt, max_restarts, restart_on)
-            if why is not None:
-                if why:
-                    group.say(f"not restarting: {why}; exit code {code}")
-                    log.warning("tfplace launch: not restarting: %s. Exit code %d", why, code)
-                return result
-            group.say(
-                f"restarting all {len(commands)} workers (restart {attempt} of {max_restarts}, "
-                f"{RESTART_COUNT_ENV}={attempt})"
+            worker = _Worker(index, host, proc)
+            self.workers.append(worker)
+            worker.send(json.dumps(spec, separators=(",", ":")))
+            assert proc.stdout is not None
+            prefix = f"[worker {index} {host}] "
+            reader = threading.Thread(
+                target=output.pump,
+                args=(index, prefix, proc.stdout, partial(worker.control, output=output)),
+                daemon=True,
             )
-            log.warning(
-                "tfplace launch: %s on attempt %d; restarting all %d workers (restart %d of %d)",
-                _cause(group.workers[failed], code),
-                attempt,
-                len(commands),
-                attempt,
-                max_restarts,
-            )
-            try:
-                probes = _probe_all(ssh, python, hosts, port, "launch")
-            except ClusterConfigError as err:
-                group.say(f"cannot restart: {err}")
-                log.warning("tfplace launch: cannot restart: %s", err)
-                return result
-            if interrupt.signal is not None:  # Ctrl-C while the hosts were asked
-                group.say(f"received signal {interrupt.signal}; not restarting")
-                return result._replace(returncode=128 + interrupt.signal)
-            attempt += 1
-    finally:
-        if in_main:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            worker.reader = reader
+            reader.start()
+            self.threads.append(reader)
+        beat = threading.Thread(target=self._heartbeat, daemon=True)
+        beat.start()
+        self.threads.append(beat)
 
+    def _heartbeat(self) -> None:
+        while not self.done.wait(1.0):
+            for w in self.workers:
+                if w.proc.poll() is None:
+                    w.send(".")
 
-def _refuse(code: int, attempt: int, limit: int, on: str) -> str | None:
-    if attempt > limit:
-        if limit == 0:
-            return ""
-        return f"restarts exhausted: {attempt} attempts (1 start + {limit} restarts)"
-    if on != "any" and not _retryable(code):
-        return (
-            f"exit code {code} is a permanent failure (retryable: a death by a signal, a lost "
-            f"host (ssh's 255), or the restart exit code {RESTART_EXIT_CODE}); "
-            "restart_on='any' (--restart-on any) restarts every failure"
-        )
-    return None
+    def returncodes(self) -> list[int | None]:
+        return [w.returncode() for w in self.workers]
+
+    def stop(self, sig: int, grace: float) -> None:
+        live = [w for w in self.workers if w.proc.poll() is None]
+        for w in live:
+            w.send(f"SIG {int(sig)}")
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(w.proc.poll() is None for w in live):
+            time.sleep(0.02)
+        for w in live:
+            if w.proc.poll() is None:
+                w.send("KILL")
+            w.close_input()
+        # The wrappers exit once their workers are gone and ssh ends with them; an ssh whose
+        # host does not answer is killed here (its wrapper stops on the missing heartbeat).
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and any(w.proc.poll() is None for w in live):
+            time.sleep(0.02)
+        self._kill_clients()
+
+    def _kill_clients(self) -> None:
+        for w in self.workers:
+            if w.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(w.proc.pid, signal.SIGKILL)
+            w.proc.wait()
+            w.close_input()
+
+    def finish(self) -> None:
+        if all(w.proc.poll() is not None for w in self.workers):
+            self._kill_clients()
+        self.done.set()
+        for t in self.threads:
+            t.join(timeout=5)
 
 
 def _commands(
-    command: Sequence[str],
-    hosts: Sequence[HostSlots],
-    probes: Sequence[_Probe],
-    base: Mapping[str, str],
-    forward: Sequence[str],
-    ssh: Sequence[str],
-    python: str,
-    workdir: str,
-    grace: float,
-    attempt: int,
+    setup: _Setup, probes: Sequence[_Probe], attempt: int
 ) -> list[tuple[str, list[str], dict[str, Any]]]:
     """Each worker's (host, ssh command, wrapper description), workers numbered host by host."""
+    hosts = setup.hosts
     ports = {h.host: list(p.ports) for h, p in zip(hosts, probes, strict=True)}
     layout = worker_hosts(hosts)
     addresses = [f"{host}:{ports[host][slot]}" for host, slot in layout]
     cluster = ClusterSpec.from_hosts(addresses, source="launch")
-    shared = forwarded_env(base, forward)
+    shared = forwarded_env(setup.base, setup.forward)
     threads = {
-        h.host: split_threads(p.cores, h.slots, base) for h, p in zip(hosts, probes, strict=True)
+        h.host: split_threads(p.cores, h.slots, setup.base)
+        for h, p in zip(hosts, probes, strict=True)
     }
     if attempt == 1:
         for h in hosts:
             for reason in threads[h.host].reasons:
                 log.info("tfplace launch: %s: %s", h.host, reason)
         log.info("tfplace launch: %d workers on %s", len(addresses), ", ".join(addresses))
-    wrapper = shlex.join([python, "-I", "-S", "-c", _WRAPPER])
+    wrapper = shlex.join([setup.python, "-I", "-S", "-c", _WRAPPER])
     result = []
     for index, (host, _) in enumerate(layout):
         worker_env = {
@@ -633,11 +561,11 @@ def _commands(
         }
         worker_env.setdefault("PYTHONUNBUFFERED", "1")
         spec = {
-            "argv": list(command),
+            "argv": list(setup.command),
             "env": worker_env,
-            "cwd": workdir,
-            "grace": float(grace),
+            "cwd": setup.workdir,
+            "grace": setup.grace,
             "heartbeat": HEARTBEAT_TIMEOUT,
         }
-        result.append((host, [*ssh, *SSH_OPTIONS, host.strip("[]"), wrapper], spec))
+        result.append((host, [*setup.ssh, *SSH_OPTIONS, host.strip("[]"), wrapper], spec))
     return result
