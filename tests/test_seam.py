@@ -445,3 +445,14 @@ def test_the_declared_versions_start_at_the_tested_ones() -> None:
         assert f"keras>={tested['keras']}" in extras[name], name
     readme = (ROOT / "README.md").read_text()
     assert _probes.tested_versions().replace(", tf_keras", " and tf_keras") in readme
+
+
+def test_the_fault_tolerance_page_lists_every_internal_and_shows_the_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    page = (ROOT / "docs" / "fault-tolerance.md").read_text()
+    for internal in _tf.INTERNALS.values():
+        assert f"| `{internal.name}` | {internal.feature} | {internal.off} |" in page
+    monkeypatch.setattr(_probes, "installed_versions", lambda: "TensorFlow 2.22.0, Keras 3.16.0")
+    found = "Sequential.train_function is None when fit calls on_train_begin, not a function"
+    assert f"TfplaceWarning: {_probes.internal_text('train_function', found)}\n" in page

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from tfplace import _tf
+from tfplace.cluster._stock import watch as watch_stock_callbacks
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -32,6 +33,7 @@ def _replicas(strategy: Any) -> int:
     n = getattr(strategy, "num_replicas_in_sync", None)
     if not isinstance(n, int) or n < 1:
         raise TypeError(f"strategy must be a tf.distribute.Strategy, found {strategy!r}")
+    watch_stock_callbacks(strategy)  # a multi-worker strategy the user built, too
     return n
 
 
@@ -194,7 +196,9 @@ def prepare_dataset(
         raise TypeError(f"dataset must be a tf.data.Dataset, found {type(dataset).__name__}")
     autotune = _tf.data_autotune()
     if shard_policy == "auto":
-        workers = _tf.strategy_num_workers(strategy)
+        workers = _tf.strategy_num_workers(
+            strategy if strategy is not None else _tf.current_strategy()
+        )
         policy, why = shard_policy_for(dataset, max(2, workers))
     else:
         policy, why = shard_policy, "requested"

@@ -412,3 +412,133 @@ def test_a_stock_keras_checkpoint_on_two_workers_is_flagged_once_naming_the_repl
         assert len(texts) == 1, texts  # the stock one, once; tfplace's own is not flagged
         assert texts[0].startswith("StockCallbackWarning: keras.callbacks.ModelCheckpoint")
         assert "tfplace.callbacks.ModelCheckpoint" in texts[0]
+
+
+# ------------------------------------- Keras's stock callbacks: any strategy, undone, precise
+
+
+@pytest.fixture
+def stock_check(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A stand-in for a multi-worker strategy the user built (2 workers, 2 replicas), and a
+    clean slate of the stock-callback check before and after."""
+    from tfplace import _tf
+    from tfplace.cluster import _stock
+
+    keras = pytest.importorskip("keras")
+    if _tf.load_keras().__name__ != "keras":
+        pytest.skip("the check is for Keras 3's callbacks (tf_keras's write per worker)")
+
+    class UserStrategy:
+        num_replicas_in_sync = 2
+
+    monkeypatch.setattr(
+        _tf, "strategy_num_workers", lambda s: 2 if isinstance(s, UserStrategy) else 1
+    )
+    _stock.unwatch_all()
+    originals = {
+        name: dict(vars(getattr(keras.callbacks, name)))
+        for name in ("ModelCheckpoint", "BackupAndRestore")
+    }
+    yield UserStrategy
+    _stock.unwatch_all()
+    for name, before in originals.items():
+        assert dict(vars(getattr(keras.callbacks, name))) == before, name
+
+
+def fit_begins(callback: Any, strategy: Any) -> None:
+    """What fit does with a callback before training: set_model, then on_train_begin."""
+    from types import SimpleNamespace
+
+    callback.set_model(SimpleNamespace(distribute_strategy=strategy, built=True))
+    callback.on_train_begin()
+
+
+def test_a_multi_worker_strategy_the_user_built_is_covered(stock_check: Any, tmp_path: Any) -> None:
+    """The user's own MultiWorkerMirroredStrategy, seen by tfplace.global_batch_size: Keras's
+    stock ModelCheckpoint is flagged (before, only tfplace's own strategy installed the
+    check)."""
+    import keras
+
+    import tfplace
+    from tfplace.cluster._multiworker import StockCallbackWarning
+
+    strategy = stock_check()
+    assert tfplace.global_batch_size(4, strategy) == 8
+    stock = keras.callbacks.ModelCheckpoint(str(tmp_path / "m.keras"))
+    with pytest.warns(StockCallbackWarning, match=r"Fix: use tfplace\.callbacks\.ModelCheckpoint"):
+        fit_begins(stock, strategy)
+
+
+def test_a_tfplace_callback_beside_a_stock_one_installs_the_check(
+    stock_check: Any, tmp_path: Any
+) -> None:
+    import keras
+
+    import tfplace.callbacks
+    from tfplace.cluster import _stock
+
+    strategy = stock_check()
+    assert not _stock.is_watching()
+    ours = tfplace.callbacks.ModelCheckpoint(str(tmp_path / "o.keras"))
+    ours.set_model(type("Model", (), {"distribute_strategy": strategy})())
+    assert _stock.is_watching()
+    with pytest.warns(_stock.StockCallbackWarning, match="keras.callbacks.BackupAndRestore"):
+        fit_begins(keras.callbacks.BackupAndRestore(str(tmp_path / "b")), strategy)
+
+
+def test_the_wrapping_is_undone_once_said_and_once_the_strategies_are_gone(
+    stock_check: Any, tmp_path: Any
+) -> None:
+    import gc
+
+    import keras
+
+    from tfplace.cluster import _stock
+
+    checkpoint, backup = keras.callbacks.ModelCheckpoint, keras.callbacks.BackupAndRestore
+    own = vars(backup)["on_train_begin"]
+    strategy = stock_check()
+    _stock.watch(strategy)
+    assert "on_train_begin" in vars(checkpoint) and vars(backup)["on_train_begin"] is not own
+    with pytest.warns(_stock.StockCallbackWarning):
+        fit_begins(checkpoint(str(tmp_path / "m.keras")), strategy)
+    assert "on_train_begin" not in vars(checkpoint)  # said once: Keras's own class again
+    assert vars(backup)["on_train_begin"] is not own  # still watched while the strategy lives
+    del strategy
+    gc.collect()
+    assert vars(backup)["on_train_begin"] is own  # no strategy left: put back
+    assert not _stock.is_watching()
+
+
+def test_only_the_stock_writing_is_flagged(stock_check: Any, tmp_path: Any) -> None:
+    """A subclass that writes its own way (it overrides Keras's file hooks, e.g. a path per
+    worker) is not flagged, nor is a strategy of one worker; a subclass that only adds
+    behaviour still writes as Keras does and is."""
+    import warnings
+
+    import keras
+
+    from tfplace import _tf
+    from tfplace.cluster import _stock
+
+    class PerWorker(keras.callbacks.ModelCheckpoint):  # type: ignore[misc]
+        def _get_file_path(self, epoch: Any, batch: Any, logs: Any) -> str:
+            path: str = super()._get_file_path(epoch, batch, logs)
+            return path + ".worker-1"
+
+    class Logging(keras.callbacks.ModelCheckpoint):  # type: ignore[misc]
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            super().on_epoch_end(epoch, logs)
+
+    one_worker = _tf.current_strategy()
+    strategy = stock_check()
+    _stock.watch(strategy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit_begins(PerWorker(str(tmp_path / "p.keras")), strategy)
+        fit_begins(keras.callbacks.ModelCheckpoint(str(tmp_path / "m.keras")), one_worker)
+    with pytest.warns(_stock.StockCallbackWarning):
+        fit_begins(Logging(str(tmp_path / "l.keras")), strategy)
+    _stock.unwatch_all()
+    _stock.watch(one_worker)
+    assert not _stock.is_watching()

@@ -73,6 +73,7 @@ from tfplace._tf._keras import (
     steps_per_execution as steps_per_execution,
     stock_callback_classes as stock_callback_classes,
     wrap_method as wrap_method,
+    writes_like_stock as writes_like_stock,
 )
 from tfplace._tf._probes import (
     INTERNALS as INTERNALS,
@@ -184,4 +185,5 @@ __all__ = [
     "tested_versions",
     "tpu_strategy",
     "wrap_method",
+    "writes_like_stock",
 ]

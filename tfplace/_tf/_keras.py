@@ -24,6 +24,7 @@ __all__ = [
     "steps_per_execution",
     "stock_callback_classes",
     "wrap_method",
+    "writes_like_stock",
 ]
 
 
@@ -236,3 +237,20 @@ def wrap_method(cls: type, name: str, make: Callable[[Any], Any]) -> Callable[[]
             delattr(cls, name)
 
     return undo
+
+
+#: Keras's file hooks of each stock callback: a subclass that overrides one writes its own way.
+_WRITE_HOOKS = {
+    "ModelCheckpoint": ("_get_file_path", "_save_model"),
+    "BackupAndRestore": ("_save_model",),
+}
+
+
+def writes_like_stock(callback: object, stock: type) -> bool:
+    """Whether ``callback`` (an instance of Keras's ``stock`` class or a subclass) writes its
+    files as the stock class does: it overrides none of Keras's file hooks."""
+    kind = type(callback)
+    return all(
+        getattr(kind, hook, None) is getattr(stock, hook, None)
+        for hook in _WRITE_HOOKS.get(stock.__name__, ())
+    )

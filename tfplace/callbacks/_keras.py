@@ -7,6 +7,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from tfplace import _tf
+from tfplace.cluster._stock import watch as watch_stock_callbacks
 
 if TYPE_CHECKING:
     from tfplace._facts.cluster.spec import ClusterSpec
@@ -56,6 +57,12 @@ class KerasFlavoured:
         instance: Any = object.__new__(concrete)
         instance._tfplace_keras = keras.__name__
         return instance
+
+    def set_model(self, model: Any) -> None:
+        """Keras's ``set_model`` (before any callback's ``on_train_begin``); a multi-worker
+        strategy the user built is then watched for Keras's stock callbacks as well."""
+        super().set_model(model)  # type: ignore[misc]
+        watch_stock_callbacks(_strategy(model))
 
 
 def _strategy(model: Any) -> Any:

@@ -18,7 +18,6 @@ own among them) still see a ``MultiWorkerMirroredStrategy``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import shutil
@@ -27,7 +26,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,12 +34,12 @@ from tfplace import _tf
 from tfplace._decide.strategy import Plan
 from tfplace._facts.cluster.env import from_env
 from tfplace._facts.cluster.spec import ClusterSpec
+from tfplace.cluster._stock import StockCallbackWarning, watch as watch_stock_callbacks
 from tfplace.errors import (
     AlreadyInitializedError,
     BarrierTimeoutError,
     ClusterConfigError,
     TfplaceError,
-    TfplaceWarning,
 )
 
 if TYPE_CHECKING:
@@ -80,10 +78,6 @@ POLL_S = 1.0
 
 class PeerError(TfplaceError):
     """Raised while waiting for a worker's key when a worker reported a failure instead."""
-
-
-class StockCallbackWarning(TfplaceWarning):
-    """Keras's own ``ModelCheckpoint`` / ``BackupAndRestore`` under several workers."""
 
 
 def _rank(value: Any) -> int | None:
@@ -221,8 +215,7 @@ def make_multi_worker(
     _built_cluster = decision.cluster
     if decision.cluster is not None:
         _exchange_replica_counts(strategy, decision.cluster, timeout)
-        if decision.cluster.num_workers > 1:
-            _flag_stock_callbacks()
+        watch_stock_callbacks(strategy)  # while it lives, with more than one worker
     return strategy
 
 
@@ -376,48 +369,6 @@ def kv_wait(ctx: Any, key: str, timeout: float, *, error_key: str | None = None)
                 f"{key!r} was not set within {timeout:g} s: the worker that sets it died, "
                 "hangs, or runs a different program"
             )
-
-
-def _flag_stock_callbacks() -> None:
-    """Warn, once per process, when Keras 3's own ``ModelCheckpoint`` or ``BackupAndRestore``
-    starts training under a multi-worker strategy: every worker writes the same files.
-
-    Keras 3 has no public hook that sees ``fit``'s callbacks (the strategy never does), so
-    this wraps the two classes' public ``on_train_begin`` with a check that only warns;
-    nothing else changes. tfplace's own callbacks (``_tfplace_safe``) are skipped; tf_keras's
-    are left alone (they already write per worker).
-    """
-    for name, cls in _tf.stock_callback_classes().items():
-        if getattr(cls.on_train_begin, "_tfplace_flag", False):  # type: ignore[attr-defined]
-            continue
-        _tf.wrap_method(
-            cls, "on_train_begin", functools.partial(_flagging, name=name, replacement=name)
-        )
-
-
-_flagged: set[str] = set()
-
-
-def _flagging(original: Any, name: str, replacement: str) -> Any:
-    def on_train_begin(self: Any, logs: Any = None) -> Any:
-        strategy: Any = getattr(getattr(self, "model", None), "distribute_strategy", None)
-        unsafe = not getattr(self, "_tfplace_safe", False) and _tf.is_multi_worker(strategy)
-        if unsafe and _tf.strategy_num_workers(strategy) > 1 and name not in _flagged:
-            _flagged.add(name)
-            warnings.warn(
-                f"keras.callbacks.{name} under the multi-worker strategy: every worker writes "
-                "the same files, which corrupts them or fails (BadZipFile, FileExistsError, "
-                f"'unable to lock file'). Fix: use tfplace.callbacks.{replacement} (same "
-                "arguments): only the chief writes, atomically.",
-                StockCallbackWarning,
-                stacklevel=2,
-            )
-        return original(self, logs)
-
-    on_train_begin._tfplace_flag = True  # type: ignore[attr-defined]
-    on_train_begin.__wrapped__ = original  # type: ignore[attr-defined]
-    on_train_begin.__doc__ = original.__doc__
-    return on_train_begin
 
 
 def _worker_tasks(spec: ClusterSpec) -> list[tuple[str, int]]:
