@@ -19,6 +19,7 @@ nothing to do with these hosts (the PID namespace is the machine's).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -75,8 +76,10 @@ def ray_env(temp_dir: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def ray_hosts() -> Iterator[RayHosts]:
+@contextlib.contextmanager
+def ray_cluster(count: int) -> Iterator[RayHosts]:
+    """``count`` simulated hosts, a Ray head on the first and a Ray worker node (1 CPU) on
+    each; every process of every host stopped at the end, and nothing left."""
     reason = unavailable()
     if reason:
         skip_or_fail(reason)
@@ -85,7 +88,7 @@ def ray_hosts() -> Iterator[RayHosts]:
         skip_or_fail('Ray is not installed: pip install "ray[train]" (the test extra has it)')
     # Ray's sockets live in its temp dir and their paths must fit in 107 bytes: a short one.
     temp_dir = tempfile.mkdtemp(prefix="tfp-ray-", dir="/tmp")
-    hosts = SimulatedHosts(2)
+    hosts = SimulatedHosts(count)
     env = ray_env(temp_dir)
     common = ["--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
     try:
@@ -95,7 +98,7 @@ def ray_hosts() -> Iterator[RayHosts]:
         steps = [
             (0, ["--head", f"--port={GCS_PORT}", "--include-dashboard=false",
                  f"--temp-dir={temp_dir}"]),
-            (1, [f"--address={cluster.address}"]),
+            *((i, [f"--address={cluster.address}"]) for i in range(1, count)),
         ]  # fmt: skip
         for i, args in steps:
             t0 = time.monotonic()
@@ -115,9 +118,17 @@ def ray_hosts() -> Iterator[RayHosts]:
         ray_stop = time.monotonic() - t0
         hosts.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
-        print(f"\nray stop on both hosts {ray_stop:.2f} s, hosts down {hosts.down_seconds:.3f} s")
+        print(
+            f"\nray stop on {count} hosts {ray_stop:.2f} s, hosts down {hosts.down_seconds:.3f} s"
+        )
     left = hosts.leftovers()
     assert left == [], f"left behind by the Ray hosts: {left}"
+
+
+@pytest.fixture(scope="module")
+def ray_hosts() -> Iterator[RayHosts]:
+    with ray_cluster(2) as cluster:
+        yield cluster
 
 
 def test_ray_train_one_worker_per_host_equals_one_process(

@@ -102,13 +102,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNodeSlurm
     assert hosts.leftovers() == [], hosts.leftovers()
 
 
-def reference(cluster: MultiNodeSlurm, script: str, cwd: Path, *args: str) -> dict[str, Any]:
+def reference(
+    cluster: MultiNodeSlurm,
+    script: str,
+    cwd: Path,
+    *args: str,
+    extra: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """One process, no cluster (no SLURM variables): the result to compare with (computed
-    once per script and arguments)."""
-    key = " ".join([script, *args])
+    once per script, arguments and ``extra`` environment)."""
+    key = " ".join([script, *args, *sorted(f"{k}={v}" for k, v in (extra or {}).items())])
     if key in _REFERENCES:
         return _REFERENCES[key]
-    env = {k: v for k, v in cluster.env(job_env()).items() if k != "SLURM_CONF"}
+    env = {k: v for k, v in cluster.env(job_env(**(extra or {}))).items() if k != "SLURM_CONF"}
     proc = cluster.head.run(
         [sys.executable, str(JOBS / script), *args], env=env, cwd=cwd, timeout=300
     )
@@ -407,4 +413,86 @@ def test_lost_node_requeues_and_resumes_from_backup(
         record(f"d_resumed_batches_task{d['procid']}", d["batches"])
         diff = max_diff(d["weights"], single["weights"])
         record(f"d_max_abs_weight_diff_task{d['procid']}", diff)
+        assert close(d["weights"], single["weights"], 1e-5), diff
+
+
+# ---------------------------------------------------------------------------------- e
+#: The elastic form of the template (Clusters page, "A node lost for good"): a node range, so
+#: that the requeued job starts on the nodes left.
+ELASTIC_SCRIPT = """#!/bin/bash
+#SBATCH --nodes=2-3
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=job-%j.out
+r=${SLURM_RESTART_COUNT:-0}
+if [ "$r" != 0 ]; then export STEP_SLEEP=0; fi
+srun --ntasks-per-node=1 -o out-r$r-%t.txt -e err-r$r-%t.txt python train_ft.py run
+"""
+
+
+def test_a_node_lost_for_good_the_job_goes_on_with_the_nodes_left(
+    cluster: MultiNodeSlurm, tmp_path: Path
+) -> None:
+    """3 nodes, one lost for good after the first backup (link down, every process killed,
+    slurmd not started again until the job ended): the requeued job runs on the 2 nodes left,
+    resumes from the shared backup and ends with an uninterrupted run's weights (issue 27.5).
+    The global batch (24) divides over 3 and over 2 workers, so the math is the same."""
+    shutil.copy(JOBS / "train_ft.py", tmp_path)
+    shutil.copy(JOBS / "tiny.py", tmp_path)
+    (tmp_path / "train.sbatch").write_text(ELASTIC_SCRIPT)
+    assert ELASTIC_SCRIPT.split("\n#SBATCH --output")[0] in (DOCS / "clusters.md").read_text()
+    sizes = {"EXAMPLES": "240", "BATCH": "24"}
+    ref_dir = tmp_path / "reference"
+    ref_dir.mkdir()
+    single = reference(cluster, "train_ft.py", ref_dir, str(ref_dir), extra=sizes)
+    assert single["batches"] == 40
+
+    cluster.wait_nodes(dict.fromkeys(cluster.node_names, "idle"))  # the range's most is free
+    job = cluster.submit(["train.sbatch"], cwd=tmp_path, env=job_env(STEP_SLEEP="0.3", **sizes))
+    backup = tmp_path / "run" / "backup"
+    deadline = time.monotonic() + 180
+    while not list(backup.glob("backup-*/state.json")):
+        assert time.monotonic() < deadline, cluster.logs()
+        assert cluster.job(job).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING")
+        time.sleep(0.1)
+    first = cluster.run(["scontrol", "show", "hostnames", cluster.job(job)["NodeList"]])
+    names = first.stdout.split()
+    assert len(names) == 3, names  # the range's most: every node was free
+    index = {h.name: h.index for h in cluster.hosts}
+    victim = max(index[n] for n in names)  # never host 0: it runs slurmctld
+    lost = cluster.hosts[victim].name
+    t_kill = time.monotonic()
+    events: dict[str, Any] = {}
+    state = ""
+    try:
+        cluster.hosts.cut_link(victim)
+        assert cluster.hosts.kill_all(victim)
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            fields = cluster.job(job)
+            state, restarts = fields.get("JobState", ""), fields.get("Restarts", "0")
+            if restarts != "0" and state == "PENDING" and fields.get("Reason") == "BeginTime":
+                cluster.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
+            if restarts != "0" and state == "RUNNING" and "rerun_nodes" not in events:
+                events["rerun_nodes"] = fields.get("NodeList", "")
+                events["running_again_s"] = round(time.monotonic() - t_kill, 2)
+            if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+                events["job_end_s"] = round(time.monotonic() - t_kill, 2)
+                break
+            time.sleep(0.2)
+    finally:  # the node comes back only now, for the next tests
+        cluster.hosts.restore_link(victim)
+        cluster.start_slurmd(victim)
+        cluster.wait_nodes({lost: "idle"}, timeout=60)
+    record("e_node_lost_for_good_s", events)
+    assert state == "COMPLETED", f"{state} {events}\n{cluster.logs(30)}"
+    rerun = cluster.run(["scontrol", "show", "hostnames", events["rerun_nodes"]]).stdout.split()
+    assert len(rerun) == 2 and lost not in rerun, (rerun, lost)
+    done = [d for i in range(2) for d in json_lines(tmp_path / f"out-r1-{i}.txt")
+            if d.get("event") == "done"]  # fmt: skip
+    assert len(done) == 2, done
+    for d in done:
+        assert d["restart"] != "0" and d["batches"] < 40  # resumed, on 2 workers
+        diff = max_diff(d["weights"], single["weights"])
+        record(f"e_max_abs_weight_diff_task{d['procid']}", diff)
         assert close(d["weights"], single["weights"], 1e-5), diff

@@ -1,6 +1,7 @@
 """Fault-tolerant Keras fit: BackupAndRestore in a shared folder, a slow step to kill it in.
 
-Usage: python train_ft.py OUT_DIR. Prints a JSON "start" line when fit begins and a JSON
+Usage: python train_ft.py OUT_DIR. EXAMPLES (256) and BATCH (16, the global batch) size the
+data. Prints a JSON "start" line when fit begins and a JSON
 "done" line with the final weights. STEP_SLEEP (seconds per batch) makes a run long enough
 to interrupt; it does not change the arithmetic.
 """
@@ -28,7 +29,10 @@ strategy = tfplace.pick_strategy(startup_timeout=120)
 import keras  # noqa: E402
 
 out_dir = sys.argv[1]
-x, y = tiny.data(256)
+# The global batch stays the same whatever the worker count (each replica takes its share), so a
+# run that goes on with fewer workers computes the same thing; it must divide by every count.
+examples, global_batch = int(os.environ.get("EXAMPLES", "256")), int(os.environ.get("BATCH", "16"))
+x, y = tiny.data(examples)
 model = tiny.build(strategy, learning_rate=0.02)
 
 pause = float(os.environ.get("STEP_SLEEP", "0"))
@@ -57,7 +61,13 @@ class Progress(keras.callbacks.Callback):  # type: ignore[misc]
 backup = tfplace.callbacks.BackupAndRestore(os.path.join(out_dir, "backup"), save_freq=4)
 try:
     history = model.fit(
-        x, y, batch_size=16, epochs=4, verbose=0, shuffle=False, callbacks=[backup, Progress()]
+        x,
+        y,
+        batch_size=global_batch,
+        epochs=4,
+        verbose=0,
+        shuffle=False,
+        callbacks=[backup, Progress()],
     )
 except BaseException as err:  # e.g. a peer lost: note when, then fail as before
     print(
