@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 from helpers import computed_once, run_fresh
 
-from tfplace.replicas._judge import Run, judge
+from tfplace.replicas._judge import compare_steps, judge
+from tfplace.replicas._records import BatchRecord, Run, Snapshots, batch_record
 from tfplace.replicas._report import ModelFacts
+from tfplace.replicas._tolerance import default_tolerance
 from tfplace.replicas._workers import _locate
 
 pytestmark = pytest.mark.slow
@@ -345,27 +347,40 @@ def test_a_check_after_per_replica_pipelines_sees_its_own_input() -> None:
         assert report["first_step"] == 0
 
 
-def _run(losses: list[float], batch: np.ndarray, duplicated: bool) -> Run:
-    weights = [[np.zeros((2, 1))], [np.ones((2, 1))]]
-    return Run(losses, weights, [[batch]], [duplicated], [False])
+def _run(losses: list[float], digest: str, size: int, duplicated: bool) -> Run:
+    snapshots = Snapshots()
+    snapshots.append([np.zeros((2, 1))])
+    snapshots.append([np.ones((2, 1))])
+    batches = [BatchRecord(size, digest, duplicated=duplicated)]
+    return Run(losses=losses, metrics=[{"loss": losses[0]}], batches=batches, snapshots=snapshots)
 
 
 def test_the_same_numbers_on_other_examples_are_not_the_same_training() -> None:
     """Every replica reading the same examples can average to the one-replica loss and update
     (the state above made exactly that); the verdict must still be "different"."""
     rows = np.arange(64, dtype=np.float64).reshape(32, 2)
-    one = _run([1.0], rows, duplicated=False)
-    many = _run([1.0], np.concatenate([rows, rows]), duplicated=True)
+    one = _run([1.0], batch_record([[rows]], 1).digest, 32, duplicated=False)
+    twice = batch_record([[rows, rows]], 2)
+    many = _run([1.0], twice.digest, 64, duplicated=twice.duplicated)
     facts = ModelFacts((), (), "float32", False, "SGD", False)
-    options: dict[str, Any] = {"names": ["dense/kernel"], "trainable": [True], "facts": facts}
-    options.update(replicas=2, steps=1, rtol=1e-4, atol=1e-5, custom=False)
-    report = judge(one, many, **options)
+    tol = default_tolerance("float32", ["/CPU:0", "/CPU:1"])
+
+    def check(one: Run, many: Run) -> Any:
+        compared = compare_steps(
+            one.snapshots, many.snapshots, 1, names=["dense/kernel"], trainable=[True], tol=tol
+        )
+        options: dict[str, Any] = {"facts": facts, "replicas": 2, "steps": 1, "tol": tol}
+        return judge(one, many, compared, custom=False, **options)
+
+    report = check(one, many)
+    assert twice.duplicated and twice.size == 64
     assert report.same is False and report.first_step == 0 and report.first_variable is None
     assert [c.key for c in report.causes][:2] == ["a", "b"]
     assert "holds other examples on 2 replicas" in " ".join(report.notes)
     assert "agree at that step all the same" in " ".join(report.notes)
     assert str(report).startswith("DIFFERENT: 1 and 2 replicas part at step 0 (model.fit")
-    assert judge(one, _run([1.0], rows, duplicated=False), **options).same is True
+    same = _run([1.0], one.batches[0].digest, 32, duplicated=False)
+    assert check(one, same).same is True
 
 
 COLLAPSE = """

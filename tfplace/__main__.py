@@ -197,7 +197,8 @@ def _add_check(sub: Any) -> None:
         "it defines one), and run tfplace.compare_replicas on N virtual CPUs: the verdict, "
         "where 1 and N replicas part, the loss side by side, the likely causes and their "
         "fixes (--workers: the N replicas as N local worker processes instead). Exit codes: 0 "
-        "the same, 1 they part, 2 the script cannot be checked.",
+        "the same, 1 they part (or NaN/inf), 2 could not check (the script lacks build/data, "
+        "raises, or no step ran).",
     )
     check.add_argument(
         "-n",
@@ -208,8 +209,12 @@ def _add_check(sub: Any) -> None:
         help="replicas compared with one (>= 2; repeat for several: -n 2 -n 4; default 2)",
     )
     check.add_argument("--steps", type=int, default=5, help="training steps (default 5)")
-    check.add_argument("--rtol", type=float, default=None, help="relative tolerance (1e-4)")
-    check.add_argument("--atol", type=float, default=None, help="absolute tolerance (1e-5)")
+    check.add_argument(
+        "--rtol", type=float, default=None, help="relative tolerance (default: by precision)"
+    )
+    check.add_argument(
+        "--atol", type=float, default=None, help="absolute tolerance (default: by precision)"
+    )
     check.add_argument("--json", action="store_true", help="print the reports as JSON")
     check.add_argument(
         "--workers",
@@ -406,8 +411,8 @@ def _tf_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """``check SCRIPT``: the replica check of a script's build() and data(strategy)."""
-    import importlib.util
+    """``check SCRIPT``: the replica check of a script's build() and data(strategy); exit 0
+    SAME, 1 DIFFERENT (or NaN/inf), 2 could not check, whatever the script raises."""
     from pathlib import Path
 
     counts = args.replicas or [2]
@@ -416,42 +421,22 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     path = Path(args.script)
     if not path.is_file():
         parser.error(f"check: no such script {args.script!r}")
-    from tfplace._configure import configure_cpus
-    from tfplace.replicas._check import compare_replicas
+    from tfplace.replicas._script import check_script, exit_code
 
-    if not args.workers:  # before the script runs: it may start TensorFlow at import
-        configure_cpus(threads=None, virtual_devices=max(counts))
-    sys.path.insert(0, str(path.resolve().parent))  # the script's own imports, as with python
-    spec = importlib.util.spec_from_file_location("__tfplace_check__", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # so that --workers finds build/data in this file
-    spec.loader.exec_module(module)
-    build, data = getattr(module, "build", None), getattr(module, "data", None)
-    if not callable(build) or not callable(data):
+    tolerances = {k: v for k in ("rtol", "atol") if (v := getattr(args, k)) is not None}
+    try:
+        reports = check_script(path, counts, steps=args.steps, workers=args.workers, **tolerances)
+    except (Exception, SystemExit) as err:  # the script, build() or data() failed: not checked
         print(
-            f"tfplace check: {args.script} must define build() (returns the compiled model) "
-            "and data(strategy) (returns the input as the training consumes it); found "
-            f"build={type(build).__name__}, data={type(data).__name__}",
+            f"tfplace check: could not check {args.script}: {type(err).__name__}: {err}",
             file=sys.stderr,
         )
-        return 2
-    options: dict[str, Any] = {
-        "steps": args.steps,
-        "train_step": getattr(module, "train_step", None),
-        "workers": args.workers,
-    }
-    options.update({k: v for k in ("rtol", "atol") if (v := getattr(args, k)) is not None})
-    try:
-        reports = [compare_replicas(build, data, replicas=n, **options) for n in counts]
-    except RuntimeError as err:  # --workers: no worker wrote its record (the message says why)
-        print(f"tfplace check: {err}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))
     else:
         print("\n\n".join(str(r) for r in reports))
-    return 0 if all(r.same for r in reports) else 1
+    return exit_code(reports)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,9 +4,11 @@
 (``OneDeviceStrategy``) and under N (``MirroredStrategy`` over N devices, by default N
 virtual CPUs of this process), gives both the same initial weights, feeds both the user's own
 input pipeline, trains ``steps`` steps with ``model.fit`` or with the user's own training step,
-and compares the loss and every variable after every step. The answer is a frozen
-:class:`ReplicaReport`: the verdict, where the two runs part (step, variable), the loss side by
-side, and the likely causes, ranked, each with the evidence that points at it and its fix.
+and compares every variable, every update and every logged value after every step. The
+one-replica model is dropped before the N-replica one is built, and both runs' variables go to
+files, read back one variable at a time. The answer is a frozen :class:`ReplicaReport`: the
+verdict, where the two runs part (step, variable), the logged values side by side, and the
+likely causes, ranked, each with the evidence that points at it and its fix.
 
 TensorFlow and Keras are reached through the seam (:mod:`tfplace._tf`); the comparison and the
 ranking of causes (:func:`judge`) are plain Python and NumPy.
@@ -21,26 +23,23 @@ of its own (:func:`tfplace._tf.fresh_collective_keys`), so checks can run again 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from tfplace import _tf
 from tfplace._configure import configure_cpus
 from tfplace._decide.strategy import plan
+from tfplace._facts.inventory import GPUInfo, inventory
 from tfplace._strategy import build_strategy
 from tfplace.errors import AlreadyInitializedError
-from tfplace.replicas._judge import judge
-from tfplace.replicas._report import DEFAULT_ATOL, DEFAULT_RTOL, ReplicaReport
-from tfplace.replicas._train import (
-    TrainStep,
-    build_model,
-    model_facts,
-    read_weights,
-    train,
-    variable_name,
-    write_weights,
-)
+from tfplace.replicas._judge import compare_steps, judge
+from tfplace.replicas._records import Run, Snapshots
+from tfplace.replicas._report import ReplicaReport
+from tfplace.replicas._tolerance import Tolerance, default_tolerance
+from tfplace.replicas._train import TrainStep, build_model, start_from, train, train_reference
 from tfplace.replicas._workers import compare_on_workers
 
 __all__ = ["compare_replicas"]
@@ -54,8 +53,9 @@ def compare_replicas(
     *,
     replicas: int = 2,
     steps: int = 5,
-    rtol: float = DEFAULT_RTOL,
-    atol: float = DEFAULT_ATOL,
+    rtol: float | None = None,
+    atol: float | None = None,
+    update_rtol: float | None = None,
     train_step: TrainStep | None = None,
     devices: Sequence[str] | None = None,
     reduction: Reduction = "one_device",
@@ -71,11 +71,21 @@ def compare_replicas(
             under that strategy: for ``model.fit`` a ``tf.data.Dataset`` of global batches or
             a distributed dataset; for a custom step whatever the loop iterates (usually
             ``strategy.experimental_distribute_dataset(...)``). It is called twice per
-            strategy and must give the same batches each time (seed any shuffle).
+            strategy and must give the same batches each time (seed any shuffle; the check
+            sets Keras's seed before each call). A global batch sized from the strategy it is
+            given (``tfplace.global_batch_size(32, strategy)``) is fine: the check sees it
+            grow with the replica count and runs the one replica at the N-replica batch.
         replicas: N, the replica count compared with one (>= 2).
         steps: training steps compared.
         rtol / atol: two values agree when ``|a - b| <= atol + rtol * |b|`` (NumPy's rule),
-            for the loss and for every variable after every step.
+            for every variable after every step and for the logged values; None: the default
+            for the model's dtype policy and the devices (``1e-4``/``1e-5`` for float32 on
+            CPUs, looser for TF32 on GPUs of compute capability >= 8.0, float16 and
+            bfloat16; the report states which).
+        update_rtol: each step's update on N replicas must be within ``update_rtol`` of the
+            one-replica update, relative to its size (``||dN - d1|| <= update_rtol *
+            ||d1||``, plus the variables' own rounding); None: ``min(0.2, max(0.01, 100 *
+            rtol))``. A step N times too large parts at any learning rate.
         train_step: None for ``model.fit``; else ``train_step(strategy, model, batch)``, one
             step of the user's loop: it calls ``strategy.run`` itself, applies the gradients
             with ``model.optimizer`` and returns the step's loss (a scalar already reduced
@@ -109,7 +119,7 @@ def compare_replicas(
 
         >>> report = tfplace.compare_replicas(build, data, replicas=2)  # doctest: +SKIP
         >>> print(report)  # doctest: +SKIP
-        SAME: 1 and 2 replicas agree for 5 steps (model.fit, rtol=0.0001, atol=1e-05)
+        SAME: 1 and 2 replicas agree for 5 steps (model.fit, rtol=0.0001, atol=1e-05, ...)
     """
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 2:
         raise ValueError(
@@ -117,8 +127,10 @@ def compare_replicas(
         )
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, found {steps!r}")
-    if not (rtol >= 0 and atol >= 0):
-        raise ValueError(f"rtol and atol must be >= 0, found rtol={rtol!r}, atol={atol!r}")
+    given = {"rtol": rtol, "atol": atol, "update_rtol": update_rtol}
+    bad = {k: v for k, v in given.items() if v is not None and not v >= 0}
+    if bad:
+        raise ValueError(f"tolerances must be >= 0 (or None for the default), found {bad}")
     if reduction not in ("one_device", "collective"):
         raise ValueError(f"reduction must be 'one_device' or 'collective', found {reduction!r}")
     if devices is not None and len(devices) != replicas:
@@ -132,50 +144,78 @@ def compare_replicas(
                 "own CPU; leave devices out"
             )
         return compare_on_workers(
-            build, data, train_step, replicas=replicas, steps=steps, rtol=rtol, atol=atol, seed=seed
+            build,
+            data,
+            train_step,
+            replicas=replicas,
+            steps=steps,
+            tol=(rtol, atol, update_rtol),
+            seed=seed,
         )
     started = time.perf_counter()
     names_devices = _ensure_devices(replicas, devices)
     one, many = _fresh_strategies(names_devices, reduction)
-
-    policy = _tf.keras_policy()
-    try:  # build() may set a global dtype policy: both builds see it, the caller gets theirs
-        model_one = build_model(one, build, seed)
-        model_many = build_model(many, build, seed)
-    finally:
-        _tf.set_keras_policy(policy)
-    names = [variable_name(v) for v in model_one.weights]
-    start = read_weights(model_one)
-    if [a.shape for a in start] != [a.shape for a in read_weights(model_many)]:
-        raise ValueError(
-            "build() made different variables under the two strategies: "
-            f"{names} vs {[variable_name(v) for v in model_many.weights]}"
+    with tempfile.TemporaryDirectory(prefix="tfplace-replicas-") as folder:
+        ref = train_reference(
+            one,
+            build,
+            data,
+            train_step,
+            steps=steps,
+            seed=seed,
+            replicas=replicas,
+            path=Path(folder, "one.bin"),
         )
-    write_weights(model_many, start)
-    trainable_ids = {id(v) for v in model_one.trainable_weights}
-    trainable = [id(v) in trainable_ids for v in model_one.weights]
-    facts = model_facts(model_many)
-
-    run_one = train(one, model_one, data, steps, train_step, seed)
-    run_many = train(many, model_many, data, steps, train_step, seed)
+        policy = _tf.keras_policy()
+        try:
+            model_many = build_model(many, build, seed)
+        finally:
+            _tf.set_keras_policy(policy)
+        start_from(model_many, ref)
+        run_many = Run(snapshots=Snapshots(Path(folder, "many.bin")))
+        train(many, model_many, data, steps, train_step, seed, run_many)
+        del model_many
+        tol = _tolerance(ref.facts.dtype_policy, names_devices, rtol, atol, update_rtol)
+        count = min(len(ref.run.snapshots), len(run_many.snapshots)) - 1
+        compared = compare_steps(
+            ref.run.snapshots,
+            run_many.snapshots,
+            max(count, 0),
+            names=ref.names,
+            trainable=ref.trainable,
+            tol=tol,
+        )
     report = judge(
-        run_one,
+        ref.run,
         run_many,
-        names=names,
-        trainable=trainable,
-        facts=facts,
+        compared,
+        facts=ref.facts,
         replicas=replicas,
         steps=steps,
-        rtol=rtol,
-        atol=atol,
+        tol=tol,
         custom=train_step is not None,
+        hints=ref.hints,
     )
     return dataclasses.replace(
         report,
         seconds=time.perf_counter() - started,
-        train_seconds=(run_one.seconds, run_many.seconds),
+        train_seconds=(ref.run.seconds, run_many.seconds),
         devices=tuple(names_devices),
     )
+
+
+def _tolerance(
+    policy: str,
+    devices: Sequence[str],
+    rtol: float | None,
+    atol: float | None,
+    update_rtol: float | None,
+) -> Tolerance:
+    """The tolerance for these devices: the GPUs' compute capability from the inventory."""
+    gpus: tuple[GPUInfo, ...] = ()
+    if any("GPU" in d.upper() for d in devices):
+        gpus = inventory().visible_gpus
+    return default_tolerance(policy, devices, gpus, rtol=rtol, atol=atol, update_rtol=update_rtol)
 
 
 def _ensure_devices(replicas: int, devices: Sequence[str] | None) -> list[str]:

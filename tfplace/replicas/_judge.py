@@ -1,138 +1,323 @@
-"""The judgement: two recorded runs compared step by step, variable by variable. Pure."""
+"""The judgement: two recorded runs compared step by step, variable by variable. Pure NumPy.
+
+Per step, on both runs, the judge reads each variable before and after the step (one variable
+at a time, from the runs' snapshots) and keeps only sums: the largest gap of a variable after
+the step in units of the tolerance, and for the trainable variables the update of each run
+(``d1``, ``dN``), their dot product and the norm of their difference. An update is judged
+relative to its own size, so a step N times too large is caught at any learning rate; a
+variable or logged value that is NaN or inf is a verdict of its own.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from tfplace.replicas._causes import Evidence, rank
-from tfplace.replicas._report import ModelFacts, ReplicaReport, StepRow
+from tfplace.replicas._causes import rank
+from tfplace.replicas._evidence import Evidence, near
+from tfplace.replicas._records import Run, Snapshots
+from tfplace.replicas._report import ModelFacts, ReplicaReport, StepRow, Verdict
+from tfplace.replicas._tolerance import Tolerance
 
-__all__ = ["Arrays", "Run", "judge"]
-
-Arrays = list[np.ndarray]
+__all__ = ["Hints", "StepCompare", "compare_steps", "judge"]
 
 
-@dataclass
-class Run:
-    """What one training recorded: the loss per step, every variable before and after every
-    step, each step's global batch, and how the input reached the replicas."""
+@dataclass(frozen=True)
+class StepCompare:
+    """One step of both runs, reduced to what the judge reads."""
 
-    losses: list[float]
-    weights: list[Arrays]  # [0] before training, [k + 1] after step k
-    batches: list[Arrays]  # per step: each input component's global batch, rows sorted
-    duplicated: list[bool]  # per step: every replica got the very same examples
-    undistributed: list[bool]  # per step: a plain (not per-replica) value reached the step
-    seconds: float = 0.0
-    error: str | None = None  # the training failed: its exception, in one line
+    worst_variable: str
+    worst_gap: float
+    differing: tuple[str, ...]
+    nonfinite_one: tuple[str, ...]
+    nonfinite_many: tuple[str, ...]
+    norm_one: float  # ||d1||: the one-replica update, trainable variables
+    norm_many: float  # ||dN||
+    dot: float  # dN . d1
+    error: float  # ||dN - d1||
+    floor: float  # the part of ||dN - d1|| the variables' own rounding can make
+
+    @property
+    def ratio(self) -> float:
+        """The N-replica update projected on the one-replica update."""
+        return self.dot / self.norm_one**2 if self.norm_one > 0 else math.nan
+
+    @property
+    def cosine(self) -> float:
+        """The cosine between the two updates."""
+        both = self.norm_one * self.norm_many
+        return self.dot / both if both > 0 else math.nan
+
+    def update_gap(self, update_rtol: float) -> float:
+        """``||dN - d1||`` in units of its tolerance (> 1: the updates part)."""
+        allowed = update_rtol * self.norm_one + self.floor
+        if allowed > 0:
+            return self.error / allowed
+        return math.inf if self.error > 0 else 0.0
 
 
 def _gap(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> float:
-    """Largest |a-b| / (atol + rtol|b|): > 1 means outside the tolerance."""
+    """Largest ``|a - b| / (atol + rtol |b|)`` over the finite values (> 1: outside)."""
     if a.shape != b.shape:
         return math.inf
     if a.size == 0:
         return 0.0
-    denom = atol + rtol * np.abs(b)
-    diff = np.abs(a - b)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(
-            denom > 0, diff / np.where(denom > 0, denom, 1.0), np.where(diff > 0, np.inf, 0.0)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        diff = np.abs(a - b)
+        denom = atol + rtol * np.abs(b)
+        ratio = np.where(denom > 0, diff / np.where(denom > 0, denom, 1.0), np.inf * (diff > 0))
+    finite = ratio[np.isfinite(a) & np.isfinite(b)]
+    return float(finite.max()) if finite.size else 0.0
+
+
+def _eps(dtype: np.dtype) -> float:
+    try:
+        return float(np.finfo(dtype).eps)
+    except ValueError:  # an integer variable (a seed state): no rounding
+        return 0.0
+
+
+def compare_steps(
+    one: Snapshots,
+    many: Snapshots,
+    steps: int,
+    *,
+    names: Sequence[str],
+    trainable: Sequence[bool],
+    tol: Tolerance,
+) -> list[StepCompare]:
+    """Compare ``steps`` steps of two runs' snapshots, one variable at a time."""
+    out: list[StepCompare] = []
+    eps = [_eps(np.dtype(dtype)) for dtype, _ in one.layout]
+    for k in range(steps):
+        gaps: list[float] = []
+        bad_one: list[str] = []
+        bad_many: list[str] = []
+        s11 = snn = sn1 = sdd = sww = 0.0
+        for j, name in enumerate(names):
+            a1, b1 = one.read(k + 1, j), many.read(k + 1, j)
+            gaps.append(_gap(b1, a1, tol.rtol, tol.atol))
+            if not np.all(np.isfinite(a1)):
+                bad_one.append(name)
+            if not np.all(np.isfinite(b1)):
+                bad_many.append(name)
+            if not trainable[j] or a1.shape != b1.shape:
+                continue
+            with np.errstate(invalid="ignore", over="ignore"):
+                d1 = (a1 - one.read(k, j)).ravel()
+                dn = (b1 - many.read(k, j)).ravel()
+                s11 += float(d1 @ d1)
+                snn += float(dn @ dn)
+                sn1 += float(dn @ d1)
+                sdd += float((dn - d1) @ (dn - d1))
+                sww += float(eps[j] ** 2 * (a1.ravel() @ a1.ravel()))
+        worst = int(np.argmax(gaps)) if gaps else 0
+        out.append(
+            StepCompare(
+                worst_variable=names[worst] if names else "",
+                worst_gap=gaps[worst] if gaps else 0.0,
+                differing=tuple(n for n, g in zip(names, gaps, strict=True) if g > 1.0),
+                nonfinite_one=tuple(bad_one),
+                nonfinite_many=tuple(bad_many),
+                norm_one=math.sqrt(s11) if math.isfinite(s11) else math.inf,
+                norm_many=math.sqrt(snn) if math.isfinite(snn) else math.inf,
+                dot=sn1,
+                error=math.sqrt(sdd) if math.isfinite(sdd) else math.inf,
+                floor=4.0 * math.sqrt(sww) if math.isfinite(sww) else math.inf,
+            )
         )
-    worst = float(np.nanmax(ratio)) if ratio.size else 0.0
-    return math.inf if not np.all(np.isfinite(a)) and np.any(np.isfinite(b)) else worst
+    return out
 
 
-def _same_batch(a: Arrays | None, b: Arrays | None, rtol: float, atol: float) -> bool:
-    if a is None or b is None:
-        return a is b
-    return len(a) == len(b) and all(
-        x.shape == y.shape and _gap(x, y, 0.0, 0.0) <= 1.0 for x, y in zip(a, b, strict=True)
+@dataclass(frozen=True)
+class Hints:
+    """What the check learned besides the two runs: the global batch data() makes for one
+    replica by itself and the one compared (it grows with the replica count it is told)."""
+
+    own_batch: int = 0
+    compared_batch: int = 0
+
+
+def _finite(values: dict[str, float]) -> list[str]:
+    return [k for k, v in values.items() if not math.isfinite(v)]
+
+
+def _logged_notes(rows: list[StepRow], n: int, tol: Tolerance) -> list[str]:
+    """Logged values that differ between the runs, named with their ratio."""
+    notes: list[str] = []
+    names = [k for k in (rows[0].metrics_one if rows else {}) if k in rows[0].metrics_many]
+    for name in names:
+        pairs = [
+            (r.metrics_one[name], r.metrics_many[name])
+            for r in rows
+            if name in r.metrics_one and name in r.metrics_many
+        ]
+        off = [
+            (a, b)
+            for a, b in pairs
+            if math.isfinite(a) and math.isfinite(b) and abs(b - a) > tol.atol + tol.rtol * abs(a)
+        ]
+        if not off:
+            continue
+        ratios = [b / a for a, b in off if a != 0]
+        ratio = float(np.median(ratios)) if ratios else math.nan
+        why = ""
+        if near(ratio, 1 / n, 0.01):
+            why = (
+                f" = 1/{n}: the value logged is scaled by 1/N for the replicas (Keras's "
+                "compute_loss under tf.distribute returns the loss divided by the replica "
+                "count, right for the gradients; a tracker fed that value logs it 1/N too "
+                f"small). Log the unscaled value (loss * strategy.num_replicas_in_sync)"
+            )
+        elif near(ratio, n, 0.01):
+            why = (
+                f" = {n}: the value logged is summed over the replicas where it should be "
+                "averaged (strategy.reduce('SUM') of per-replica means)"
+            )
+        notes.append(
+            f"the logged {name!r} differs at {len(off)} of {len(pairs)} steps "
+            f"(on {n} replicas {ratio:.4g}x the one-replica value{why})"
+        )
+    only = sorted(set(rows[0].metrics_one) ^ set(rows[0].metrics_many)) if rows else []
+    if only:
+        notes.append(f"logged by one run only: {', '.join(only)}")
+    return notes
+
+
+def _verdict(
+    rows: list[StepRow], compared: list[StepCompare], tol: Tolerance, many: Run
+) -> tuple[Verdict, int | None, bool]:
+    """The verdict, the first step it rests on, and whether that step's global batch held
+    other examples (the numbers agreeing or not)."""
+    differs = next(
+        (
+            r.step
+            for r, c in zip(rows, compared, strict=True)
+            if c.worst_gap > 1.0 or c.update_gap(tol.update_rtol) > 1.0 or not r.same_batch
+        ),
+        None,
     )
+    nonfinite = next(
+        (
+            r.step
+            for r, c in zip(rows, compared, strict=True)
+            if c.nonfinite_one
+            or c.nonfinite_many
+            or _finite(r.metrics_one)
+            or _finite(r.metrics_many)
+        ),
+        None,
+    )
+    if nonfinite is not None and (differs is None or nonfinite <= differs):
+        return "NOT FINITE", nonfinite, False
+    if differs is not None:
+        return "DIFFERENT", differs, not rows[differs].same_batch
+    if many.error is not None:
+        return "DIFFERENT", len(rows), False
+    return "SAME", None, False
 
 
 def judge(
     one: Run,
     many: Run,
+    compared: list[StepCompare],
     *,
-    names: list[str],
-    trainable: list[bool],
     facts: ModelFacts,
     replicas: int,
     steps: int,
-    rtol: float,
-    atol: float,
+    tol: Tolerance,
     custom: bool,
+    hints: Hints | None = None,
 ) -> ReplicaReport:
-    """Compare two recorded runs and rank the likely causes of any difference. Pure."""
+    """Judge two recorded runs from their step comparisons and rank the likely causes."""
     n = replicas
+    hints = hints or Hints()
+    count = min(len(compared), len(one.losses), len(many.losses))
     rows: list[StepRow] = []
-    first_step: int | None = None
-    first_variable: str | None = None
-    differing: tuple[str, ...] = ()
-    for k in range(min(len(one.losses), len(many.losses))):
-        gaps = [
-            _gap(b, a, rtol, atol)
-            for a, b in zip(one.weights[k + 1], many.weights[k + 1], strict=True)
-        ]
-        worst = int(np.argmax(gaps)) if gaps else 0
-        batch_a = one.batches[k] if k < len(one.batches) else None
-        batch_b = many.batches[k] if k < len(many.batches) else None
+    for k in range(count):
+        c = compared[k]
+        same_batch = (
+            k < len(one.batches)
+            and k < len(many.batches)
+            and one.batches[k].digest == many.batches[k].digest
+        )
         rows.append(
             StepRow(
                 k,
                 one.losses[k],
                 many.losses[k],
-                names[worst] if names else "",
-                gaps[worst] if gaps else 0.0,
-                _same_batch(batch_a, batch_b, 0, 0),
+                c.worst_variable,
+                c.worst_gap,
+                same_batch,
+                c.ratio,
+                c.cosine,
+                c.update_gap(tol.update_rtol),
+                dict(one.metrics[k]) if k < len(one.metrics) else {},
+                dict(many.metrics[k]) if k < len(many.metrics) else {},
             )
         )
-        loss_gap = _gap(np.array([many.losses[k]]), np.array([one.losses[k]]), rtol, atol)
-        if first_step is None and (loss_gap > 1.0 or (gaps and gaps[worst] > 1.0)):
-            first_step = k
-            if gaps and gaps[worst] > 1.0:
-                first_variable = names[worst]
-                differing = tuple(nm for nm, g in zip(names, gaps, strict=True) if g > 1.0)
-    # other examples in a global batch: another training, even where the numbers agree (a
-    # duplicated batch averages to the same loss and gradient as the batch it repeats)
-    batch_step = next((r.step for r in rows if not r.same_batch), None)
-    data_only = batch_step is not None and (first_step is None or batch_step < first_step)
-    if data_only:
-        first_step, first_variable, differing = batch_step, None, ()
-    if many.error is not None and first_step is None:
-        first_step = len(rows)
-    same = first_step is None and len(rows) == min(steps, len(one.losses))
-    evidence = collect_evidence(one, many, rows, trainable, n, first_step, rtol, atol)
-    causes = rank(evidence, facts, n, custom, same, first_variable, differing, many.error)
     notes: list[str] = []
-    if many.error is not None:
-        notes.append(f"training on {n} replicas failed at step {first_step}: {many.error}")
-    if data_only and batch_step is not None:
-        row = rows[batch_step]
-        agree = row.worst_gap <= 1.0 and (
-            _gap(np.array([row.loss_many]), np.array([row.loss_one]), rtol, atol) <= 1.0
-        )
+    sizes = (
+        one.batches[0].size if one.batches else 0,
+        many.batches[0].size if many.batches else 0,
+    )
+    if hints.compared_batch and hints.own_batch != hints.compared_batch:
         notes.append(
-            f"the global batch of step {batch_step} holds other examples on {n} replicas than "
+            f"data() sizes the global batch from the replica count ({hints.own_batch} examples "
+            f"for 1 replica, {hints.compared_batch} for {n}): the check compared both runs at "
+            f"{hints.compared_batch}, the {n}-replica global batch"
+        )
+    if not rows and many.error is None:
+        notes.append(
+            f"no step ran: data(strategy) gave {len(one.batches)} batches on 1 replica and "
+            f"{len(many.batches)} on {n}; nothing was compared"
+        )
+        verdict: Verdict = "COULD NOT CHECK"
+        first_step, data_only = None, False
+    else:
+        verdict, first_step, data_only = _verdict(rows, compared, tol, many)
+    first_variable: str | None = None
+    differing: tuple[str, ...] = ()
+    if verdict in ("DIFFERENT", "NOT FINITE") and first_step is not None and first_step < count:
+        c = compared[first_step]
+        bad = c.nonfinite_many + tuple(v for v in c.nonfinite_one if v not in c.nonfinite_many)
+        if verdict == "NOT FINITE" and bad:
+            first_variable, differing = bad[0], bad
+        elif c.differing:
+            first_variable, differing = c.differing[0], c.differing
+    if many.error is not None:
+        notes.append(f"training on {n} replicas failed at step {count}: {many.error}")
+    if data_only and first_step is not None:
+        row = rows[first_step]
+        agree = row.worst_gap <= 1.0 and row.update_gap <= 1.0
+        notes.append(
+            f"the global batch of step {first_step} holds other examples on {n} replicas than "
             "on one: the runs train on different data"
             + (" (loss and weights agree at that step all the same)" if agree else "")
         )
-    if len(rows) < steps and many.error is None:
+    if 0 < len(rows) < steps and many.error is None:
         notes.append(f"only {len(rows)} of {steps} steps ran: the input ran out")
-    if evidence.grad_ratio is not None and not same:
+    if rows and verdict == "SAME":
+        notes += _logged_notes(rows, n, tol)
+        if all(r.update_ratio != r.update_ratio for r in rows):  # NaN: no step moved
+            notes.append("no step changed a trainable variable: only the forward pass agreed")
+    evidence = _evidence(one, many, rows, compared, first_step, tol, sizes, verdict, custom)
+    causes = rank(evidence, facts, n, custom, verdict, many.error)
+    if evidence.grad_ratio is not None and verdict == "DIFFERENT":
         notes.append(
-            f"first update on {n} replicas is {evidence.grad_ratio:.3g}x the update "
-            "on 1 replica (projected over all trainable weights)"
+            f"the update of step {first_step} on {n} replicas is {evidence.grad_ratio:.3g}x "
+            f"the one-replica update (cosine {evidence.update_cosine:.4g}, projected over all "
+            "trainable weights)"
         )
     return ReplicaReport(
-        same=same,
+        same=verdict == "SAME",
         replicas=n,
         steps=steps,
-        rtol=rtol,
-        atol=atol,
+        rtol=tol.rtol,
+        atol=tol.atol,
         mode="custom train_step" if custom else "model.fit",
         first_step=first_step,
         first_variable=first_variable,
@@ -141,55 +326,69 @@ def judge(
         causes=tuple(causes),
         facts=facts,
         notes=tuple(notes),
+        verdict=verdict,
+        update_rtol=tol.update_rtol,
+        tolerance=tol.source,
+        batch_sizes=sizes,
     )
 
 
-def collect_evidence(
+def _evidence(
     one: Run,
     many: Run,
     rows: list[StepRow],
-    trainable: list[bool],
-    n: int,
+    compared: list[StepCompare],
     first_step: int | None,
-    rtol: float,
-    atol: float,
+    tol: Tolerance,
+    sizes: tuple[int, int],
+    verdict: Verdict,
+    custom: bool,
 ) -> Evidence:
+    """What the causes read, from the rows and the first step where the runs part."""
     batch_differs = next((r.step for r in rows if not r.same_batch), None)
-    size_one = one.batches[0][0].shape[0] if one.batches and one.batches[0] else 0
-    size_many = many.batches[0][0].shape[0] if many.batches and many.batches[0] else 0
     l1 = rows[0].loss_one if rows else math.nan
     ln = rows[0].loss_many if rows else math.nan
-    ratio = ln / l1 if l1 not in (0.0,) and math.isfinite(l1) else math.nan
-    loss0 = bool(rows) and _gap(np.array([ln]), np.array([l1]), rtol, atol) > 1.0
-    grad_ratio = None
+    logged = math.isfinite(l1) and math.isfinite(ln)
+    ratio = ln / l1 if logged and l1 != 0 else math.nan
+    loss0 = logged and abs(ln - l1) > tol.atol + tol.rtol * abs(l1)
+    update_ratio = update_cosine = None
+    relative = math.nan
     skipped = False
-    if first_step is not None and first_step + 1 < min(len(many.weights), len(one.weights)):
-        k = first_step
-        d1 = _flat_delta(one.weights[k], one.weights[k + 1], trainable)
-        dn = _flat_delta(many.weights[k], many.weights[k + 1], trainable)
-        norm1 = float(d1 @ d1)
-        if norm1 > 0:
-            grad_ratio = float(dn @ d1) / norm1
-        skipped = (norm1 == 0.0) != (float(dn @ dn) == 0.0)
+    if first_step is not None and first_step < len(compared):
+        c = compared[first_step]
+        if c.norm_one > 0 and math.isfinite(c.norm_one):
+            update_ratio, update_cosine = c.ratio, c.cosine
+            relative = c.error / c.norm_one
+        skipped = (c.norm_one == 0.0) != (c.norm_many == 0.0)
+    step0 = compared[0].update_gap(tol.update_rtol) > 1.0 if compared else False
     worst = max((r.worst_gap for r in rows), default=0.0)
-    loss_worst = max(
-        (_gap(np.array([r.loss_many]), np.array([r.loss_one]), rtol, atol) for r in rows),
-        default=0.0,
+    rounding = (
+        batch_differs is None
+        and math.isfinite(relative)
+        and relative <= 10 * tol.update_rtol
+        and (update_cosine or 0.0) >= 0.99
+        and worst < 1000.0
     )
-    small = max(worst, loss_worst) < 1000.0  # within 1000x the tolerance: rounding-sized
+    nonfinite = ""
+    if verdict == "NOT FINITE" and first_step is not None and first_step < len(rows):
+        c, r = compared[first_step], rows[first_step]
+        in_one = bool(c.nonfinite_one or _finite(r.metrics_one))
+        in_many = bool(c.nonfinite_many or _finite(r.metrics_many))
+        nonfinite = "both" if in_one and in_many else ("one" if in_one else "many")
     return Evidence(
-        batch_differs,
-        (size_one, size_many),
-        any(many.duplicated),
-        any(many.undistributed),
-        ratio,
-        loss0,
-        grad_ratio,
-        skipped,
-        small,
+        batch_differs_at=batch_differs,
+        batch_sizes=sizes,
+        duplicated=any(b.duplicated for b in many.batches[: len(rows)]),
+        undistributed=custom and any(b.undistributed for b in many.batches[: len(rows)]),
+        loss0_ratio=ratio,
+        loss0_differs=loss0,
+        grad_ratio=update_ratio,
+        skipped=skipped,
+        small=rounding,
+        update_cosine=update_cosine,
+        update_relative=relative,
+        step0_update_differs=step0 and batch_differs != 0,
+        reread=bool(one.reread),
+        nonfinite=nonfinite,
+        first_step=first_step,
     )
-
-
-def _flat_delta(before: Arrays, after: Arrays, trainable: list[bool]) -> np.ndarray:
-    parts = [(b - a).ravel() for a, b, t in zip(before, after, trainable, strict=True) if t]
-    return np.concatenate(parts) if parts else np.zeros(0)

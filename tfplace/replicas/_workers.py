@@ -13,27 +13,26 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tfplace import _tf
 from tfplace._decide.strategy import plan
 from tfplace._strategy import build_strategy
-from tfplace.replicas._judge import Arrays, Run, judge
-from tfplace.replicas._report import ModelFacts, ReplicaReport
+from tfplace.errors import AlreadyInitializedError
+from tfplace.replicas._judge import compare_steps, judge
+from tfplace.replicas._records import Run, Snapshots, batch_record
+from tfplace.replicas._report import ReplicaReport
+from tfplace.replicas._tolerance import default_tolerance
 from tfplace.replicas._train import (
     TrainStep,
     build_model,
-    model_facts,
-    read_weights,
     record_input,
-    sorted_rows,
-    train,
+    train_reference,
     train_steps,
-    variable_name,
+    weight_values,
     write_weights,
 )
 
@@ -92,8 +91,7 @@ def compare_on_workers(
     *,
     replicas: int,
     steps: int,
-    rtol: float,
-    atol: float,
+    tol: tuple[float | None, float | None, float | None],
     seed: int,
 ) -> ReplicaReport:
     """One replica here, N replicas as N local workers; the same :func:`judge`."""
@@ -104,66 +102,76 @@ def compare_on_workers(
     if train_step is not None:
         functions["train_step"] = _locate(train_step, "train_step")
     one = build_strategy(plan("one_device", devices=["/CPU:0"]))
-    policy = _tf.keras_policy()
-    try:
-        model_one = build_model(one, build, seed)
-    finally:
-        _tf.set_keras_policy(policy)
-    names = [variable_name(v) for v in model_one.weights]
-    start = read_weights(model_one)
-    trainable_ids = {id(v) for v in model_one.trainable_weights}
-    trainable = [id(v) in trainable_ids for v in model_one.weights]
-    with tempfile.TemporaryDirectory(prefix="tfplace-replicas-") as folder:
-        np.savez(Path(folder, "start.npz"), *start)
+    with tempfile.TemporaryDirectory(prefix="tfplace-replicas-") as name:
+        folder = Path(name)
+        ref = train_reference(
+            one,
+            build,
+            data,
+            train_step,
+            steps=steps,
+            seed=seed,
+            replicas=replicas,
+            path=folder / "one.bin",
+        )
         spec = {
             "functions": functions,
             "steps": steps,
             "seed": seed,
-            "folder": folder,
+            "folder": str(folder),
             "sys_path": [p for p in sys.path if p],
             "timeout": WORKER_TIMEOUT,
         }
-        Path(folder, "spec.json").write_text(json.dumps(spec))
-        run_one = train(one, model_one, data, steps, train_step, seed)
+        (folder / "spec.json").write_text(json.dumps(spec))
         env = dict(os.environ)
         env["CUDA_VISIBLE_DEVICES"] = "-1"  # one replica per worker, on its CPU, like the one here
         env["PYTHONPATH"] = os.pathsep.join(
-            [str(Path(__file__).resolve().parents[1]), *filter(None, [env.get("PYTHONPATH")])]
+            [str(Path(__file__).resolve().parents[2]), *filter(None, [env.get("PYTHONPATH")])]
         )
         lines: list[str] = []
         result = launch(
-            [sys.executable, "-c", _WORKER_MAIN, str(Path(folder, "spec.json"))],
+            [sys.executable, "-c", _WORKER_MAIN, str(folder / "spec.json")],
             replicas,
             env=env,
             out=io.StringIO(),
             on_line=lambda i, line: lines.append(f"[worker {i}] {line}"),
         )
-        records = [_read_record(Path(folder), i) for i in range(replicas)]
-    written = [r for r in records if r is not None]
-    if not written:
-        tail = "\n".join(lines[-25:])
-        raise RuntimeError(
-            f"compare_replicas(workers=True): none of the {replicas} workers wrote its record "
-            f"({result}). Their last lines:\n{tail}"
+        records = [_read_record(folder, i, ref.run.snapshots.layout) for i in range(replicas)]
+        if not any(records):
+            tail = "\n".join(lines[-25:])
+            raise RuntimeError(
+                f"compare_replicas(workers=True): none of the {replicas} workers wrote its "
+                f"record ({result}). Their last lines:\n{tail}"
+            )
+        run_many, notes = _merge_records(records, replicas, result.returncode, lines)
+        tolerance = default_tolerance(
+            ref.facts.dtype_policy, ["/CPU:0"], (), rtol=tol[0], atol=tol[1], update_rtol=tol[2]
         )
-    run_many, facts, notes = _merge_records(records, replicas, result.returncode, lines)
+        count = min(len(ref.run.snapshots), len(run_many.snapshots)) - 1
+        compared = compare_steps(
+            ref.run.snapshots,
+            run_many.snapshots,
+            max(count, 0),
+            names=ref.names,
+            trainable=ref.trainable,
+            tol=tolerance,
+        )
     report = judge(
-        run_one,
+        ref.run,
         run_many,
-        names=names,
-        trainable=trainable,
-        facts=facts,
+        compared,
+        facts=ref.facts,
         replicas=replicas,
         steps=steps,
-        rtol=rtol,
-        atol=atol,
+        tol=tolerance,
         custom=train_step is not None,
+        hints=ref.hints,
     )
     return dataclasses.replace(
         report,
         notes=report.notes + tuple(notes),
         seconds=time.perf_counter() - started,
-        train_seconds=(run_one.seconds, run_many.seconds),
+        train_seconds=(ref.run.seconds, run_many.seconds),
         devices=tuple(f"/job:worker/replica:0/task:{i}/device:CPU:0" for i in range(replicas)),
         workers=replicas,
     )
@@ -171,68 +179,60 @@ def compare_on_workers(
 
 @dataclass
 class _Record:
-    """What one worker wrote: its Run (with its own share of each batch) and its model facts."""
+    """What one worker wrote: its Run (its own variables) and its share of each batch."""
 
     run: Run
-    local_batches: list[Arrays]
-    facts: ModelFacts
+    shares: list[list[np.ndarray]]  # per step, per input component
 
 
-def _read_record(folder: Path, index: int) -> _Record | None:
+def _read_record(
+    folder: Path, index: int, layout: list[tuple[np.dtype, tuple[int, ...]]]
+) -> _Record | None:
     meta_path, arrays_path = folder / f"worker{index}.json", folder / f"worker{index}.npz"
     if not (meta_path.is_file() and arrays_path.is_file()):
         return None
     meta = json.loads(meta_path.read_text())
     with np.load(arrays_path) as arrays:
-        weights = [
-            [arrays[f"w{k}_{j}"] for j in range(meta["variables"])]
-            for k in range(len(meta["losses"]) + 1)
-        ]
-        batches = [
+        shares = [
             [arrays[f"b{k}_{c}"] for c in range(meta["components"][k])]
             for k in range(len(meta["components"]))
         ]
-    run = Run(list(meta["losses"]), weights, [], [], [], meta["seconds"], meta["error"])
-    return _Record(run, batches, ModelFacts(**{**meta["facts"], **_tuples(meta["facts"])}))
-
-
-def _tuples(facts: dict[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) for k, v in facts.items() if isinstance(v, list)}
+    run = Run(
+        losses=list(meta["losses"]),
+        metrics=[dict(m) for m in meta["metrics"]],
+        snapshots=Snapshots(folder / f"worker{index}.bin", layout=layout),
+        seconds=meta["seconds"],
+        error=meta["error"],
+    )
+    return _Record(run, shares)
 
 
 def _merge_records(
     records: list[_Record | None], n: int, returncode: int, lines: list[str]
-) -> tuple[Run, ModelFacts, list[str]]:
+) -> tuple[Run, list[str]]:
     """The N-replica Run from the workers' records: the first worker's losses and variables,
     each step's global batch from every worker's share in worker order."""
     notes: list[str] = []
     written = [r for r in records if r is not None]
     first = written[0]
-    run = Run(list(first.run.losses), list(first.run.weights), [], [], [], first.run.seconds)
+    run = dataclasses.replace(first.run, batches=[])
     run.error = next((r.run.error for r in written if r.run.error), None)
     if len(written) < n and run.error is None:
         tail = " | ".join(lines[-3:])
         run.error = f"worker(s) {[i for i, r in enumerate(records) if r is None]} wrote nothing "
         run.error += f"(launch exit code {returncode}): {tail}"[:400]
-    steps = min(len(r.local_batches) for r in written) if len(written) == n else 0
+    steps = min(len(r.shares) for r in written) if len(written) == n else 0
     for k in range(steps):
-        shares = [r.local_batches[k] for r in written]
+        shares = [r.shares[k] for r in written]
         parts = len(shares[0])
-        run.batches.append(
-            [sorted_rows(np.concatenate([s[c] for s in shares], axis=0)) for c in range(parts)]
-        )
-        run.duplicated.append(
-            all(
-                len(s) == parts and all(np.array_equal(s[c], shares[0][c]) for c in range(parts))
-                for s in shares[1:]
-            )
-        )
-        run.undistributed.append(False)  # one replica a worker: every value is "local"
+        local = [[s[c] for s in shares] for c in range(parts)]
+        run.batches.append(batch_record(local, n))
+    mine = first.run.snapshots
     for i, r in enumerate(written[1:], 1):
-        last = min(len(r.run.weights), len(first.run.weights)) - 1
+        last = min(len(r.run.snapshots), len(mine)) - 1
         if last > 0 and any(
-            not np.array_equal(a, b)
-            for a, b in zip(r.run.weights[last], first.run.weights[last], strict=True)
+            not np.array_equal(r.run.snapshots.read(last, j), mine.read(last, j))
+            for j in range(mine.variables)
         ):
             notes.append(
                 f"worker {i} holds other variable values than worker 0 after step {last - 1}: "
@@ -240,51 +240,67 @@ def _merge_records(
                 "strategy.scope()?)"
             )
             break
-    return run, first.facts, notes
+    return run, notes
+
+
+def _worker_strategy(timeout: float) -> Any:
+    """The worker's multi-worker strategy: the check's, or the one the user's script built
+    when it was imported (``pick_strategy()`` at module level, as a training script does)."""
+    from tfplace._strategy import pick_strategy
+
+    try:
+        return pick_strategy("multi_worker", communication_timeout=timeout, startup_timeout=timeout)
+    except AlreadyInitializedError as err:
+        try:  # the script's own pick_strategy() at import: the same request gives it again
+            return pick_strategy()
+        except AlreadyInitializedError:
+            raise AlreadyInitializedError(
+                "tfplace check --workers: the script builds a strategy of its own when it is "
+                "imported, with other settings than the check's workers can share, so the "
+                "worker cannot build its multi-worker strategy (expected: no strategy built "
+                "at import, or a plain pick_strategy(); found: " + str(err)[:200] + "). Fix: "
+                'move the pick_strategy(...) call under `if __name__ == "__main__":` or '
+                "into build()/data()"
+            ) from err
 
 
 def replica_worker(spec_path: str) -> int:
     """One worker of ``compare_replicas(workers=True)``: import the user's functions, build
     the model under the multi-worker strategy, load the shared initial weights, train, and write
-    the record (``worker<i>.json`` / ``.npz``). Returns 0, or 3 when the training failed (the
-    launcher then stops the other workers instead of leaving them waiting in a collective)."""
-    from tfplace._strategy import pick_strategy
-
+    the record (``worker<i>.json`` / ``.npz`` / ``.bin``). Returns 0, or 3 when the training
+    failed (the launcher then stops the other workers instead of leaving them waiting in a
+    collective)."""
     spec = json.loads(Path(spec_path).read_text())
     index = int(os.environ.get("TFPLACE_WORKER_INDEX", "0"))
     sys.path[:0] = [p for p in spec["sys_path"] if p not in sys.path]
     functions = {role: _import(*where) for role, where in spec["functions"].items()}
-    strategy = pick_strategy(
-        "multi_worker",
-        communication_timeout=spec["timeout"],
-        startup_timeout=spec["timeout"],
-    )
+    strategy = _worker_strategy(float(spec["timeout"]))
     seed, steps = int(spec["seed"]), int(spec["steps"])
     model = build_model(strategy, functions["build"], seed)
-    with np.load(Path(spec["folder"], "start.npz")) as arrays:
-        start = [arrays[f"arr_{j}"] for j in range(len(arrays.files))]
-    if [a.shape for a in start] != [a.shape for a in read_weights(model)]:
+    folder = Path(spec["folder"])
+    layout = [(np.asarray(v.numpy()).dtype, tuple(v.shape)) for v in model.weights]
+    start = Snapshots(folder / "one.bin", layout=layout)
+    if len(start) < 1:
         raise ValueError("build() made other variables in the worker than in the parent process")
-    write_weights(model, start)
+    write_weights(model, (start.read(0, j) for j in range(start.variables)))
     train_step = functions.get("train_step")
-    recorded = record_input(strategy, functions["data"], steps, as_fit_sees_it=train_step is None)
+    recorded = record_input(
+        strategy, functions["data"], steps, seed, as_fit_sees_it=train_step is None
+    )
     local = [[np.concatenate(parts, axis=0) for parts in step] for step in recorded]
-    run = Run([], [read_weights(model)], [], [], [])
+    run = Run(snapshots=Snapshots(folder / f"worker{index}.bin"))
+    run.snapshots.append(weight_values(model))
     train_steps(strategy, model, functions["data"], min(steps, len(local)), train_step, seed, run)
     arrays_out: dict[str, np.ndarray] = {}
-    for k, values in enumerate(run.weights):
-        arrays_out.update({f"w{k}_{j}": v for j, v in enumerate(values)})
     for k, components in enumerate(local):
         arrays_out.update({f"b{k}_{c}": v for c, v in enumerate(components)})
-    folder = Path(spec["folder"])
     np.savez(folder / f"worker{index}.npz", **arrays_out)  # type: ignore[arg-type]
     meta = {
         "losses": run.losses,
-        "variables": len(start),
+        "metrics": run.metrics,
         "components": [len(c) for c in local],
         "seconds": run.seconds,
         "error": run.error,
-        "facts": asdict(model_facts(model)),
     }
     (folder / f"worker{index}.json.tmp").write_text(json.dumps(meta))
     (folder / f"worker{index}.json.tmp").replace(folder / f"worker{index}.json")
@@ -307,5 +323,10 @@ def _import(module_name: str, path: str, attribute: str) -> Any:
             raise ImportError(f"cannot load {path}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        argv = sys.argv
+        sys.argv = [path]  # the script sees its own name, as when Python runs it
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.argv = argv
     return getattr(module, attribute)
