@@ -456,3 +456,59 @@ def test_the_fault_tolerance_page_lists_every_internal_and_shows_the_message(
     monkeypatch.setattr(_probes, "installed_versions", lambda: "TensorFlow 2.22.0, Keras 3.16.0")
     found = "Sequential.train_function is None when fit calls on_train_begin, not a function"
     assert f"TfplaceWarning: {_probes.internal_text('train_function', found)}\n" in page
+
+
+# ------------------------------------- collective keys under Keras's multi-step loop
+
+
+def test_collective_keys_are_numbered_at_trace_time_only_under_control_flow() -> None:
+    """keras#19246: a function traced inside a tf.cond (Keras 3's loop for
+    steps_per_execution > 1) gets trace-time keys; a function called directly keeps
+    TensorFlow's call-time keys; the setting is put back after each trace."""
+    import tensorflow as tf
+    from tensorflow.python.distribute import cross_device_utils
+
+    launcher = cross_device_utils.CollectiveReplicaLauncher
+    seen: list[bool] = []
+
+    @tf.function
+    def inner(x: Any) -> Any:
+        with _tf.nested_collective_keys():
+            seen.append(launcher._prefer_unique_instance_key)
+        return x + 1
+
+    @tf.function
+    def outer(x: Any) -> Any:
+        return tf.cond(x > 0, lambda: inner(x), lambda: x)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TfplaceWarning)
+        assert int(outer(tf.constant(1))) == 2
+        assert float(inner(tf.constant(2.0))) == 3.0
+        with _tf.nested_collective_keys():  # eager: nothing to change
+            seen.append(launcher._prefer_unique_instance_key)
+    assert seen == [False, True, True]
+    assert launcher._prefer_unique_instance_key is True
+
+
+def test_a_tensorflow_without_the_instance_key_switch_is_said_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tensorflow as tf
+    from tensorflow.python.distribute import cross_device_utils
+
+    monkeypatch.delattr(cross_device_utils.CollectiveReplicaLauncher, "_prefer_unique_instance_key")
+
+    @tf.function
+    def inner(x: Any) -> Any:
+        with _tf.nested_collective_keys():
+            return x + 1
+
+    @tf.function
+    def outer(x: Any) -> Any:
+        return tf.cond(x > 0, lambda: inner(x), lambda: x)
+
+    with pytest.warns(TfplaceWarning) as record:
+        outer(tf.constant(1))
+    (text,) = said(list(record), "collective_instance_keys")
+    assert "steps_per_execution" in text

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from helpers import CPU_ONLY_ENV, QUIET_ENV, run_json, run_workers
 
@@ -542,3 +543,56 @@ def test_only_the_stock_writing_is_flagged(stock_check: Any, tmp_path: Any) -> N
     _stock.unwatch_all()
     _stock.watch(one_worker)
     assert not _stock.is_watching()
+
+
+SPE = """
+import json, os
+import numpy as np
+import tfplace
+strategy = tfplace.pick_strategy(communication_timeout=60, startup_timeout=120)
+import tensorflow as tf
+
+keras = tf.keras  # Keras 3, or tf_keras under TF_USE_LEGACY_KERAS=1
+x = np.random.default_rng(0).normal(size=(80, 4)).astype("float32")
+y = x @ np.array([[1.0], [-2.0], [0.5], [3.0]], dtype="float32")
+data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)  # 5 batches: 4 + 1 at spe=4
+runs = {}
+for spe in (1, 4):
+    with strategy.scope():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential(
+            [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)]
+        )
+        model.compile("sgd", "mse", metrics=["mae"], steps_per_execution=spe)
+    history = model.fit(data, epochs=2, verbose=0)
+    evaluated = model.evaluate(data, verbose=0)
+    predicted = model.predict(tf.data.Dataset.from_tensor_slices(x).batch(16), verbose=0)
+    runs[spe] = {
+        "loss": history.history["loss"],
+        "evaluate": [float(v) for v in np.ravel(evaluated)],
+        "predict": predicted.ravel().tolist(),
+        "weights": [w.ravel().tolist() for w in model.get_weights()],
+    }
+print(json.dumps({"keras": keras.__name__, "runs": runs}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flavour", ["keras3", "tf_keras"])
+def test_steps_per_execution_trains_like_one_step_per_execution_on_two_workers(
+    flavour: str,
+) -> None:
+    """keras#19246: steps_per_execution=4 under tfplace's multi-worker strategy failed with
+    'You must feed a value for placeholder tensor ...while/cond/Placeholder' in fit,
+    evaluate and predict. Now each gives what steps_per_execution=1 gives (rtol 1e-6), with
+    an epoch that is not a multiple of 4 batches."""
+    if flavour == "tf_keras":
+        pytest.importorskip("tf_keras")
+    env = {**CPU_ONLY_ENV, "TF_USE_LEGACY_KERAS": "1" if flavour == "tf_keras" else "0"}
+    for worker in run_workers(SPE, extra_env=env, timeout=300):
+        assert worker["keras"].startswith("tf_keras") == (flavour == "tf_keras")
+        one, four = worker["runs"]["1"], worker["runs"]["4"]
+        for key in ("loss", "evaluate", "predict"):
+            np.testing.assert_allclose(four[key], one[key], rtol=1e-6, err_msg=key)
+        for a, b in zip(four["weights"], one["weights"], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -105,6 +105,13 @@ INTERNALS: dict[str, Internal] = {
         "correct but reads every file on every worker",
         "everything else; prepare_dataset(shard_policy='file') still asks for FILE",
     ),
+    "collective_instance_keys": Internal(
+        "CollectiveReplicaLauncher._prefer_unique_instance_key",
+        "steps_per_execution > 1 under tfplace's multi-worker strategy (keras#19246)",
+        "steps_per_execution > 1 with several workers: fit, evaluate and predict fail with "
+        "'You must feed a value for placeholder tensor'",
+        "steps_per_execution=1 (the default); one worker",
+    ),
     "collective_key_base": Internal(
         "tf.distribute.MirroredStrategy._collective_key_base",
         "several MirroredStrategy objects of different sizes in one process (tensorflow#61314)",

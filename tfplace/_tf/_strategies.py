@@ -4,8 +4,9 @@ the coordination service multi-worker start-up, barriers and callbacks talk thro
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tfplace._tf._core import load
@@ -24,6 +25,7 @@ __all__ = [
     "is_multi_worker",
     "mirrored_strategy",
     "multi_worker_base",
+    "nested_collective_keys",
     "one_device_strategy",
     "simple_cluster_resolver",
     "strategy_num_workers",
@@ -190,3 +192,62 @@ def strategy_num_workers(strategy: object) -> int:
     except Exception:  # no resolver: a strategy of this process alone
         return 1
     return max(1, sum(len(jobs.get(job, ())) for job in ("chief", "worker")))
+
+
+_keys_lock = threading.RLock()
+
+
+def _traced_under_control_flow() -> bool:
+    """Whether the graph being built now is a function traced inside a ``tf.cond`` or
+    ``tf.while_loop`` branch (Keras 3's loop for ``steps_per_execution > 1``)."""
+    from tensorflow.python.framework import ops
+
+    graph: Any = ops.get_default_graph()
+    if not getattr(graph, "building_function", False):
+        return False
+    graph = getattr(graph, "outer_graph", None)
+    while graph is not None:
+        if getattr(graph, "is_control_flow_graph", False):
+            return True
+        graph = getattr(graph, "outer_graph", None)
+    return False
+
+
+@contextlib.contextmanager
+def nested_collective_keys() -> Iterator[None]:
+    """Inside, collectives traced in a function that runs under control flow get their
+    instance keys when traced rather than when called (keras#19246).
+
+    Collective ops of a multi-worker strategy take a key per call, fed when the outermost
+    function is called (``capture_call_time_value``). A function traced inside a ``tf.cond``
+    within a ``tf.while_loop`` (Keras 3's multi-step loop, ``steps_per_execution > 1``) never
+    gets that key fed: ``You must feed a value for placeholder tensor
+    '.../while/cond/Placeholder'``. There, and only there, this makes TensorFlow number the
+    keys at trace time (``CollectiveReplicaLauncher._prefer_unique_instance_key = False``
+    for the duration), as its own tests do; every worker traces the same functions in the
+    same order, so the keys agree. Elsewhere it changes nothing.
+    """
+    if not _traced_under_control_flow():
+        yield
+        return
+    try:
+        from tensorflow.python.distribute import cross_device_utils
+
+        launcher: Any = cross_device_utils.CollectiveReplicaLauncher
+        found = getattr(launcher, "_prefer_unique_instance_key", None)
+    except (ImportError, AttributeError) as err:
+        launcher, found = None, err
+    if launcher is None or not isinstance(found, bool):
+        internal_missing(
+            "collective_instance_keys",
+            f"CollectiveReplicaLauncher._prefer_unique_instance_key is {found!r}",
+        )
+        yield
+        return
+    with _keys_lock:
+        before = launcher._prefer_unique_instance_key
+        launcher._prefer_unique_instance_key = False
+        try:
+            yield
+        finally:
+            launcher._prefer_unique_instance_key = before

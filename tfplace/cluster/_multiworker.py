@@ -103,8 +103,13 @@ def multi_worker_class() -> type:
                 if not nest.is_nested(value):
                     if axis is not None and _rank(value) == 0:
                         axis = None  # a scalar has no axis: reduce across replicas only
-                    return super().reduce(reduce_op, value, axis=axis)
+                    with _tf.nested_collective_keys():
+                        return super().reduce(reduce_op, value, axis=axis)
                 return nest.map_structure(lambda v: self.reduce(reduce_op, v, axis), value)
+
+            def run(self, fn: Any, args: Any = (), kwargs: Any = None, options: Any = None) -> Any:
+                with _tf.nested_collective_keys():  # steps_per_execution > 1 (keras#19246)
+                    return super().run(fn, args=args, kwargs=kwargs, options=options)
 
         KerasMultiWorkerMirroredStrategy.__module__ = __name__
         _class = KerasMultiWorkerMirroredStrategy
