@@ -230,6 +230,32 @@ def test_the_clock_leaves_out_the_set_up_of_fit() -> None:
     assert time_steps(keras, model, slow_start, 0, 5) > 0.15  # no warm-up: it is the first step
 
 
+def test_the_clock_counts_executions_times_their_steps() -> None:
+    """With steps_per_execution=3 Keras reports one batch end per 3 steps: the clock counts
+    the steps, not the batch ends (it said 'saw 3 of 6 steps: the dataset ran out')."""
+    model = small()
+    model.compile(optimizer="sgd", loss="mse", steps_per_execution=3)
+    seconds = time_steps(keras, model, data(slow=False).repeat(), 3, 6)
+    assert 0 < seconds < 0.5
+    with pytest.raises(RuntimeError, match="no execution end after the 4 warm-up steps"):
+        time_steps(keras, model, data(slow=False).repeat(), 4, 2)  # not whole executions
+
+
+def test_the_clock_rounds_to_whole_executions() -> None:
+    from tfplace.tuning._clock import clock_steps
+
+    assert clock_steps(3, 20, 1) == (3, 20)
+    assert clock_steps(0, 5, 4) == (0, 8)
+    assert clock_steps(5, 1, 4) == (8, 4)
+
+
+def test_diagnose_training_runs_a_model_with_several_steps_per_execution() -> None:
+    model = small()
+    model.compile(optimizer="sgd", loss="mse", steps_per_execution=4)
+    report = tfplace.diagnose_training(model, data(slow=False), steps=8, warmup=4)
+    assert report.step_ms > 0 and report.together_ms > 0
+
+
 # ----------------------------------------------------------------------------- advice (pure)
 
 

@@ -641,3 +641,48 @@ def test_scale_loss_custom_loop() -> None:
     opt.apply(grads, model.trainable_variables)
     after = [w.numpy() for w in model.trainable_variables]
     assert any(not np.allclose(a, b) for a, b in zip(after, before, strict=True))
+
+
+# ------------------------------------------------------------------ steps_per_execution
+
+
+def test_expand_candidates_crosses_steps_per_execution() -> None:
+    cpu = [Candidate("CPU:0", "one_device", ("/CPU:0",))]
+    cands = expand_candidates(cpu, jit_compile=(False,), steps_per_execution=(1, 4, 16))
+    assert [c.name for c in cands] == ["CPU:0 spe=1", "CPU:0 spe=4", "CPU:0 spe=16"]
+    assert [c.steps_per_execution for c in cands] == [1, 4, 16]
+    assert expand_candidates(cpu)[0].steps_per_execution is None  # as build_model compiled
+    for bad in (4, (0, 4), (1.5,), (True,)):
+        with pytest.raises(TypeError, match="steps_per_execution must be a sequence of ints"):
+            expand_candidates(cpu, steps_per_execution=bad)  # type: ignore[arg-type]
+
+
+def test_autotune_tries_steps_per_execution_and_reports_the_gain() -> None:
+    cpu = [Candidate("CPU:0", "one_device", ("/CPU:0",))]
+    report = tfplace.autotune(
+        build_model, dataset(), candidates=cpu, steps=8, warmup=2, steps_per_execution=(1, 4)
+    )
+    assert report.failed == ()
+    by_spe = {m.steps_per_execution: m for m in report.results}
+    assert set(by_spe) == {1, 4} and all(m.steps_per_second > 0 for m in by_spe.values())
+    assert by_spe[4].compile_kwargs["steps_per_execution"] == 4
+    assert "steps_per_execution" not in by_spe[1].compile_kwargs
+    ((place, (best, gain)),) = report.steps_per_execution_gains().items()
+    assert place == "one_device /CPU:0" and best in (1, 4) and gain >= 1.0
+    assert f"steps_per_execution on one_device /CPU:0: best {best}" in report.to_text()
+    assert report.to_dict()["steps_per_execution_gains"][place]["best"] == best
+
+
+def test_autotune_times_a_model_compiled_with_several_steps_per_execution() -> None:
+    """The step clock saw one batch end per execution and said 'the dataset ran out': every
+    candidate of a model compiled with steps_per_execution=3 failed."""
+
+    def build() -> keras.Model:
+        model = build_model()
+        model.compile(optimizer="sgd", loss="mse", steps_per_execution=3)
+        return model
+
+    cpu = [Candidate("CPU:0", "one_device", ("/CPU:0",))]
+    report = tfplace.autotune(build, dataset(), candidates=cpu, steps=6, warmup=3)
+    assert report.failed == () and report.best.steps_per_execution == 3
+    assert report.best.steps_per_second > 0

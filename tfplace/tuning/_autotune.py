@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tfplace import _tf
 from tfplace._precision import set_policy
 from tfplace.errors import BatchSizeError
-from tfplace.tuning._clock import time_steps
+from tfplace.tuning._clock import clock_steps, time_steps
 
 if TYPE_CHECKING:
     from tfplace._facts.inventory import Inventory
@@ -150,6 +150,8 @@ class Candidate:
             ``build_model`` compiled).
         precision: the Keras dtype policy in force while ``build_model`` runs (None: leave
             the global policy as it is).
+        steps_per_execution: set ``model.steps_per_execution`` to this before training
+            (None: leave what ``build_model`` compiled).
     """
 
     name: str
@@ -157,6 +159,7 @@ class Candidate:
     devices: tuple[str, ...] | None = None
     jit_compile: bool | None = None
     precision: str | None = None
+    steps_per_execution: int | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,8 @@ class Measurement:
         auto_jit_compile: what ``compile(jit_compile="auto")`` would have chosen for this
             placement (see :func:`auto_jit_compile`), with ``auto_jit_reason``.
         error: why the candidate failed (its type and message), None when it trained.
+        steps_per_execution: the steps each call of the train function ran (read back from
+            the model).
     """
 
     name: str
@@ -182,6 +187,7 @@ class Measurement:
     auto_jit_compile: bool | None = None
     auto_jit_reason: str = ""
     error: str | None = None
+    steps_per_execution: int | None = None
 
     @property
     def compile_kwargs(self) -> dict[str, Any]:
@@ -191,7 +197,12 @@ class Measurement:
             >>> Measurement("CPU:0", "one_device", None, 1.0, 1, jit_compile=True).compile_kwargs
             {'jit_compile': True}
         """
-        return {} if self.jit_compile is None else {"jit_compile": self.jit_compile}
+        found: dict[str, Any] = {}
+        if self.jit_compile is not None:
+            found["jit_compile"] = self.jit_compile
+        if self.steps_per_execution is not None and self.steps_per_execution > 1:
+            found["steps_per_execution"] = self.steps_per_execution
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-ready)."""
@@ -227,6 +238,10 @@ class AutotuneReport:
             "failed": [m.to_dict() for m in self.failed],
             "strategy": type(self.strategy).__name__,
             "xla_speedups": self.xla_speedups(),
+            "steps_per_execution_gains": {
+                place: {"best": best, "gain": gain}
+                for place, (best, gain) in self.steps_per_execution_gains().items()
+            },
         }
 
     def __str__(self) -> str:
@@ -253,7 +268,26 @@ class AutotuneReport:
         for place, why in auto.items():
             measured = f"; measured XLA on/off: {speedups[place]:.2f}x" if place in speedups else ""
             notes.append(f'jit_compile="auto" on {place}: XLA {why}{measured}')
+        for place, (spe, gain) in self.steps_per_execution_gains().items():
+            notes.append(
+                f"steps_per_execution on {place}: best {spe}, {gain:.2f}x the throughput of 1"
+            )
         return "\n".join([*lines, "", *notes] if notes else lines)
+
+    def steps_per_execution_gains(self) -> dict[str, tuple[int, float]]:
+        """Per placement (same XLA setting and precision), the best ``steps_per_execution``
+        measured and its throughput over ``steps_per_execution=1``, where both were
+        measured: ``{"one_device /CPU:0": (16, 2.4)}``."""
+        groups: dict[tuple[str, str | None, bool | None], dict[int, float]] = {}
+        for m in self.results:
+            key = (_placement_name(m), m.precision, m.jit_compile)
+            groups.setdefault(key, {}).setdefault(m.steps_per_execution or 1, m.steps_per_second)
+        out: dict[str, tuple[int, float]] = {}
+        for (place, _, _), rates in groups.items():
+            if 1 in rates and len(rates) > 1 and place not in out:
+                best = max(rates, key=lambda spe: rates[spe])
+                out[place] = (best, rates[best] / rates[1])
+        return out
 
     def xla_speedups(self) -> dict[str, float]:
         """Per placement, XLA's throughput over graph mode without it (same precision),
@@ -385,13 +419,15 @@ def expand_candidates(
     jit_compile: Sequence[bool] | None = None,
     precision: Sequence[str] | None = None,
     inventory: Inventory | None = None,
+    steps_per_execution: Sequence[int] | None = None,
 ) -> list[Candidate]:
-    """Each placement crossed with each ``jit_compile`` setting and each precision policy.
+    """Each placement crossed with each ``jit_compile`` setting, each precision policy and
+    each ``steps_per_execution``.
 
     ``"auto"`` in ``precision`` stands for the policy :func:`tfplace.configure_precision`
     would choose (:func:`tfplace._decide.precision.choose_precision`), so ``("float32", "auto")`` is
-    one policy on a CPU and two on a recent GPU. Names gain ``xla=on``/``xla=off`` and the
-    policy when those vary.
+    one policy on a CPU and two on a recent GPU. Names gain ``xla=on``/``xla=off``, the
+    policy and ``spe=<n>`` when those vary.
 
     Example:
         >>> from tfplace.testing import fake_inventory
@@ -434,23 +470,37 @@ def expand_candidates(
                 )
             resolved.append(name)
         policies = list(dict.fromkeys(resolved)) or [None]
+    spes: list[int | None] = [None]
+    if steps_per_execution is not None:
+        if isinstance(steps_per_execution, int) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in steps_per_execution
+        ):
+            raise TypeError(
+                "steps_per_execution must be a sequence of ints >= 1, e.g. (1, 4, 16), found "
+                f"{steps_per_execution!r}"
+            )
+        spes = list(dict.fromkeys(steps_per_execution)) or [None]
     out = []
     for place in placements:
         for jit in jits:
             for policy in policies:
-                name = place.name
-                if jit is not None and len(jits) > 1:
-                    name += f" xla={'on' if jit else 'off'}"
-                if policy is not None and len(policies) > 1:
-                    name += f" {policy}"
-                out.append(
-                    replace(
-                        place,
-                        name=name,
-                        jit_compile=place.jit_compile if jit is None else jit,
-                        precision=place.precision if policy is None else policy,
+                for spe in spes:
+                    name = place.name
+                    if jit is not None and len(jits) > 1:
+                        name += f" xla={'on' if jit else 'off'}"
+                    if policy is not None and len(policies) > 1:
+                        name += f" {policy}"
+                    if spe is not None and len(spes) > 1:
+                        name += f" spe={spe}"
+                    out.append(
+                        replace(
+                            place,
+                            name=name,
+                            jit_compile=place.jit_compile if jit is None else jit,
+                            precision=place.precision if policy is None else policy,
+                            steps_per_execution=(place.steps_per_execution if spe is None else spe),
+                        )
                     )
-                )
     return out
 
 
@@ -463,6 +513,7 @@ def autotune(
     warmup: int = 3,
     jit_compile: Sequence[bool] | None = None,
     precision: Sequence[str] | None = None,
+    steps_per_execution: Sequence[int] | None = None,
 ) -> AutotuneReport:
     """Measure training throughput of ``build_model()`` on each candidate; return the best.
 
@@ -493,6 +544,10 @@ def autotune(
             each setting (default: as ``build_model`` compiled it).
         precision: also vary the dtype policy, e.g. ``("float32", "auto")``; ``"auto"`` is
             what :func:`tfplace.configure_precision` would choose (default: the global policy).
+        steps_per_execution: also vary how many steps one call of the train function runs,
+            e.g. ``(1, 4, 16)`` (default: as ``build_model`` compiled it). A small model's
+            step is mostly per-step overhead, which this divides; the warm-up and the timed
+            steps are rounded up to whole executions. The report's notes give the gain.
 
     Returns:
         An :class:`AutotuneReport`; ``.results`` best first, ``.strategy`` ready to use,
@@ -522,7 +577,11 @@ def autotune(
     inv = gather()
     placements = list(candidates) if candidates is not None else available_candidates()
     todo = expand_candidates(
-        placements, jit_compile=jit_compile, precision=precision, inventory=inv
+        placements,
+        jit_compile=jit_compile,
+        precision=precision,
+        inventory=inv,
+        steps_per_execution=steps_per_execution,
     )
     if not todo:
         raise ValueError("no candidates to measure")
@@ -559,14 +618,19 @@ def _measure(
 
     strategy: Any = None
     model: Any = None
-    facts: dict[str, Any] = {"precision": cand.precision, "jit_compile": cand.jit_compile}
+    facts: dict[str, Any] = {
+        "precision": cand.precision,
+        "jit_compile": cand.jit_compile,
+        "steps_per_execution": cand.steps_per_execution,
+    }
     rate = 0.0
     try:
         strategy = pick_strategy(cand.kind, devices=list(cand.devices) if cand.devices else None)
         keras = _tf.load_keras()
         model = _build(cand, build_model, strategy, keras)
         facts = _model_facts(cand, model, keras, inv)
-        rate = 1.0 / time_steps(keras_of(model), model, data, warmup, steps)
+        whole = clock_steps(warmup, steps, facts["steps_per_execution"])
+        rate = 1.0 / time_steps(keras_of(model), model, data, *whole)
         facts["jit_compile"] = bool(model.jit_compile)
         error: BaseException | None = None
     except Exception as err:
@@ -607,6 +671,8 @@ def _build(cand: Candidate, build_model: Callable[[], Any], strategy: Any, keras
         set_policy(keras, before)
     if cand.jit_compile is not None:
         model.jit_compile = cand.jit_compile
+    if cand.steps_per_execution is not None:
+        model.steps_per_execution = cand.steps_per_execution  # settable in both Kerases
     return model
 
 
@@ -621,6 +687,7 @@ def _model_facts(cand: Candidate, model: Any, keras: Any, inv: Inventory) -> dic
         "jit_compile": bool(model.jit_compile),
         "auto_jit_compile": auto,
         "auto_jit_reason": why,
+        "steps_per_execution": _tf.steps_per_execution(model),
     }
 
 

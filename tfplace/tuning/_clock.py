@@ -14,28 +14,45 @@ from __future__ import annotations
 import time
 from typing import Any
 
-__all__ = ["time_input", "time_steps"]
+from tfplace import _tf
+
+__all__ = ["clock_steps", "time_input", "time_steps"]
 
 
 def _step_marks(keras: Any) -> Any:
-    """A callback recording the time at the start of training and at the end of each step."""
+    """A callback recording ``(time, steps done)`` at the start of training and at the end
+    of each execution (one per ``steps_per_execution`` steps)."""
 
     class StepClock(keras.callbacks.Callback):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__()
-            self.marks: list[float] = []
+            self.marks: list[tuple[float, int]] = []
 
         def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
             if not self.marks:  # the first step starts: fit's set-up is behind us
-                self.marks.append(time.perf_counter())
+                self.marks.append((time.perf_counter(), 0))
 
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-            for value in (logs or {}).values():  # the step's results: it has finished
+            for value in (logs or {}).values():  # the execution's results: it has finished
                 float(value)
                 break
-            self.marks.append(time.perf_counter())
+            # Keras calls this once per execution with the index of its LAST step (Keras 3's
+            # end_step, tf_keras's step + step_increment): batch + 1 steps are done.
+            self.marks.append((time.perf_counter(), int(batch) + 1))
 
     return StepClock()
+
+
+def clock_steps(warmup: int, steps: int, per_execution: int) -> tuple[int, int]:
+    """``(warmup, steps)`` rounded up to whole executions of ``per_execution`` steps, so the
+    clock starts and stops where Keras reports (at least one timed execution). Pure.
+
+    Example:
+        >>> clock_steps(3, 20, 1), clock_steps(3, 20, 4), clock_steps(3, 20, 16)
+        ((3, 20), (4, 20), (16, 32))
+    """
+    per = max(1, per_execution)
+    return -(-warmup // per) * per, max(1, -(-steps // per)) * per
 
 
 def time_steps(keras: Any, model: Any, data: Any, warmup: int, steps: int) -> float:
@@ -43,7 +60,9 @@ def time_steps(keras: Any, model: Any, data: Any, warmup: int, steps: int) -> fl
 
     One ``fit`` call of ``warmup + steps`` steps; the clock runs from the end of the last
     warm-up step (with ``warmup=0``, from the start of the first step, so it includes the
-    first trace) to the end of the last step.
+    first trace) to the end of the last step. Keras reports the end of each *execution* (one
+    per ``steps_per_execution`` steps), so the clock counts executions times their steps;
+    ``warmup`` and ``steps`` should be whole executions (:func:`clock_steps`).
 
     Args:
         keras: the Keras package the model comes from.
@@ -54,16 +73,29 @@ def time_steps(keras: Any, model: Any, data: Any, warmup: int, steps: int) -> fl
 
     Returns:
         Seconds per timed step.
+
+    Raises:
+        RuntimeError: fewer steps ran than asked (the dataset ran out), or no execution ended
+            after the warm-up.
     """
     clock = _step_marks(keras)
     model.fit(data, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[clock])
-    marks = clock.marks  # marks[0]: first step starts; marks[i]: step i-1 ends
-    if len(marks) < warmup + steps + 1:
+    marks = clock.marks  # marks[0]: (start of the first step, 0); then (end, steps done)
+    done = marks[-1][1] if marks else 0
+    if done < warmup + steps:
         raise RuntimeError(
-            f"the step clock saw {len(marks) - 1} of {warmup + steps} steps: the dataset "
-            "ran out (it is repeated, so it must yield at least one batch)"
+            f"the step clock saw {done} of {warmup + steps} steps: the dataset ran out (it is "
+            "repeated, so it must yield at least one batch)"
         )
-    return float((marks[warmup + steps] - marks[warmup]) / steps)
+    start = next((t, n) for t, n in marks if n >= warmup)
+    end = marks[-1]
+    if end[1] <= start[1]:
+        raise RuntimeError(
+            f"the step clock saw no execution end after the {warmup} warm-up steps (steps per "
+            f"execution: {_tf.steps_per_execution(model)}); ask for warm-up and timed steps "
+            "in whole executions"
+        )
+    return float((end[0] - start[0]) / (end[1] - start[1]))
 
 
 def time_input(dataset: Any, warmup: int, steps: int) -> float:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tfplace import _tf
 from tfplace.tuning._autotune import _model_policy, keras_of, policy_name
-from tfplace.tuning._clock import time_input, time_steps
+from tfplace.tuning._clock import clock_steps, time_input, time_steps
 
 if TYPE_CHECKING:
     from tfplace._facts.inventory import Inventory
@@ -349,8 +349,10 @@ def _measure_phases(
     try:
         keras = keras_of(model)
         input_s = time_input(_distributed(data, strategy), warmup, steps)
-        step_s = time_steps(keras, model, one, warmup, steps)
-        together_s = time_steps(keras, model, data, warmup, steps)
+        # whole executions: Keras reports one batch end per steps_per_execution steps
+        fit_warmup, fit_steps = clock_steps(warmup, steps, _tf.steps_per_execution(model))
+        step_s = time_steps(keras, model, one, fit_warmup, fit_steps)
+        together_s = time_steps(keras, model, data, fit_warmup, fit_steps)
         folder = None
         if profile_dir is not None:
             folder = _profile(keras, model, data, one, strategy, profile_dir, profile_steps)
