@@ -77,9 +77,10 @@ def ray_env(temp_dir: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def ray_cluster(count: int) -> Iterator[RayHosts]:
+def ray_cluster(count: int, extra: dict[str, str] | None = None) -> Iterator[RayHosts]:
     """``count`` simulated hosts, a Ray head on the first and a Ray worker node (1 CPU) on
-    each; every process of every host stopped at the end, and nothing left."""
+    each; every process of every host stopped at the end, and nothing left. ``extra``: more
+    environment for every Ray process and the driver (Ray's ``RAY_<setting>`` overrides)."""
     reason = unavailable()
     if reason:
         skip_or_fail(reason)
@@ -89,7 +90,7 @@ def ray_cluster(count: int) -> Iterator[RayHosts]:
     # Ray's sockets live in its temp dir and their paths must fit in 107 bytes: a short one.
     temp_dir = tempfile.mkdtemp(prefix="tfp-ray-", dir="/tmp")
     hosts = SimulatedHosts(count)
-    env = ray_env(temp_dir)
+    env = {**ray_env(temp_dir), **(extra or {})}
     common = ["--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
     try:
         hosts.start()

@@ -26,9 +26,22 @@ pytestmark = pytest.mark.slow
 JOB = Path(__file__).resolve().parents[1] / "jobs" / "ray_elastic.py"
 
 
+#: Ray's waits, shortened. After the loss, Ray Train first starts the group at its old size
+#: again (its view of the cluster's resources still counts the lost node) and waits out the
+#: worker group's start-up timeout (60 s by default: 80 s from the loss to training again here)
+#: before it tries the size the cluster has; the node health checks decide when the node is
+#: dead (a check every second, a second to answer, dead after 3 missed).
+FAST_HEALTH_CHECKS = {
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "15",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
+
+
 @pytest.fixture(scope="module")
 def three_hosts() -> Iterator[RayHosts]:
-    with ray_cluster(3) as cluster:
+    with ray_cluster(3, FAST_HEALTH_CHECKS) as cluster:
         yield cluster
 
 
