@@ -471,15 +471,17 @@ def test_collective_keys_are_numbered_at_trace_time_only_under_control_flow() ->
     launcher = cross_device_utils.CollectiveReplicaLauncher
     seen: list[bool] = []
 
-    @tf.function
-    def inner(x: Any) -> Any:
+    def inner_step(x: Any) -> Any:
         with _tf.nested_collective_keys():
             seen.append(launcher._prefer_unique_instance_key)
         return x + 1
 
-    @tf.function
-    def outer(x: Any) -> Any:
+    inner: Any = tf.function(inner_step)
+
+    def outer_step(x: Any) -> Any:
         return tf.cond(x > 0, lambda: inner(x), lambda: x)
+
+    outer: Any = tf.function(outer_step)
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", TfplaceWarning)
@@ -499,14 +501,16 @@ def test_a_tensorflow_without_the_instance_key_switch_is_said_once(
 
     monkeypatch.delattr(cross_device_utils.CollectiveReplicaLauncher, "_prefer_unique_instance_key")
 
-    @tf.function
-    def inner(x: Any) -> Any:
+    def inner_step(x: Any) -> Any:
         with _tf.nested_collective_keys():
             return x + 1
 
-    @tf.function
-    def outer(x: Any) -> Any:
+    inner: Any = tf.function(inner_step)
+
+    def outer_step(x: Any) -> Any:
         return tf.cond(x > 0, lambda: inner(x), lambda: x)
+
+    outer: Any = tf.function(outer_step)
 
     with pytest.warns(TfplaceWarning) as record:
         outer(tf.constant(1))
