@@ -100,6 +100,21 @@ def _add_launch(sub: Any) -> None:
         "XLA_*, CUDA_*, NCCL_*, OMP_*, KMP_* always go",
     )
     remote.add_argument(
+        "--min-workers",
+        type=int,
+        metavar="N",
+        help="go on with the hosts that answer when some do not (at the start or a restart), "
+        "as long as they hold at least N workers (default: every host must answer)",
+    )
+    remote.add_argument(
+        "--link-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds a host may answer nothing before its workers count as lost (default: "
+        "10); shorter network blips are ridden through",
+    )
+    remote.add_argument(
         "--port",
         type=int,
         metavar="BASE",
@@ -309,10 +324,16 @@ def _launch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"-n must be >= 1, found {args.num_workers}")
     if remote and (args.host != "127.0.0.1" or args.network != "auto"):
         parser.error("--host and --network are for local workers; not with --hosts/--hostfile")
+    if args.min_workers is not None and not (remote and args.min_workers >= 1):
+        parser.error(
+            f"--min-workers goes with --hosts/--hostfile and is >= 1, found {args.min_workers}"
+        )
     if args.port is not None and not (remote and 1 <= args.port <= 65535):
         parser.error(f"--port goes with --hosts/--hostfile and is 1..65535, found {args.port}")
     if args.max_restarts < 0:
         parser.error(f"--max-restarts must be >= 0, found {args.max_restarts}")
+    if not math.isfinite(args.link_timeout) or args.link_timeout < 1:
+        parser.error(f"--link-timeout must be a number of seconds >= 1, found {args.link_timeout}")
     if not math.isfinite(args.grace) or args.grace < 0:
         parser.error(f"--grace must be a finite number of seconds >= 0, found {args.grace}")
     missing = _missing_target(args.script, args.module)
@@ -345,6 +366,8 @@ def _launch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             ssh=shlex.split(args.ssh),
             forward=args.forward,
             port=args.port,
+            link_timeout=args.link_timeout,
+            min_workers=args.min_workers,
         )
     except ClusterConfigError as err:  # a bad --host, host list or -x: nothing was started
         print(f"tfplace {err}", file=sys.stderr)  # "tfplace launch: host: ..."

@@ -158,3 +158,55 @@ def test_the_same_failure_is_told_and_decided_the_same_on_both_transports(
     told = [line for line in local_lines if not line.endswith(" started")]  # in order
     assert told == [line for line in ssh_lines if not line.endswith(" started")] and told
     assert local_log == ssh_log and words in local_log[0], (local_log, ssh_log)
+
+
+# A stand-in for ssh that, like ssh, exits with 255 when the other end is gone: here, when the
+# wrapper it runs is killed.
+LOSING_SSH = """\
+#!{python}
+import subprocess, sys
+code = subprocess.run(["sh", "-c", "exec " + sys.argv[-1]]).returncode
+sys.exit(255 if code < 0 else code)
+"""
+
+# Worker 1 silences its host (stops its wrapper: no beat, no output), and 6 s later loses it
+# (kills the wrapper: ssh's 255). Worker 0 fails meanwhile with an ordinary error, as a
+# survivor does when TensorFlow gives up on a silent peer. On the second attempt both succeed.
+SILENCED = """
+import os, signal, sys, time
+index, attempt = os.environ["TFPLACE_WORKER_INDEX"], os.environ["TFPLACE_RESTART_COUNT"]
+print("worker", index, "attempt", attempt, flush=True)
+if attempt == "0" and index == "1":
+    time.sleep(0.5)
+    wrapper = os.getppid()
+    os.kill(wrapper, signal.SIGSTOP)
+    time.sleep(6)
+    os.kill(wrapper, signal.SIGKILL)
+    sys.exit(0)
+if attempt == "0":
+    time.sleep(4)
+    sys.exit(1)
+"""
+
+
+@pytest.mark.slow
+def test_a_peers_error_while_a_host_is_silent_waits_for_that_hosts_fate(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The silent host is then lost: the loss is the failure (retried), not the peer's error
+    (permanent), which alone would have ended the launch."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(textwrap.dedent(SILENCED))
+    ssh = tmp_path / "ssh"
+    ssh.write_text(LOSING_SSH.format(python=sys.executable))
+    ssh.chmod(0o755)
+    out = io.StringIO()
+    with caplog.at_level(logging.WARNING, logger="tfplace"):
+        result = launch([sys.executable, str(worker)], None, hosts="127.0.0.1:2", ssh=[str(ssh)],
+                        out=out, max_restarts=1, grace_seconds=2)  # fmt: skip
+    text = out.getvalue()
+    assert result.returncode == 0 and result.attempts == 2, text
+    assert "worker 1 on 127.0.0.1: lost the connection" in text, text
+    assert "worker 0 on 127.0.0.1 exited with code 1; stopping" not in text, text
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("lost the connection" in w and "restarting all 2 workers" in w for w in warned)

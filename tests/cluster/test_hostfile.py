@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tfplace.cluster._forward import TF_VARIABLES
+from tfplace.cluster._forward import TF_VARIABLES, forwarded_env
 from tfplace.cluster._hosts import (
     HostSlots,
     parse_hostfile,
@@ -20,7 +20,7 @@ from tfplace.cluster._hosts import (
     read_hostfile,
     worker_hosts,
 )
-from tfplace.cluster._remote import SSH_OPTIONS, _probe, forwarded_env, ssh_command
+from tfplace.cluster._ssh import SSH_OPTIONS, probe, ssh_command, worker_address
 from tfplace.errors import ClusterConfigError
 
 pytestmark = pytest.mark.pure
@@ -124,6 +124,18 @@ def test_ssh_command_never_prompts_and_lets_the_users_options_win() -> None:
     assert "BatchMode=yes" in cmd and "ServerAliveInterval=1" in cmd
     assert cmd[-2] == "fd00::1"  # ssh takes a bare IPv6 address
     assert shlex.split(cmd[-1]) == ["python3", "-c", "a b"]
+
+
+def test_an_ssh_config_alias_becomes_an_address_every_worker_can_use() -> None:
+    """``Host gpu1`` / ``HostName 10.0.0.5`` means nothing to TensorFlow's gRPC: the workers'
+    TF_CONFIG gets the address ssh reached on the host (issue 26, item 6)."""
+    assert worker_address("gpu1", "10.0.0.5", "10.0.0.5") == "10.0.0.5"
+    assert worker_address("gpu1", "gpu1.cluster.lan", None) == "gpu1.cluster.lan"
+    assert worker_address("gpu1", "gpu1.cluster.lan", "10.0.0.5") == "10.0.0.5"  # reached wins
+    assert worker_address("node1", "node1", "10.0.0.5") == "node1"  # a plain name stays
+    assert worker_address("node1", None, "10.0.0.5") == "node1"  # ssh -G could not say
+    assert worker_address("[fd00::1]", "fd00::1", "fd00::1") == "[fd00::1]"
+    assert worker_address("gpu6", "fd00::6", "fd00::6") == "[fd00::6]"
 
 
 def test_forwarded_environment() -> None:
@@ -236,6 +248,9 @@ def test_launch_checks_the_host_list_before_anything_starts(
 FAKE_SSH = """\
 #!{python}
 import os, pathlib, subprocess, sys
+if "-G" in sys.argv:  # ssh -G HOST: the configuration, as ssh resolves it (no connection)
+    print("hostname", sys.argv[-1])
+    sys.exit(0)
 calls = pathlib.Path({calls!r})
 n = len(calls.read_text().split()) + 1 if calls.exists() else 1
 calls.write_text(calls.read_text() + " x" if calls.exists() else "x")
@@ -262,8 +277,9 @@ def test_the_probe_tries_again_when_sshd_drops_the_connection_before_the_login(
     connection before the login: the probe tries again (3 tries in all), saying so."""
     says = "kex_exchange_identification: read: Connection reset by peer"
     ssh, calls = fake_ssh(tmp_path, {1, 2}, says)
-    probe = _probe(ssh, sys.executable, HostSlots("node1", 2), None, "launch")
-    assert probe.cores >= 1 and len(probe.ports) == 2
+    found = probe(ssh, sys.executable, HostSlots("node1", 2), None, "launch")
+    assert found.cores >= 1 and len(found.ports) == 2
+    assert found.address == "node1"  # ssh -G resolves it to itself: no alias
     assert calls.read_text().split() == ["x"] * 3
     retries = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
     assert len(retries) == 2 and says in retries[0], retries
@@ -282,6 +298,6 @@ def test_a_probe_that_cannot_log_in_is_a_clear_error(
 ) -> None:
     ssh, calls = fake_ssh(tmp_path, fail, says)
     with pytest.raises(ClusterConfigError, match="host node1: cannot log in over ssh") as err:
-        _probe(ssh, sys.executable, HostSlots("node1", 1), None, "launch")
+        probe(ssh, sys.executable, HostSlots("node1", 1), None, "launch")
     assert says in str(err.value)
     assert len(calls.read_text().split()) == tries

@@ -127,3 +127,26 @@ def test_each_worker_is_named_with_its_pid_and_host_at_start(tmp_path: Path) -> 
                            done.stdout, re.M))  # fmt: skip
     real = dict(re.findall(r"^\[worker (\d)\] level \S+ pid (\d+)$", done.stdout, re.M))
     assert said == real and len(said) == 2, done.stdout
+
+
+@pytest.mark.pure
+def test_the_link_timeout_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["launch", "--hosts", "a", "--link-timeout", "0.5", __file__])
+    assert stop.value.code == 2
+    assert "--link-timeout must be a number of seconds >= 1, found 0.5" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="link_timeout must be a finite number of seconds >= 1"):
+        launch(["true"], None, hosts="a", link_timeout=float("inf"))
+
+
+@pytest.mark.pure
+def test_min_workers_is_checked_before_anything_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    from tfplace.errors import ClusterConfigError
+
+    with pytest.raises(ClusterConfigError, match="found --min-workers 3, expected 1 to the 2"):
+        launch(["true"], None, hosts="a:1,b:1", min_workers=3)
+    with pytest.raises(ValueError, match="min_workers goes with hosts"):
+        launch(["true"], 2, min_workers=1)
+    with pytest.raises(SystemExit):
+        main(["launch", "-n", "2", "--min-workers", "1", __file__])
+    assert "--min-workers goes with --hosts/--hostfile" in capsys.readouterr().err

@@ -35,7 +35,7 @@ import pytest
 from helpers import QUIET_ENV, processes_named, skip_or_fail
 from sim_hosts import SimulatedHosts, unavailable
 
-from tfplace.cluster._remote import _WRAPPER
+from tfplace.cluster._ssh import _WRAPPER, LINK_TIMEOUT
 
 pytestmark = pytest.mark.slow
 
@@ -206,7 +206,8 @@ from tfplace.cluster._launch import launch
 a = json.loads(sys.argv[1])
 r = launch(
     a["command"], None, hosts=a["hosts"], ssh=a["ssh"], grace_seconds=a.get("grace", 5.0),
-    max_restarts=a.get("max_restarts", 0), port=a.get("port"), forward=a.get("forward", ()))
+    max_restarts=a.get("max_restarts", 0), port=a.get("port"), forward=a.get("forward", ()),
+    link_timeout=a.get("link_timeout", 10.0), min_workers=a.get("min_workers"))
 print("RESULT", json.dumps({"code": r.returncode, "codes": r.worker_codes,
       "failed": r.failed_worker, "seconds": r.seconds, "attempts": r.attempts}), flush=True)
 sys.exit(r.returncode)
@@ -396,10 +397,12 @@ def test_a_killed_launcher_leaves_nothing_on_the_hosts(cluster: SshHosts, tmp_pa
 def test_a_cut_link_is_noticed_within_seconds_and_leaves_nothing(
     cluster: SshHosts, tmp_path: Path
 ) -> None:
-    """Host 1's cable is pulled: its ssh ends after about 4 s (ServerAlive), the launcher stops
-    the group; host 1's wrapper misses the heartbeat and stops its worker by itself."""
+    """Host 1's cable is pulled: with ``link_timeout=3`` its ssh ends after about 4 s
+    (ServerAlive), the launcher stops the group; host 1's wrapper misses the heartbeat and
+    stops its worker by itself."""
     names = [h.name for h in cluster.hosts]
-    proc = start_launcher(cluster, tmp_path, SLEEP, f"{names[0]}:1,{names[1]}:1", grace=1.0)
+    proc = start_launcher(cluster, tmp_path, SLEEP, f"{names[0]}:1,{names[1]}:1", grace=1.0,
+                          link_timeout=3.0)  # fmt: skip
     wait_for(proc, r"\] pid \d+", 2)
     cluster.hosts.cut_link(1)
     t0 = time.monotonic()
@@ -414,6 +417,67 @@ def test_a_cut_link_is_noticed_within_seconds_and_leaves_nothing(
     assert cluster.workers_left() == []
     cluster.hosts.restore_link(1)
     print(f"cut link noticed after {noticed:.1f} s")
+
+
+BLIP = """
+import os, time
+print("pid", os.getpid(), flush=True)
+for i in range(14):
+    time.sleep(1)
+    print("tick", i, flush=True)
+"""
+
+
+def test_a_short_network_blip_is_ridden_through(cluster: SshHosts, tmp_path: Path) -> None:
+    """Host 1's link is down for 3 s (issue 26, item 7: that made ssh exit 255 and the group
+    restart): with the default link timeout (10 s) nothing is stopped or restarted, and host 1's
+    output written during the blip arrives after it."""
+    names = [h.name for h in cluster.hosts]
+    proc = start_launcher(cluster, tmp_path, BLIP, f"{names[0]}:1,{names[1]}:1", grace=1.0,
+                          max_restarts=1)  # fmt: skip
+    seen = wait_for(proc, r"\] tick 1$", 2)
+    cluster.hosts.cut_link(1)
+    time.sleep(3.0)
+    cluster.hosts.restore_link(1)
+    out, _ = proc.communicate(timeout=90)
+    out = seen + out
+    assert proc.returncode == 0, out
+    assert result_of(out)["attempts"] == 1, out
+    assert "lost the connection" not in out and "stopping" not in out, out
+    assert len(re.findall(rf"^\[worker 1 {names[1]}\] tick \d+$", out, re.M)) == 14, out
+
+
+def test_an_ssh_config_alias_is_put_in_tf_config_as_an_address(
+    cluster: SshHosts, tmp_path: Path
+) -> None:
+    """``Host gpu-a`` / ``HostName <address>`` in the user's ssh configuration: the hosts are
+    reached by their aliases, and each worker's TF_CONFIG names addresses every worker can
+    resolve, not the aliases (issue 26, item 6: the workers waited out the start-up watchdog)."""
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        "".join(f"Host gpu-{h.index}\n  HostName {h.address}\n" for h in cluster.hosts)
+    )
+    ssh = [cluster.ssh[0], "-F", str(config), *cluster.ssh[3:]]  # the user's config, not /dev/null
+    script = REPORT + textwrap.dedent("""
+        import socket
+        for address in json.loads(e["TF_CONFIG"])["cluster"]["worker"]:
+            socket.getaddrinfo(address.rsplit(":", 1)[0].strip("[]"), None)  # resolves here
+        print("resolved", flush=True)
+        """)
+    path = tmp_path / "worker.py"
+    path.write_text(textwrap.dedent(script))
+    args = {"command": [sys.executable, str(path)], "hosts": "gpu-0:1,gpu-1:1", "ssh": ssh}
+    proc = cluster.hosts[0].popen([sys.executable, "-c", LAUNCHER, json.dumps(args)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env={**os.environ, **QUIET_ENV}, cwd=tmp_path)  # fmt: skip
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    reports = [json.loads(b) for b in re.findall(r"^\[worker \d \S+\] report (.*)$", out, re.M)]
+    assert len(reports) == 2 and out.count("] resolved") == 2, out
+    addresses = [a.rsplit(":", 1)[0] for a in reports[0]["tf"]["cluster"]["worker"]]
+    assert addresses == [h.address for h in cluster.hosts], out
+    assert sorted(r["name"] for r in reports) == sorted(h.name for h in cluster.hosts)
+    assert "[worker 1 gpu-1]" in out  # the output still names the host as written
 
 
 # ------------------------------------------------------- a lost node mid-training (TensorFlow)
@@ -512,9 +576,11 @@ def test_a_cut_link_mid_training_restarts_the_group_which_resumes_to_the_same_we
     cluster: SshHosts, tmp_path: Path
 ) -> None:
     """Host 1's link is cut in epoch 3 of 5 (no packet in or out, nothing closes): the
-    launcher notices through ssh's keep-alives within seconds, stops host 0's worker; the link
-    comes back; the restarted group resumes from the shared backup to the same weights, and
-    the cut-off worker stopped by itself (its wrapper missed the heartbeat)."""
+    launcher notices through ssh's keep-alives after the link timeout (10 s by default) and
+    stops host 0's worker (its own collective error, had TensorFlow given up on host 1 first,
+    would be held meanwhile: the loss is the failure, and is retried); the link comes back;
+    the restarted group resumes from the shared backup to the same weights, and the cut-off
+    worker stopped by itself (its wrapper missed the heartbeat)."""
     reference = train(cluster, tmp_path, "reference", slow=False, restarts=0)
     ref_out, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, ref_out[-3000:]
@@ -532,7 +598,7 @@ def test_a_cut_link_mid_training_restarts_the_group_which_resumes_to_the_same_we
     out = seen + out
     assert proc.returncode == 0, out[-4000:]
     assert result_of(out)["attempts"] == 2
-    assert noticed < 10, noticed
+    assert noticed < LINK_TIMEOUT + 4, noticed  # the default link timeout, not TensorFlow's
     epochs = re.findall(r"^\[worker 0 \S+\] epoch (\d) (\d) (\S+)$", out, re.M)
     assert [e for c, e, _ in epochs if c == "1"] == ["2", "3", "4"]  # resumed, not restarted
     got = weights_of(out)
@@ -547,11 +613,13 @@ def test_a_cut_link_mid_training_restarts_the_group_which_resumes_to_the_same_we
 
 
 def wrapper(spec: dict[str, object]) -> subprocess.Popen[bytes]:
+    """The wrapper, run here: the worker's output on its standard output, the wrapper's own
+    lines on its standard error."""
     proc = subprocess.Popen(
         [sys.executable, "-I", "-S", "-c", _WRAPPER],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE,
     )
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(spec).encode() + b"\n")
@@ -570,32 +638,41 @@ def spec(code: str, heartbeat: float = 30.0) -> dict[str, object]:
 
 
 def first_line(proc: subprocess.Popen[bytes]) -> bytes:
-    """The worker's first line, after the wrapper's own start line."""
-    assert proc.stdout is not None
-    start = proc.stdout.readline()
+    """The worker's first line, once the wrapper said it started it."""
+    assert proc.stdout is not None and proc.stderr is not None
+    start = proc.stderr.readline()
     assert re.fullmatch(rb"\x02tfplace start \d+ \S+\n", start), start
     return proc.stdout.readline()
 
 
+def ended(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    """Both streams once the wrapper ended by itself (its input stays open until then:
+    closing it would stop the worker)."""
+    assert proc.stdout is not None and proc.stderr is not None and proc.stdin is not None
+    out, said = proc.stdout.read(), proc.stderr.read()
+    proc.wait(timeout=30)
+    proc.stdin.close()
+    return out, said
+
+
 def test_the_wrapper_passes_the_exit_code_environment_and_folder() -> None:
     proc = wrapper(spec("import os, sys; print(os.environ['X'], os.getcwd()); sys.exit(7)"))
-    assert proc.stdout is not None and proc.stdin is not None
-    out = proc.stdout.read()  # the input stays open: closing it would stop the worker
-    proc.wait(timeout=30)
-    proc.stdin.close()
-    start, worker, end = out.splitlines()
-    assert proc.returncode == 7 and worker.split() == [b"1", b"/"]
-    assert start.startswith(b"\x02tfplace start ") and end == b"\x02tfplace exit 7"
+    out, said = ended(proc)
+    assert proc.returncode == 7 and out.split() == [b"1", b"/"]
+    own = said.splitlines()
+    assert own[0].startswith(b"\x02tfplace start ") and own[-1] == b"\x02tfplace exit 7"
+    assert set(own[1:-1]) <= {b"\x02tfplace beat"}
 
 
-def test_the_wrapper_reports_a_death_by_signal_as_such() -> None:
-    """ssh can pass back only 128 + n; the wrapper's last line says the worker was killed."""
-    proc = wrapper(spec("import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
-    assert proc.stdout is not None and proc.stdin is not None
-    out = proc.stdout.read()
-    proc.wait(timeout=30)
-    proc.stdin.close()
-    assert proc.returncode == 137 and out.splitlines()[-1] == b"\x02tfplace exit -9"
+def test_the_wrapper_reports_a_death_by_signal_and_beats_every_second() -> None:
+    """ssh can pass back only 128 + n; the wrapper's last line says the worker was killed.
+    Meanwhile it says it is alive once a second (the launcher sees a silent host)."""
+    proc = wrapper(spec("import os, signal, time; time.sleep(2.5); os.kill(os.getpid(), 9)"))
+    out, said = ended(proc)
+    own = said.splitlines()
+    assert proc.returncode == 137 and own[-1] == b"\x02tfplace exit -9"
+    assert 2 <= own.count(b"\x02tfplace beat") <= 3, own
+    assert out == b""
 
 
 def test_the_wrapper_stops_its_worker_when_its_input_closes() -> None:

@@ -315,18 +315,28 @@ class GroupState(enum.Enum):
     FAILED = "failed"
 
 
-def group_state(returncodes: Sequence[int | None]) -> tuple[GroupState, int | None]:
+def group_state(
+    returncodes: Sequence[int | None], lost: LostLink | None = None
+) -> tuple[GroupState, int | None]:
     """The group's state from its workers' return codes (None: still running), and the index
-    of the first failed worker.
+    of the failed worker: the first, or the first lost link where one is (a host's loss
+    explains the errors of its peers, whose collectives gave up on it).
 
     Example:
         >>> group_state([None, 0]), group_state([0, -9]), group_state([0, 0])[0]
         ((<GroupState.HEALTHY: 'healthy'>, None), (<GroupState.FAILED: 'failed'>, 1), \
 <GroupState.SUCCEEDED: 'succeeded'>)
+        >>> group_state([1, 255], LostLink(255, "ssh"))
+        (<GroupState.FAILED: 'failed'>, 1)
     """
-    for i, code in enumerate(returncodes):
-        if code is not None and code != 0:
-            return GroupState.FAILED, i
+    failed = [i for i, code in enumerate(returncodes) if code is not None and code != 0]
+    if failed:
+        for i in failed:
+            code = returncodes[i]
+            assert code is not None
+            if Failure.of(code, lost).kind is FailureKind.LOST:
+                return GroupState.FAILED, i
+        return GroupState.FAILED, failed[0]
     if all(code == 0 for code in returncodes):
         return GroupState.SUCCEEDED, None
     return GroupState.HEALTHY, None
@@ -481,7 +491,7 @@ def _watch(transport: Transport, how: Supervision, interrupt: Interrupt) -> tupl
             transport.stop(sig, how.grace)
             return None, 128 + sig
         codes = transport.returncodes()
-        state, failed = group_state(codes)
+        state, failed = group_state(codes, transport.lost)
         if state is GroupState.FAILED:
             assert failed is not None
             raw = codes[failed]

@@ -49,6 +49,7 @@ from tfplace.cluster._hosts import HostSlots
 from tfplace.cluster._netns import NETWORKS, PrivateNetwork, choose_network
 from tfplace.cluster._output import WorkerOutput
 from tfplace.cluster._restarts import RESTART_COUNT_ENV
+from tfplace.cluster._ssh import LINK_TIMEOUT
 from tfplace.errors import ClusterConfigError
 
 __all__ = ["LaunchResult", "free_ports", "launch", "tf_configs"]
@@ -167,6 +168,7 @@ class LocalWorkers(Transport):
         self.ports = ports
         self.procs: list[subprocess.Popen[bytes]] = []
         self.readers: list[threading.Thread] = []
+        self.cleaned: set[int] = set()
 
     @property
     def size(self) -> int:
@@ -177,7 +179,7 @@ class LocalWorkers(Transport):
             self.ports = _free_ports(self.num_workers, self.host, "launch")
 
     def start(self, attempt: int, output: WorkerOutput) -> None:
-        self.procs, self.readers = [], []
+        self.procs, self.readers, self.cleaned = [], [], set()
         cluster = ClusterSpec.local(self.ports, self.host)
         for i in range(self.num_workers):
             env = {**self.env, RESTART_COUNT_ENV: str(attempt - 1)}
@@ -223,11 +225,14 @@ class LocalWorkers(Transport):
         self._kill_groups()
 
     def _kill_groups(self) -> None:
-        """Once every worker has ended, SIGKILL whatever they started in their groups."""
+        """Once every worker has ended, SIGKILL whatever they started in their groups (once:
+        a group id may be reused after that)."""
         for proc in self.procs:
             proc.wait()
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            if proc.pid not in self.cleaned:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                self.cleaned.add(proc.pid)
 
     def finish(self) -> None:
         # After success too: whatever the workers left running in their groups goes, and so
@@ -254,6 +259,8 @@ def launch(
     ssh: Sequence[str] = ("ssh",),
     forward: Sequence[str] = (),
     port: int | None = None,
+    link_timeout: float = LINK_TIMEOUT,
+    min_workers: int | None = None,
 ) -> LaunchResult:
     """Run ``command`` as ``num_workers`` local workers of one TensorFlow cluster.
 
@@ -304,6 +311,13 @@ def launch(
             ``TF_VAR_*``/``TF_TOKEN_*``/``TF_CLI_ARGS*``; see ``docs/clusters.md``).
         port: with ``hosts``: a fixed port base (checked free on each host) instead of free
             ports.
+        link_timeout: with ``hosts``: seconds a host may answer nothing before its workers
+            are taken as lost (default 10): a shorter network blip is ridden through.
+        min_workers: with ``hosts``: the fewest workers to go on with. Before each start
+            every listed host is probed; a host that does not answer is left out (said in
+            one line) as long as the hosts that answer hold at least this many workers, and
+            a host that answers again is taken back at the next restart. None (default):
+            every host must answer. A lost host counts against ``max_restarts``.
 
     A signal to the launcher itself (Ctrl-C, SIGTERM) stops every worker and is never
     restarted. When restarts are exhausted, the result carries the last failure's exit code
@@ -351,6 +365,19 @@ def launch(
         raise ValueError(f"network must be one of {NETWORKS}, found {network!r}")
     if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
         raise ValueError(f"max_restarts must be an int >= 0, found {max_restarts!r}")
+    if (
+        isinstance(link_timeout, bool)
+        or not isinstance(link_timeout, int | float)
+        or not math.isfinite(link_timeout)
+        or link_timeout < 1
+    ):
+        raise ValueError(
+            f"link_timeout must be a finite number of seconds >= 1, found {link_timeout!r}"
+        )
+    if min_workers is not None and (
+        isinstance(min_workers, bool) or not isinstance(min_workers, int) or hosts is None
+    ):
+        raise ValueError(f"min_workers goes with hosts and is an int, found {min_workers!r}")
     if restart_on not in RESTART_ON:
         raise ValueError(f"restart_on must be one of {RESTART_ON}, found {restart_on!r}")
     env = dict(os.environ if env is None else env)
@@ -378,6 +405,8 @@ def launch(
             on_line=on_line,
             max_restarts=max_restarts,
             restart_on=restart_on,
+            link_timeout=link_timeout,
+            min_workers=min_workers,
         )
     assert num_workers is not None
     ports = _free_ports(num_workers, host, "launch")  # checks the host before anything starts
