@@ -31,8 +31,9 @@ Why not change Keras's own classes when the multi-worker strategy is active? Ker
 the end; making it safe means replacing its private methods (``_save_model``,
 ``_load_model``), which change between Keras releases, and doing that only in some processes
 would give one class name two behaviours. An explicit class is a one-line, visible change;
-under tfplace's multi-worker strategy, Keras 3's own two classes warn once per process
-(:class:`~tfplace.errors.TfplaceWarning`) naming these replacements.
+under a multi-worker strategy (tfplace's, or one the user built once tfplace sees it), Keras
+3's own two classes warn once per process (:class:`~tfplace.errors.TfplaceWarning`) naming
+these replacements (:mod:`tfplace.cluster._stock`).
 
 The parts: ``_store`` (backups through ``tf.io.gfile``), ``_shared`` (every worker sees the
 chief's backups), ``_preemption`` (SIGTERM), ``_backup`` and ``_checkpoint`` (the Keras hooks).
