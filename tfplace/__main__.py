@@ -107,6 +107,12 @@ def _add_launch(sub: Any) -> None:
         "as long as they hold at least N workers (default: every host must answer)",
     )
     remote.add_argument(
+        "--rejoin",
+        action="store_true",
+        help="with --min-workers: probe the hosts that are out every 5 s, and when one answers "
+        "stop the group as for a preemption (it saves) and start it again on more workers",
+    )
+    remote.add_argument(
         "--link-timeout",
         type=float,
         default=10.0,
@@ -332,6 +338,8 @@ def _launch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"--port goes with --hosts/--hostfile and is 1..65535, found {args.port}")
     if args.max_restarts < 0:
         parser.error(f"--max-restarts must be >= 0, found {args.max_restarts}")
+    if args.rejoin and args.min_workers is None:
+        parser.error("--rejoin goes with --min-workers (hosts that are out can come back)")
     if not math.isfinite(args.link_timeout) or args.link_timeout < 1:
         parser.error(f"--link-timeout must be a number of seconds >= 1, found {args.link_timeout}")
     if not math.isfinite(args.grace) or args.grace < 0:
@@ -368,6 +376,7 @@ def _launch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             port=args.port,
             link_timeout=args.link_timeout,
             min_workers=args.min_workers,
+            rejoin=args.rejoin,
         )
     except ClusterConfigError as err:  # a bad --host, host list or -x: nothing was started
         print(f"tfplace {err}", file=sys.stderr)  # "tfplace launch: host: ..."

@@ -97,3 +97,47 @@ def test_fewer_hosts_than_min_workers_is_a_clear_error_in_bounded_time(
     assert "expected at least --min-workers 3" in said[0] and names[2] in said[0]
     assert ended < 30, ended  # the loss at once (connection closed) + the probe's 3 tries
     assert result_of(out)["codes"][2] == 255
+
+
+# On its third start (after the loss, then the return) each worker ends at once; before that
+# it runs until stopped, and a SIGTERM makes it exit 143 as a BackupAndRestore does after saving.
+REJOINING = """
+import json, os, signal, sys, time
+config = json.loads(os.environ["TF_CONFIG"])
+attempt = os.environ["TFPLACE_RESTART_COUNT"]
+print("size", attempt, len(config["cluster"]["worker"]), config["task"]["index"], flush=True)
+if attempt == "2":
+    sys.exit(0)
+signal.signal(signal.SIGTERM, lambda *_: (print("saved", flush=True), sys.exit(143)))
+time.sleep(300)
+"""
+
+
+def test_a_host_that_comes_back_is_taken_back_without_counting_a_restart(
+    three: SshHosts, tmp_path: Path
+) -> None:
+    """Issue 27, item 2: host 2 is lost (the group goes on with 2 workers), then its sshd comes
+    back: the launcher finds it within a few seconds, stops the group as for a preemption (each
+    worker gets SIGTERM and saves), and starts it on 3 workers. One restart allowed: the return
+    is a membership change, not a failure."""
+    names = [h.name for h in three.hosts]
+    proc = start_launcher(three, tmp_path, REJOINING, ",".join(names), max_restarts=1,
+                          min_workers=2, rejoin=True, grace=5.0)  # fmt: skip
+    seen = wait_for(proc, r"^\[worker \d \S+\] size 0 3 ", 3, timeout=120)
+    assert three.hosts.kill_all(2)
+    seen += wait_for(proc, r"^\[worker \d \S+\] size 1 2 ", 2, timeout=120)
+    three.start_sshd(2)
+    t_back = time.monotonic()
+    out, _ = proc.communicate(timeout=120)
+    out = seen + out
+    assert proc.returncode == 0, out
+    assert result_of(out)["attempts"] == 3, out
+    said = re.findall(r"^\[tfplace launch\] (host \S+ answers again): stopping the group", out,
+                      re.M)  # fmt: skip
+    assert said == [f"host {names[2]} answers again"], out
+    after = out[out.index("answers again") :]
+    assert len(re.findall(r"^\[worker \d \S+\] saved$", after, re.M)) == 2, out  # as preempted
+    assert "restarting all 2 workers on new ports (restart 1 of 1" in out  # the size it restarts at
+    sizes = re.findall(r"^\[worker (\d) (\S+)\] size 2 (\d) (\d)$", out, re.M)
+    assert sorted(sizes) == [(str(i), names[i], "3", str(i)) for i in range(3)], out
+    print(f"host back -> group of 3 done after {time.monotonic() - t_back:.1f} s")

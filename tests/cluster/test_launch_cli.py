@@ -150,3 +150,8 @@ def test_min_workers_is_checked_before_anything_starts(capsys: pytest.CaptureFix
     with pytest.raises(SystemExit):
         main(["launch", "-n", "2", "--min-workers", "1", __file__])
     assert "--min-workers goes with --hosts/--hostfile" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["launch", "--hosts", "a,b", "--rejoin", __file__])
+    assert "--rejoin goes with --min-workers" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="rejoin goes with min_workers"):
+        launch(["true"], None, hosts="a,b", rejoin=True)

@@ -411,6 +411,11 @@ class Transport(abc.ABC):
     def stop(self, sig: int, grace: float) -> None:
         """Send ``sig`` to every live worker, SIGKILL after ``grace`` s; all have ended after."""
 
+    def grown(self) -> str | None:
+        """Why the group should start again on more workers now (a host that was out answers
+        again), or None. A membership change, not a failure: never counted as a restart."""
+        return None
+
     @abc.abstractmethod
     def finish(self) -> None:
         """After an attempt, whatever its end: nothing of it left, its output read to the end."""
@@ -436,9 +441,9 @@ def supervise(transport: Transport, how: Supervision) -> LaunchResult:
     """
     interrupt = Interrupt()
     with signals_to(interrupt):
-        attempt = 1
+        attempt = failures = 1  # starts so far; failed attempts so far, this one included
         while True:
-            codes, failed, code = _attempt(transport, how, interrupt, attempt)
+            codes, failed, code, grown = _attempt(transport, how, interrupt, attempt)
             result = LaunchResult(
                 returncode=code,
                 worker_codes=tuple(None if c is None else exit_code(c) for c in codes),
@@ -446,9 +451,17 @@ def supervise(transport: Transport, how: Supervision) -> LaunchResult:
                 seconds=time.monotonic() - how.started,
                 attempts=attempt,
             )
-            if failed is None or not _restart(transport, how, codes[failed], failed, attempt,
-                                              interrupt):  # fmt: skip
+            cause = None
+            if grown is not None:  # a membership change: not a failure, not counted
+                if group_state(codes)[0] is GroupState.SUCCEEDED:
+                    return result
+            elif failed is None:
                 return result
+            else:
+                cause = _restart(transport, how, codes[failed], failed, (attempt, failures),
+                                 interrupt)  # fmt: skip
+                if cause is None:
+                    return result
             try:
                 transport.prepare(attempt + 1)
             except ClusterConfigError as err:
@@ -458,16 +471,20 @@ def supervise(transport: Transport, how: Supervision) -> LaunchResult:
             if interrupt.signal is not None:  # Ctrl-C while the next attempt was prepared
                 how.output.say(f"received signal {interrupt.signal}; not restarting")
                 return dataclasses.replace(result, returncode=128 + interrupt.signal)
+            if cause is not None:  # said once the new group is known (its size may change)
+                _say_restart(transport, how, cause, attempt, failures)
+                failures += 1
             attempt += 1
 
 
 def _attempt(
     transport: Transport, how: Supervision, interrupt: Interrupt, attempt: int
-) -> tuple[list[int | None], int | None, int]:
-    """One start of the group, watched until it ends: (return codes, failed worker, code)."""
+) -> tuple[list[int | None], int | None, int, str | None]:
+    """One start of the group, watched until it ends: (return codes, failed worker, code, why
+    it was stopped to grow)."""
     try:
         transport.start(attempt, how.output)
-        failed, code = _watch(transport, how, interrupt)
+        failed, code, grown = _watch(transport, how, interrupt)
     except BaseException:
         transport.stop(signal.SIGTERM, how.grace)
         raise
@@ -475,11 +492,14 @@ def _attempt(
         transport.finish()
     if how.output.callback_error is not None:  # raised while the last lines were read
         raise how.output.callback_error
-    return transport.returncodes(), failed, code
+    return transport.returncodes(), failed, code, grown
 
 
-def _watch(transport: Transport, how: Supervision, interrupt: Interrupt) -> tuple[int | None, int]:
-    """Look at the group until it is not healthy; stop it on a failure or a signal."""
+def _watch(
+    transport: Transport, how: Supervision, interrupt: Interrupt
+) -> tuple[int | None, int, str | None]:
+    """Look at the group until it is not healthy; stop it on a failure, a signal, or to grow
+    (SIGTERM and the full grace: a ``BackupAndRestore`` saves and exits 143)."""
     while True:
         if how.output.callback_error is not None:
             how.output.say("the on_line callback raised an error; stopping the workers")
@@ -489,7 +509,7 @@ def _watch(transport: Transport, how: Supervision, interrupt: Interrupt) -> tupl
         if sig is not None:
             how.output.say(f"received signal {sig}; stopping the workers")
             transport.stop(sig, how.grace)
-            return None, 128 + sig
+            return None, 128 + sig, None
         codes = transport.returncodes()
         state, failed = group_state(codes, transport.lost)
         if state is GroupState.FAILED:
@@ -499,9 +519,15 @@ def _watch(transport: Transport, how: Supervision, interrupt: Interrupt) -> tupl
             failure = Failure.of(raw, transport.lost)
             how.output.say(f"{failure.brief(transport.label(failed))}; stopping the others")
             transport.stop(signal.SIGTERM, min(how.grace, transport.failure_grace))
-            return failed, failure.code
+            return failed, failure.code, None
         if state is GroupState.SUCCEEDED:
-            return None, 0
+            return None, 0, None
+        grown = transport.grown()
+        if grown is not None:
+            how.output.say(f"{grown}: stopping the group to start it again on more workers")
+            log.warning("tfplace launch: %s: stopping the group to start it on more workers", grown)
+            transport.stop(signal.SIGTERM, how.grace)
+            return None, 0, grown
         time.sleep(0.01)
 
 
@@ -510,10 +536,13 @@ def _restart(
     how: Supervision,
     raw: int | None,
     failed: int,
-    attempt: int,
+    counts: tuple[int, int],
     interrupt: Interrupt,
-) -> bool:
-    """Whether the failed ``attempt`` is restarted; says so, or why not, in the output and log."""
+) -> str | None:
+    """The failure's cause when the failed attempt is restarted, else None (and why not, in the
+    output and log). ``counts``: the starts so far, and the failed attempts so far (this one
+    included; what the policy counts: a start to grow the group is not a failure)."""
+    attempt, failures = counts
     assert raw is not None
     failure = Failure.of(raw, transport.lost)
     cause = failure.cause(transport.label(failed))
@@ -525,10 +554,10 @@ def _restart(
             cause,
             interrupt.signal,
         )
-        return False
-    verdict = how.policy.verdict(failure, attempt)
+        return None
+    verdict = how.policy.verdict(failure, failures)
     if verdict.decision is Restart.NOT_ASKED:
-        return False
+        return None
     if not verdict.restart:
         say(f"not restarting: {verdict.reason}; exit code {failure.code}")
         log.warning(
@@ -538,10 +567,16 @@ def _restart(
             verdict.reason,
             failure.code,
         )
-        return False
+        return None
+    return cause
+
+
+def _say_restart(
+    transport: Transport, how: Supervision, cause: str, attempt: int, failures: int
+) -> None:
     n, limit, where = transport.size, how.policy.limit, transport.restart_where
-    say(
-        f"restarting all {n} workers {where} (restart {attempt} of {limit}, "
+    how.output.say(
+        f"restarting all {n} workers {where} (restart {failures} of {limit}, "
         f"{RESTART_COUNT_ENV}={attempt})"
     )
     log.warning(
@@ -550,9 +585,8 @@ def _restart(
         attempt,
         n,
         where,
-        attempt,
+        failures,
         limit,
         RESTART_COUNT_ENV,
         attempt,
     )
-    return True

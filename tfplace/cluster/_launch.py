@@ -261,6 +261,7 @@ def launch(
     port: int | None = None,
     link_timeout: float = LINK_TIMEOUT,
     min_workers: int | None = None,
+    rejoin: bool = False,
 ) -> LaunchResult:
     """Run ``command`` as ``num_workers`` local workers of one TensorFlow cluster.
 
@@ -318,6 +319,10 @@ def launch(
             one line) as long as the hosts that answer hold at least this many workers, and
             a host that answers again is taken back at the next restart. None (default):
             every host must answer. A lost host counts against ``max_restarts``.
+        rejoin: with ``min_workers``: probe the hosts that are out every 5 s; when one answers,
+            stop the group as for a preemption (SIGTERM and the full ``grace_seconds``: a
+            ``tfplace.callbacks.BackupAndRestore`` saves and exits 143) and start it again on
+            more workers, without counting that start against ``max_restarts``.
 
     A signal to the launcher itself (Ctrl-C, SIGTERM) stops every worker and is never
     restarted. When restarts are exhausted, the result carries the last failure's exit code
@@ -378,6 +383,8 @@ def launch(
         isinstance(min_workers, bool) or not isinstance(min_workers, int) or hosts is None
     ):
         raise ValueError(f"min_workers goes with hosts and is an int, found {min_workers!r}")
+    if rejoin and min_workers is None:
+        raise ValueError("rejoin goes with min_workers (hosts that are out can come back)")
     if restart_on not in RESTART_ON:
         raise ValueError(f"restart_on must be one of {RESTART_ON}, found {restart_on!r}")
     env = dict(os.environ if env is None else env)
@@ -407,6 +414,7 @@ def launch(
             restart_on=restart_on,
             link_timeout=link_timeout,
             min_workers=min_workers,
+            rejoin=rejoin,
         )
     assert num_workers is not None
     ports = _free_ports(num_workers, host, "launch")  # checks the host before anything starts

@@ -72,13 +72,16 @@ from tfplace.cluster._ssh import (
 )
 from tfplace.errors import ClusterConfigError
 
-__all__ = ["FAILURE_GRACE", "SILENT_AFTER", "SshWorkers", "launch_on_hosts"]
+__all__ = ["FAILURE_GRACE", "REJOIN_EVERY", "SILENT_AFTER", "SshWorkers", "launch_on_hosts"]
 
 log = logging.getLogger("tfplace")
 
 #: After a worker failure the others get SIGTERM and at most this long before SIGKILL (see
 #: ``launch_on_hosts``).
 FAILURE_GRACE = 1.0
+
+#: Seconds between two probes of the hosts that are out (``rejoin``).
+REJOIN_EVERY = 5.0
 
 #: Seconds without a line from a host (its wrapper writes one a second) after which the host is
 #: silent: a peer's ordinary error is then held until the silent host's fate is known.
@@ -172,6 +175,7 @@ def launch_on_hosts(
     cwd: str | None = None,
     link_timeout: float = LINK_TIMEOUT,
     min_workers: int | None = None,
+    rejoin: bool = False,
 ) -> LaunchResult:
     """Run ``command`` as workers on ``hosts`` over ssh; see :func:`tfplace.cluster._launch.launch`.
 
@@ -193,7 +197,11 @@ def launch_on_hosts(
     ``min_workers``: before each start every listed host is probed, and the group starts on
     those that answer if they hold at least this many workers (who is out, and why, is said
     in one line); fewer is a ``ClusterConfigError`` at the first start and ends the launch
-    ("cannot restart") at a restart. None: every host must answer.
+    ("cannot restart") at a restart. None: every host must answer. ``rejoin`` (with
+    ``min_workers``): while hosts are out, they are probed every :data:`REJOIN_EVERY` s, and
+    when one answers the group is stopped as for a preemption (SIGTERM and the full grace: a
+    ``BackupAndRestore`` saves and exits 143) and started again on more workers; this start is
+    not counted against ``max_restarts``.
 
     Returns:
         A ``LaunchResult``; no worker process is left on any host, whatever the path.
@@ -234,6 +242,7 @@ def launch_on_hosts(
         grace=float(grace_seconds),
         link_timeout=float(link_timeout),
         min_workers=min_workers,
+        rejoin=rejoin,
     )
     forwarded_env(setup.base, setup.forward)  # a bad -x is an error before anything starts
     started = time.monotonic()
@@ -263,6 +272,7 @@ class _Setup:
     grace: float
     link_timeout: float = LINK_TIMEOUT
     min_workers: int | None = None
+    rejoin: bool = False
 
 
 class SshWorkers(Transport):
@@ -282,6 +292,8 @@ class SshWorkers(Transport):
         self.active: tuple[HostSlots, ...] = setup.hosts
         #: Who is out of this attempt and why, said when it starts.
         self.news: list[str] = []
+        #: A host that was out and answers again (``rejoin``), once the watcher found one.
+        self.returned: str | None = None
         self.workers: list[_Worker] = []
         self.threads: list[threading.Thread] = []
         self.done = threading.Event()
@@ -342,6 +354,25 @@ class SshWorkers(Transport):
         beat = threading.Thread(target=self._heartbeat, daemon=True)
         beat.start()
         self.threads.append(beat)
+        self.returned = None
+        out = [h for h in self.setup.hosts if h not in self.active]
+        if self.setup.rejoin and out:
+            watch = threading.Thread(target=self._watch_out, args=(out, self.done), daemon=True)
+            watch.start()
+            self.threads.append(watch)
+
+    def _watch_out(self, out: list[HostSlots], done: threading.Event) -> None:
+        """Probe the hosts that are out every :data:`REJOIN_EVERY` s until one answers."""
+        s = self.setup
+        while not done.wait(REJOIN_EVERY):
+            answers = probe_each(s.ssh, s.python, out, s.port, "launch", s.link_timeout, True)
+            back = [h.host for h, a in zip(out, answers, strict=True) if isinstance(a, Probe)]
+            if back and not done.is_set():
+                self.returned = f"host {', '.join(back)} answers again"
+                return
+
+    def grown(self) -> str | None:
+        return self.returned
 
     def _heartbeat(self) -> None:
         while not self.done.wait(1.0):

@@ -303,9 +303,10 @@ def probe(
     port: int | None,
     source: str,
     link_timeout: float = LINK_TIMEOUT,
+    quiet: bool = False,
 ) -> Probe:
     """Ask ``host``, over ssh, for its usable cores and free ports (tried again after a
-    transient ssh failure before the login).
+    transient ssh failure before the login, with a WARNING, or INFO when ``quiet``).
 
     Raises:
         ClusterConfigError: ssh cannot run or log in, ``python`` fails there, or a fixed port
@@ -329,8 +330,13 @@ def probe(
         last = said[-1] if said else "no message"
         if wait is None or not transient_ssh_failure(done.returncode, last):
             break
-        log.warning(
-            "%s: host %s: ssh failed (%s); trying again in %g s", source, host.host, last, wait
+        log.log(
+            logging.INFO if quiet else logging.WARNING,
+            "%s: host %s: ssh failed (%s); trying again in %g s",
+            source,
+            host.host,
+            last,
+            wait,
         )
         time.sleep(wait)
     if done.returncode == SSH_LOST:
@@ -381,12 +387,14 @@ def probe_each(
     port: int | None,
     source: str,
     link_timeout: float = LINK_TIMEOUT,
+    quiet: bool = False,
 ) -> list[Probe | ClusterConfigError]:
-    """:func:`probe` every host, in parallel: each host's answer, or why it gave none."""
+    """:func:`probe` every host, in parallel: each host's answer, or why it gave none
+    (``quiet``: its tries again are INFO, not WARNING)."""
 
     def one(host: HostSlots) -> Probe | ClusterConfigError:
         try:
-            return probe(ssh, python, host, port, source, link_timeout)
+            return probe(ssh, python, host, port, source, link_timeout, quiet)
         except ClusterConfigError as err:
             return err
 
