@@ -8,6 +8,7 @@ would, and the final weights must equal an uninterrupted run's.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pytest
 from helpers import CHILD_GPU_ENV, CPU_ONLY_ENV, QUIET_ENV
@@ -300,7 +302,8 @@ def test_one_process_sigterm_saves_and_exits_with_the_restart_code(tmp_path: Pat
     ((code, _, stderr),) = run_group(out, 1, run)
     assert code == RESTART_EXIT_CODE, stderr[-2000:]
     state = json.loads(next((out / "backup").glob("backup-*/state.json")).read_text())
-    assert state == {"epoch": 1, "batch": 2, "save": 1}  # saved at the next batch end
+    assert {k: state[k] for k in ("epoch", "batch", "save")} == {"epoch": 1, "batch": 2, "save": 1}
+    assert (state["workers"], state["replicas"]) == (1, 1)  # saved at the next batch end
     (resumed,) = finished(run_group(out, 1, env))
     assert_same_weights(resumed["weights"], expected)
 
@@ -598,3 +601,78 @@ def test_the_default_grace_outlasts_nfs_attribute_caching() -> None:
     assert tfplace.callbacks.BackupAndRestore("/tmp/x", shared_grace=2).shared_grace == 2.0
     with pytest.raises(ValueError, match="shared_grace"):
         tfplace.callbacks.BackupAndRestore("/tmp/x", shared_grace=-1)
+
+
+# ------------------------------------------------------ another worker count (issue 27.4)
+
+
+class _Stop(keras.callbacks.Callback):  # type: ignore[misc]
+    """Ends fit with an error at the ``at``-th batch end (a lost worker, in one process)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.ends = at, 0
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self.ends += 1
+        if self.ends == self.at:
+            raise RuntimeError("stopped here")
+
+
+def _fit(folder: Path, batch: int, *extra: Any, **options: Any) -> Any:
+    import tfplace.callbacks
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    x = np.random.default_rng(0).normal(size=(48, 4)).astype("float32")
+    backup = tfplace.callbacks.BackupAndRestore(
+        str(folder), save_freq=2, preemption=False, **options
+    )
+    model.fit(x, x[:, :1], batch_size=batch, epochs=2, verbose=0, shuffle=False,
+              callbacks=[backup, *extra])  # fmt: skip
+    return model
+
+
+def test_a_backup_records_what_the_math_depends_on_and_refuses_another_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(RuntimeError, match="stopped here"):
+        _fit(tmp_path, 8, _Stop(4), global_batch=8)
+    state = json.loads(next(tmp_path.glob("backup-*/state.json")).read_text())
+    assert state["workers"] == 1 and state["replicas"] == 1
+    assert (state["steps_per_epoch"], state["global_batch"]) == (6, 8)
+    # the batch scaled with the worker count: refused, naming both and the fix
+    with pytest.raises(ValueError, match="another global batch") as info:
+        _fit(tmp_path, 16, global_batch=16)
+    message = str(info.value)
+    assert "global batch 8 then, 16 now" in message and "steps per epoch 6 then, 3 now" in message
+    assert "allow_new_batch=True" in message
+    # without global_batch, the steps per epoch tell it
+    with pytest.raises(ValueError, match="steps per epoch 6 then, 3 now"):
+        _fit(tmp_path, 16)
+    # allowed: it resumes, and says so
+    with caplog.at_level(logging.WARNING, logger="tfplace"):
+        _fit(tmp_path, 16, allow_new_batch=True)
+    assert "at another global batch" in caplog.text
+
+
+def test_a_global_batch_that_does_not_divide_over_the_replicas_is_refused(tmp_path: Path) -> None:
+    import tfplace.callbacks
+
+    strategy = tfplace.pick_strategy("mirrored")  # the suite's 2 virtual CPUs
+    assert strategy.num_replicas_in_sync == 2
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.SGD(0.01), "mse")
+    backup = tfplace.callbacks.BackupAndRestore(str(tmp_path), preemption=False, global_batch=15)
+    # as fit calls it (in one process Keras itself fails at such a batch before the
+    # callbacks start; across workers TensorFlow rebatches it into unequal shares)
+    backup.set_model(model)
+    backup.set_params({"verbose": 0, "epochs": 1, "steps": 2})
+    with pytest.raises(ValueError, match="does not divide over 2 replicas") as info:
+        backup.on_train_begin()
+    assert "14 or 16" in str(info.value) and "1, 3, 5, 15" in str(info.value)
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+    with pytest.raises(ValueError, match="global_batch"):
+        tfplace.callbacks.BackupAndRestore(str(tmp_path), global_batch=0)

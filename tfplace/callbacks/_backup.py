@@ -59,10 +59,23 @@ class BackupAndRestore(KerasFlavoured):
         shared_grace: seconds a worker keeps looking for a backup the chief wrote before
             calling ``backup_dir`` not shared (65: above Linux NFS's default attribute cache
             time, ``acdirmax`` 60 s). Only a worker that does not see the backup waits.
+        global_batch: the global batch ``fit`` trains with, if you want it checked: it must
+            divide over the replicas (each replica takes an equal share), and a backup saved
+            at another global batch is refused. Without it, the steps per epoch are compared.
+        allow_new_batch: resume from a backup saved at another global batch (or another
+            number of steps per epoch) instead of refusing it.
+
+    A backup restores onto any number of workers: ``state.json`` records the workers, the
+    replicas and the steps per epoch (and ``global_batch`` when given) it was saved with.
+    With the same global batch, training on fewer or more workers computes the same thing
+    (up to the order of the sums across replicas); with another one it does not, so that is
+    refused unless ``allow_new_batch=True``.
 
     Raises:
         ValueError: ``backup_dir`` is empty, ``save_freq`` is not ``"epoch"`` or a positive
-            int, or ``shared_grace`` is negative.
+            int, ``shared_grace`` is negative, or ``global_batch`` is not a positive int; at
+            the start of ``fit``: ``global_batch`` does not divide over the replicas, or the
+            backup was saved at another global batch (without ``allow_new_batch``).
 
     Example:
         >>> import tfplace.callbacks
@@ -83,6 +96,8 @@ class BackupAndRestore(KerasFlavoured):
         preemption: bool = True,
         timeout: float = 600.0,
         shared_grace: float = DEFAULT_GRACE_S,
+        global_batch: int | None = None,
+        allow_new_batch: bool = False,
     ) -> None:
         super().__init__()
         if not backup_dir:
@@ -102,6 +117,15 @@ class BackupAndRestore(KerasFlavoured):
             raise ValueError(
                 f"BackupAndRestore(shared_grace={shared_grace!r}): expected seconds >= 0"
             )
+        if global_batch is not None and (
+            isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1
+        ):
+            raise ValueError(
+                f"BackupAndRestore(global_batch={global_batch!r}): expected a positive int, "
+                "the batch size fit trains with across all replicas"
+            )
+        self.global_batch = global_batch
+        self.allow_new_batch = bool(allow_new_batch)
         self.backup_dir = os.fspath(backup_dir)
         self.shared_grace = float(shared_grace)
         self.save_freq = save_freq
@@ -133,7 +157,7 @@ class BackupAndRestore(KerasFlavoured):
     def _save(self, epoch: int, batch: int) -> None:
         model = self.model
         number = self._next_save
-        state = {"epoch": epoch, "batch": batch, "save": number}
+        state = {"epoch": epoch, "batch": batch, "save": number, **self._shape()}
         self._store.write(
             number,
             state,
@@ -151,12 +175,73 @@ class BackupAndRestore(KerasFlavoured):
         self._next_save += 1
         self._since_save = 0
 
+    def _shape(self) -> dict[str, Any]:
+        """What the training's math depends on, as ``state.json`` records it."""
+        strategy = getattr(self.model, "distribute_strategy", None)
+        shape: dict[str, Any] = {
+            "workers": _tf.strategy_num_workers(strategy),
+            "replicas": int(getattr(strategy, "num_replicas_in_sync", 1) or 1),
+            "steps_per_epoch": (getattr(self, "params", None) or {}).get("steps"),
+        }
+        if self.global_batch is not None:
+            shape["global_batch"] = self.global_batch
+        return shape
+
+    def _check_batch(self) -> None:
+        """The global batch divides over the replicas: each takes an equal share."""
+        if self.global_batch is None:
+            return
+        replicas = self._shape()["replicas"]
+        if self.global_batch % replicas:
+            low = self.global_batch - self.global_batch % replicas
+            sizes = [b for b in (low, low + replicas) if b > 0]
+            counts = [n for n in range(1, self.global_batch + 1) if self.global_batch % n == 0]
+            raise ValueError(
+                f"BackupAndRestore: global_batch={self.global_batch} does not divide over "
+                f"{replicas} replicas, so their shares differ and the training would not "
+                f"compute what it does on another number of replicas. Use a global batch of "
+                f"{' or '.join(map(str, sizes))} here, or a replica count that divides "
+                f"{self.global_batch}: {', '.join(map(str, counts[:12]))}."
+            )
+
+    def _check_resumable(self, state: dict[str, Any], folder: str) -> None:
+        """Refuse a backup saved at another global batch; say when the workers changed."""
+        now = self._shape()
+        changed = [
+            f"{key.replace('_', ' ')} {state[key]} then, {now[key]} now"
+            for key in ("global_batch", "steps_per_epoch")
+            if state.get(key) is not None and now.get(key) is not None and state[key] != now[key]
+        ]
+        if changed and not self.allow_new_batch:
+            raise ValueError(
+                f"BackupAndRestore: the backup in {folder} was saved at another global batch "
+                f"({'; '.join(changed)}; {state.get('workers', '?')} worker(s) then, "
+                f"{now['workers']} now). Resuming would not compute the same training. Keep "
+                "the global batch fixed when the number of workers changes (batch by the "
+                "global batch, not by a per-replica batch times the replicas), or pass "
+                "BackupAndRestore(..., allow_new_batch=True) to resume anyway."
+            )
+        if changed:
+            log.warning(
+                "tfplace: resuming from %s at another global batch (%s): allow_new_batch=True",
+                folder,
+                "; ".join(changed),
+            )
+        elif state.get("workers") not in (None, now["workers"]):
+            log.info(
+                "tfplace: restoring a backup of %s worker(s) onto %d: the same global batch, "
+                "the same training (the order of the sums across replicas aside)",
+                state["workers"],
+                now["workers"],
+            )
+
     # Restoring.
 
     def _restore(self, number: int) -> None:
         model = self.model
         folder = self._store.folder(number)
         state = self._store.state(number)
+        self._check_resumable(state, folder)
         optimizer = getattr(model, "optimizer", None)
         legacy = is_legacy(self._tfplace_keras)
         if optimizer is not None and not legacy and not getattr(optimizer, "built", True):
@@ -190,6 +275,7 @@ class BackupAndRestore(KerasFlavoured):
         BackupAndRestore._fits += 1  # the base class: one count whatever the subclass
         fit = BackupAndRestore._fits
         self._key = f"tfplace/backup/{fit}"
+        self._check_batch()
         if multi_worker(model):  # the chief chooses; every worker checks it sees that one
             chosen = agree_on_restore(
                 model, self._store, f"{self._key}/restore", self.timeout, self.shared_grace

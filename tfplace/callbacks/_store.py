@@ -84,7 +84,9 @@ class BackupStore:
         return numbers[-1] if numbers else None
 
     def state(self, number: int) -> dict[str, Any]:
-        """Backup ``number``'s ``state.json``: ``{"epoch", "batch", "save"}``."""
+        """Backup ``number``'s ``state.json``: ``{"epoch", "batch", "save"}``, and what the
+        training's math depended on (``workers``, ``replicas``, ``steps_per_epoch``,
+        ``global_batch`` when given); older backups lack those."""
         loaded: dict[str, Any] = json.loads(_tf.gfile_read_text(join(self.folder(number), META)))
         return loaded
 
