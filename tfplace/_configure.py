@@ -325,42 +325,7 @@ def configure_gpus(
         be = backend or _tf.TFConfig()
         facts, by_index = read_gpu_facts(be)
         if not facts.physical:
-            asked = (visible not in (None, "auto") and len(visible) > 0) or (
-                visible == "auto" and count is not None
-            )
-            settings = {
-                "memory_growth": memory_growth,
-                "memory_limit_mb": memory_limit_mb,
-                "logical_gpus": logical_gpus,
-            }
-            if strict and not asked and any(v is not None for v in settings.values()):
-                given = ", ".join(f"{k}={v!r}" for k, v in settings.items() if v is not None)
-                gpu_fallback(  # raises: strict settings for GPUs that are not there
-                    f"configure_gpus({given})",
-                    "no GPU is visible to TensorFlow here (CUDA_VISIBLE_DEVICES="
-                    f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r})",
-                    strict=True,
-                    strict_call=f"configure_gpus({given}, strict=True)",
-                    fix="Run `tfplace doctor` to see why, or pass strict=False to go on on "
-                    "the CPU (nothing to configure).",
-                    instead="",
-                )
-            if asked:  # an explicit request for GPUs is never silently dropped
-                call = f"configure_gpus(visible={visible!r}" + (
-                    f", count={count}" if count is not None else ""
-                )
-                message = gpu_fallback(
-                    call + ")",
-                    "no GPU is visible to TensorFlow here (CUDA_VISIBLE_DEVICES="
-                    f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r})",
-                    strict=strict,
-                    strict_call=call + ", strict=True)",
-                    fix="Run `tfplace doctor` to see why, or pass strict=False to warn and "
-                    "continue on the CPU.",
-                    instead="nothing configured, TensorFlow runs on the CPU",
-                )
-                warnings.warn(message, DeviceFallbackWarning, stacklevel=2)
-            log.info("configure_gpus: no GPU is visible to TensorFlow; nothing to configure")
+            _no_gpus(visible, count, strict, memory_growth, memory_limit_mb, logical_gpus)
             return GPUConfig((), None, None, changed=False)
         indices: Sequence[int] | None
         why: str | None = None
@@ -391,6 +356,54 @@ def configure_gpus(
             log.info("configure_gpus: %s", _describe(decision.changes))
         after, _ = read_gpu_facts(be)
         return _gpu_result(decision, after, applied=True)
+
+
+def _no_gpus(
+    visible: Sequence[int] | Literal["auto"] | None,
+    count: int | None,
+    strict: bool,
+    memory_growth: bool | None,
+    memory_limit_mb: int | Sequence[int] | None,
+    logical_gpus: int | None,
+) -> None:
+    """The GPU policy's row for a machine without GPUs: warn for GPUs asked for, raise with
+    ``strict=True`` (also for GPU settings alone), else a log line (``GPU_POLICY``)."""
+    asked = (visible not in (None, "auto") and len(visible) > 0) or (
+        visible == "auto" and count is not None
+    )
+    settings = {
+        "memory_growth": memory_growth,
+        "memory_limit_mb": memory_limit_mb,
+        "logical_gpus": logical_gpus,
+    }
+    if strict and not asked and any(v is not None for v in settings.values()):
+        given = ", ".join(f"{k}={v!r}" for k, v in settings.items() if v is not None)
+        gpu_fallback(  # raises: strict settings for GPUs that are not there
+            f"configure_gpus({given})",
+            "no GPU is visible to TensorFlow here (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r})",
+            strict=True,
+            strict_call=f"configure_gpus({given}, strict=True)",
+            fix="Run `tfplace doctor` to see why, or pass strict=False to go on on "
+            "the CPU (nothing to configure).",
+            instead="",
+        )
+    if asked:  # an explicit request for GPUs is never silently dropped
+        call = f"configure_gpus(visible={visible!r}" + (
+            f", count={count}" if count is not None else ""
+        )
+        message = gpu_fallback(
+            call + ")",
+            "no GPU is visible to TensorFlow here (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r})",
+            strict=strict,
+            strict_call=call + ", strict=True)",
+            fix="Run `tfplace doctor` to see why, or pass strict=False to warn and "
+            "continue on the CPU.",
+            instead="nothing configured, TensorFlow runs on the CPU",
+        )
+        warnings.warn(message, DeviceFallbackWarning, stacklevel=3)
+    log.info("configure_gpus: no GPU is visible to TensorFlow; nothing to configure")
 
 
 def _describe(changes: Sequence[ConfigChange]) -> str:
