@@ -35,8 +35,8 @@ from tfplace._decide.strategy import plan
 from tfplace._facts.inventory import GPUInfo, inventory
 from tfplace._strategy import build_strategy
 from tfplace.errors import AlreadyInitializedError
-from tfplace.replicas._judge import compare_steps, judge
-from tfplace.replicas._records import Run, Snapshots
+from tfplace.replicas._judge import StepComparer, judge
+from tfplace.replicas._records import Run
 from tfplace.replicas._report import ReplicaReport
 from tfplace.replicas._tolerance import Tolerance, default_tolerance
 from tfplace.replicas._train import TrainStep, build_model, start_from, train, train_reference
@@ -172,23 +172,17 @@ def compare_replicas(
         finally:
             _tf.set_keras_policy(policy)
         start_from(model_many, ref)
-        run_many = Run(snapshots=Snapshots(Path(folder, "many.bin")))
+        tol = _tolerance(ref.facts.dtype_policy, names_devices, rtol, atol, update_rtol)
+        comparer = StepComparer(
+            ref.run.snapshots, names=ref.names, trainable=ref.trainable, tol=tol
+        )
+        run_many = Run(sink=comparer)  # compared step by step: no file for N replicas
         train(many, model_many, data, steps, train_step, seed, run_many)
         del model_many
-        tol = _tolerance(ref.facts.dtype_policy, names_devices, rtol, atol, update_rtol)
-        count = min(len(ref.run.snapshots), len(run_many.snapshots)) - 1
-        compared = compare_steps(
-            ref.run.snapshots,
-            run_many.snapshots,
-            max(count, 0),
-            names=ref.names,
-            trainable=ref.trainable,
-            tol=tol,
-        )
     report = judge(
         ref.run,
         run_many,
-        compared,
+        comparer.steps,
         facts=ref.facts,
         replicas=replicas,
         steps=steps,

@@ -11,7 +11,7 @@ variable or logged value that is NaN or inf is a verdict of its own.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +22,7 @@ from tfplace.replicas._records import Run, Snapshots
 from tfplace.replicas._report import ModelFacts, ReplicaReport, StepRow, Verdict
 from tfplace.replicas._tolerance import Tolerance
 
-__all__ = ["Hints", "StepCompare", "compare_steps", "judge"]
+__all__ = ["Hints", "StepCompare", "StepComparer", "compare_steps", "judge"]
 
 
 @dataclass(frozen=True)
@@ -60,15 +60,22 @@ class StepCompare:
 
 
 def _gap(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> float:
-    """Largest ``|a - b| / (atol + rtol |b|)`` over the finite values (> 1: outside)."""
+    """Largest ``|a - b| / (atol + rtol |b|)`` over the values finite in both (> 1: outside)."""
     if a.shape != b.shape:
         return math.inf
     if a.size == 0:
         return 0.0
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        ratio = np.abs(a - b)
+        denom = np.abs(b)
+        denom *= rtol
+        denom += atol
+        ratio /= denom
+        worst = float(ratio.max())
+        if math.isfinite(worst):  # the fast way: every value finite, the tolerance > 0
+            return worst
         diff = np.abs(a - b)
-        denom = atol + rtol * np.abs(b)
-        ratio = np.where(denom > 0, diff / np.where(denom > 0, denom, 1.0), np.inf * (diff > 0))
+        ratio = np.where(denom > 0, ratio, np.where(diff > 0, np.inf, 0.0))
     finite = ratio[np.isfinite(a) & np.isfinite(b)]
     return float(finite.max()) if finite.size else 0.0
 
@@ -80,6 +87,93 @@ def _eps(dtype: np.dtype) -> float:
         return 0.0
 
 
+def _all_finite(values: np.ndarray) -> bool:
+    with np.errstate(over="ignore", invalid="ignore"):
+        if math.isfinite(float(values.sum(dtype=np.float64))):
+            return True
+    return bool(np.isfinite(values).all())
+
+
+class StepComparer:
+    """Compares the N-replica run with the one-replica run's snapshots as it trains, one step
+    at a time: ``append`` takes the N-replica variables after each step (snapshot 0 first),
+    one variable at a time, and keeps only the previous snapshot (float32) and the sums.
+
+    Quacks like :class:`Snapshots` for the training (``append``, ``len``), so the N-replica
+    variables never go to a file.
+    """
+
+    def __init__(
+        self, one: Snapshots, *, names: Sequence[str], trainable: Sequence[bool], tol: Tolerance
+    ) -> None:
+        self.one = one
+        self.names = list(names)
+        self.trainable = list(trainable)
+        self.tol = tol
+        self.steps: list[StepCompare] = []
+        self._eps = [_eps(np.dtype(dtype)) for dtype, _ in one.layout]
+        self._previous: list[np.ndarray] = []
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def append(self, arrays: Iterable[np.ndarray]) -> None:
+        """The N-replica variables after the next step (the first call: before training)."""
+        if self._count == 0:
+            self._previous = [_narrow(np.asarray(a)) for a in arrays]
+        elif self._count < len(self.one):
+            self.steps.append(self._compare(self._count - 1, arrays))
+        self._count += 1
+
+    def _compare(self, k: int, arrays: Iterable[np.ndarray]) -> StepCompare:
+        tol, names = self.tol, self.names
+        gaps: list[float] = []
+        bad_one: list[str] = []
+        bad_many: list[str] = []
+        s11 = snn = sn1 = sdd = sww = 0.0
+        for j, value in enumerate(arrays):
+            b1, b0 = _narrow(np.asarray(value)), self._previous[j]
+            a1 = self.one.read(k + 1, j)
+            gaps.append(_gap(b1, a1, tol.rtol, tol.atol))
+            if not _all_finite(a1):
+                bad_one.append(names[j])
+            if not _all_finite(b1):
+                bad_many.append(names[j])
+            if self.trainable[j] and a1.shape == b1.shape == b0.shape:
+                a0 = self.one.read(k, j)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    d1 = (a1 - a0).ravel()
+                    dn = (b1 - b0).ravel()
+                    diff = dn - d1
+                    w = a1.ravel()
+                    s11 += float(np.dot(d1, d1))
+                    snn += float(np.dot(dn, dn))
+                    sn1 += float(np.dot(dn, d1))
+                    sdd += float(np.dot(diff, diff))
+                    sww += self._eps[j] ** 2 * float(np.dot(w, w))
+            self._previous[j] = b1
+        worst = int(np.argmax(gaps)) if gaps else 0
+        return StepCompare(
+            worst_variable=names[worst] if names else "",
+            worst_gap=gaps[worst] if gaps else 0.0,
+            differing=tuple(n for n, g in zip(names, gaps, strict=False) if g > 1.0),
+            nonfinite_one=tuple(bad_one),
+            nonfinite_many=tuple(bad_many),
+            norm_one=math.sqrt(s11) if math.isfinite(s11) else math.inf,
+            norm_many=math.sqrt(snn) if math.isfinite(snn) else math.inf,
+            dot=sn1,
+            error=math.sqrt(sdd) if math.isfinite(sdd) else math.inf,
+            floor=4.0 * math.sqrt(sww) if math.isfinite(sww) else math.inf,
+        )
+
+
+def _narrow(value: np.ndarray) -> np.ndarray:
+    """float32 for floats of 32 bits or fewer (exact), float64 otherwise."""
+    wide = value.dtype.kind not in "fV" or value.dtype.itemsize > 4
+    return value.astype(np.float64 if wide else np.float32)
+
+
 def compare_steps(
     one: Snapshots,
     many: Snapshots,
@@ -89,47 +183,12 @@ def compare_steps(
     trainable: Sequence[bool],
     tol: Tolerance,
 ) -> list[StepCompare]:
-    """Compare ``steps`` steps of two runs' snapshots, one variable at a time."""
-    out: list[StepCompare] = []
-    eps = [_eps(np.dtype(dtype)) for dtype, _ in one.layout]
-    for k in range(steps):
-        gaps: list[float] = []
-        bad_one: list[str] = []
-        bad_many: list[str] = []
-        s11 = snn = sn1 = sdd = sww = 0.0
-        for j, name in enumerate(names):
-            a1, b1 = one.read(k + 1, j), many.read(k + 1, j)
-            gaps.append(_gap(b1, a1, tol.rtol, tol.atol))
-            if not np.all(np.isfinite(a1)):
-                bad_one.append(name)
-            if not np.all(np.isfinite(b1)):
-                bad_many.append(name)
-            if not trainable[j] or a1.shape != b1.shape:
-                continue
-            with np.errstate(invalid="ignore", over="ignore"):
-                d1 = (a1 - one.read(k, j)).ravel()
-                dn = (b1 - many.read(k, j)).ravel()
-                s11 += float(d1 @ d1)
-                snn += float(dn @ dn)
-                sn1 += float(dn @ d1)
-                sdd += float((dn - d1) @ (dn - d1))
-                sww += float(eps[j] ** 2 * (a1.ravel() @ a1.ravel()))
-        worst = int(np.argmax(gaps)) if gaps else 0
-        out.append(
-            StepCompare(
-                worst_variable=names[worst] if names else "",
-                worst_gap=gaps[worst] if gaps else 0.0,
-                differing=tuple(n for n, g in zip(names, gaps, strict=True) if g > 1.0),
-                nonfinite_one=tuple(bad_one),
-                nonfinite_many=tuple(bad_many),
-                norm_one=math.sqrt(s11) if math.isfinite(s11) else math.inf,
-                norm_many=math.sqrt(snn) if math.isfinite(snn) else math.inf,
-                dot=sn1,
-                error=math.sqrt(sdd) if math.isfinite(sdd) else math.inf,
-                floor=4.0 * math.sqrt(sww) if math.isfinite(sww) else math.inf,
-            )
-        )
-    return out
+    """Compare ``steps`` steps of two runs' recorded snapshots (the workers' file), through
+    a :class:`StepComparer`."""
+    comparer = StepComparer(one, names=names, trainable=trainable, tol=tol)
+    for k in range(min(steps + 1, len(many))):
+        comparer.append(many.read(k, j) for j in range(many.variables))
+    return comparer.steps
 
 
 @dataclass(frozen=True)
@@ -278,7 +337,7 @@ def judge(
         verdict: Verdict = "COULD NOT CHECK"
         first_step, data_only = None, False
     else:
-        verdict, first_step, data_only = _verdict(rows, compared, tol, many)
+        verdict, first_step, data_only = _verdict(rows, compared[: len(rows)], tol, many)
     first_variable: str | None = None
     differing: tuple[str, ...] = ()
     if verdict in ("DIFFERENT", "NOT FINITE") and first_step is not None and first_step < count:

@@ -14,10 +14,29 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-__all__ = ["BatchRecord", "Run", "Snapshots", "batch_record", "sorted_rows"]
+__all__ = [
+    "BatchRecord",
+    "Run",
+    "SnapshotSink",
+    "Snapshots",
+    "batch_record",
+    "sorted_rows",
+]
+
+
+class SnapshotSink(Protocol):
+    """Takes a model's variables after every step, one variable at a time."""
+
+    def append(self, arrays: Iterable[np.ndarray]) -> None:
+        """Take one snapshot."""
+
+    def __len__(self) -> int:
+        """Snapshots taken."""
+        ...
 
 
 class Snapshots:
@@ -35,6 +54,7 @@ class Snapshots:
         self.path = path
         self.layout: list[tuple[np.dtype, tuple[int, ...]]] = list(layout or [])
         self._memory: list[list[np.ndarray]] = []
+        self._offsets: list[int] = []
         self._count = 0
         if path is not None and layout is not None and path.is_file():
             size = self.snapshot_bytes
@@ -69,20 +89,24 @@ class Snapshots:
                             f"snapshot {self._count}: variable {j} has shape {value.shape}, "
                             "expected the first snapshot's layout"
                         )
-                    out.write(value.astype(self.layout[j][0], copy=False).tobytes())
+                    value.astype(self.layout[j][0], copy=False).tofile(out)
         self._count += 1
 
     def read(self, k: int, j: int) -> np.ndarray:
-        """Variable ``j`` of snapshot ``k``, as float64."""
+        """Variable ``j`` of snapshot ``k``: float32 for floats of 32 bits or fewer (float32
+        holds float16 and bfloat16 exactly), float64 otherwise."""
         if self.path is None:
-            return np.asarray(self._memory[k][j], dtype=np.float64)
-        dtype, shape = self.layout[j]
-        offset = k * self.snapshot_bytes + sum(
-            int(np.dtype(d).itemsize * int(np.prod(s))) for d, s in self.layout[:j]
-        )
-        count = int(np.prod(shape))
-        values = np.fromfile(self.path, dtype=dtype, count=count, offset=offset)
-        return values.astype(np.float64).reshape(shape)
+            value = np.asarray(self._memory[k][j])
+        else:
+            dtype, shape = self.layout[j]
+            if len(self._offsets) != len(self.layout):
+                sizes = [int(np.dtype(d).itemsize * int(np.prod(s))) for d, s in self.layout]
+                self._offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+            offset = k * self.snapshot_bytes + self._offsets[j]
+            count = int(np.prod(shape))
+            value = np.fromfile(self.path, dtype=dtype, count=count, offset=offset).reshape(shape)
+        wide = value.dtype.kind not in "fV" or value.dtype.itemsize > 4
+        return value.astype(np.float64 if wide else np.float32)
 
     @property
     def variables(self) -> int:
@@ -146,6 +170,7 @@ class Run:
         error: the training failed: its exception, in one line.
         reread: the input gave other batches when read again with the same seed (None: not
             read twice).
+        sink: where the variables go instead of ``snapshots`` (the judge's step comparer).
     """
 
     losses: list[float] = field(default_factory=list)
@@ -155,3 +180,9 @@ class Run:
     seconds: float = 0.0
     error: str | None = None
     reread: bool | None = None
+    sink: SnapshotSink | None = None
+
+    def keep(self, arrays: Iterable[np.ndarray]) -> None:
+        """The variables after the next step (the first call: before training): to the sink
+        when there is one (a comparison made as the run trains), else to ``snapshots``."""
+        (self.sink if self.sink is not None else self.snapshots).append(arrays)

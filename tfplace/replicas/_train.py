@@ -232,7 +232,7 @@ def train(
             for local in record_input(strategy, data, steps, seed, given=given)
         ]
         run.reread = [b.digest for b in again] != [b.digest for b in recorded]
-    run.snapshots.append(weight_values(model))
+    run.keep(weight_values(model))
     bound = data if given is None else (lambda _strategy: data(given))
     if recorded:  # no batch: nothing to train (the judge says it could not check)
         train_steps(strategy, model, bound, min(steps, len(recorded)), train_step, seed, run)
@@ -280,7 +280,7 @@ def train_steps(
                 logged = _logged(model)
                 run.losses.append(logged.get("loss", loss))
                 run.metrics.append(logged)
-                run.snapshots.append(weight_values(model))
+                run.keep(weight_values(model))
 
             _tf.keras_random_seed(seed)
             _tf.fit_steps(model, data(strategy), steps, after_step)
@@ -301,7 +301,7 @@ def train_steps(
                     logged = {"loss": _scalar(out, strategy)}
                 run.losses.append(logged.get("loss", float("nan")))
                 run.metrics.append(logged)
-                run.snapshots.append(weight_values(model))
+                run.keep(weight_values(model))
     except Exception as err:  # re-raised for 1 replica; reported for N (a cause in itself)
         if n == 1:
             raise

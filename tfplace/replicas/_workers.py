@@ -289,7 +289,7 @@ def replica_worker(spec_path: str) -> int:
     )
     local = [[np.concatenate(parts, axis=0) for parts in step] for step in recorded]
     run = Run(snapshots=Snapshots(folder / f"worker{index}.bin"))
-    run.snapshots.append(weight_values(model))
+    run.keep(weight_values(model))
     train_steps(strategy, model, functions["data"], min(steps, len(local)), train_step, seed, run)
     arrays_out: dict[str, np.ndarray] = {}
     for k, components in enumerate(local):
