@@ -78,6 +78,12 @@ def _add_launch(sub: Any) -> None:
         "--hosts", metavar="H1:N,H2:N", help="run the workers on these hosts, N each (default 1)"
     )
     where.add_argument(
+        "--host-discovery",
+        metavar="COMMAND",
+        help="a shell command that prints the current hosts, host:slots a line, run before "
+        "each start (Horovod's --host-discovery-script)",
+    )
+    where.add_argument(
         "--hostfile",
         metavar="FILE",
         help="hosts from a file: 'host slots=N' a line (Horovod, DeepSpeed), or host:N",
@@ -323,7 +329,7 @@ def _launch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from tfplace.errors import ClusterConfigError
 
     parser = args.launch_parser  # its usage, not the top level's, on a bad option
-    remote = args.hosts is not None or args.hostfile is not None
+    remote = args.hosts is not None or args.hostfile is not None or args.host_discovery is not None
     if args.num_workers is None and not remote:
         parser.error("launch needs -n N (local workers), or --hosts / --hostfile")
     if args.num_workers is not None and args.num_workers < 1:
@@ -377,6 +383,7 @@ def _launch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             link_timeout=args.link_timeout,
             min_workers=args.min_workers,
             rejoin=args.rejoin,
+            host_discovery=args.host_discovery,
         )
     except ClusterConfigError as err:  # a bad --host, host list or -x: nothing was started
         print(f"tfplace {err}", file=sys.stderr)  # "tfplace launch: host: ..."

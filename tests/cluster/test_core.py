@@ -210,3 +210,51 @@ def test_a_peers_error_while_a_host_is_silent_waits_for_that_hosts_fate(
     assert "worker 0 on 127.0.0.1 exited with code 1; stopping" not in text, text
     warned = [r.getMessage() for r in caplog.records]
     assert any("lost the connection" in w and "restarting all 2 workers" in w for w in warned)
+
+
+# Worker 0 of the first start widens the pool the discovery command reads, then is killed.
+GROWING = """
+import json, os, signal, sys
+config = json.loads(os.environ["TF_CONFIG"])
+attempt = os.environ["TFPLACE_RESTART_COUNT"]
+print("size", attempt, len(config["cluster"]["worker"]), flush=True)
+if attempt == "0":
+    with open(sys.argv[1], "w") as pool:
+        pool.write("127.0.0.1:1\\n127.0.0.2 slots=1\\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:launch. the cluster spans several hosts")  # stand-in hosts
+def test_host_discovery_runs_before_each_start(tmp_path: Path) -> None:
+    """Issue 27, item 3: the hosts come from a command (Horovod's convention), run again before
+    the restart: the pool grew meanwhile, so the second start has two workers."""
+    pool = tmp_path / "pool"
+    pool.write_text("127.0.0.1:1\n")
+    worker = tmp_path / "worker.py"
+    worker.write_text(textwrap.dedent(GROWING))
+    ssh = tmp_path / "ssh"
+    ssh.write_text(FAKE_SSH.format(python=sys.executable))
+    ssh.chmod(0o755)
+    out = io.StringIO()
+    result = launch([sys.executable, str(worker), str(pool)], None, ssh=[str(ssh)], out=out,
+                    host_discovery=f"cat {pool}", max_restarts=1)  # fmt: skip
+    text = out.getvalue()
+    assert result.returncode == 0 and result.attempts == 2, text
+    assert re.findall(r"^\[worker 0 127.0.0.1\] size 0 (\d)$", text, re.M) == ["1"], text
+    second = sorted(re.findall(r"^\[worker (\d) (\S+)\] size 1 (\d)$", text, re.M))
+    assert second == [("0", "127.0.0.1", "2"), ("1", "127.0.0.2", "2")], text
+    assert result.worker_codes == (0, 0)
+
+
+@pytest.mark.pure
+def test_a_failing_discovery_command_is_a_clear_error() -> None:
+    from tfplace.errors import ClusterConfigError
+
+    with pytest.raises(ClusterConfigError, match=r"--host-discovery 'exit 3' failed \(exit code 3"):
+        launch(["true"], None, host_discovery="exit 3")
+    with pytest.raises(ClusterConfigError, match="--host-discovery: found no host"):
+        launch(["true"], None, host_discovery="true")
+    with pytest.raises(ClusterConfigError, match="found a host list or -n as well"):
+        launch(["true"], None, hosts="a", host_discovery="echo a")

@@ -262,6 +262,7 @@ def launch(
     link_timeout: float = LINK_TIMEOUT,
     min_workers: int | None = None,
     rejoin: bool = False,
+    host_discovery: str | None = None,
 ) -> LaunchResult:
     """Run ``command`` as ``num_workers`` local workers of one TensorFlow cluster.
 
@@ -323,6 +324,9 @@ def launch(
             stop the group as for a preemption (SIGTERM and the full ``grace_seconds``: a
             ``tfplace.callbacks.BackupAndRestore`` saves and exits 143) and start it again on
             more workers, without counting that start against ``max_restarts``.
+        host_discovery: instead of ``hosts``: a shell command that prints the current hosts,
+            ``host:slots`` a line (Horovod's ``--host-discovery-script``), run before each start
+            (and, with ``rejoin``, every 5 s to find new hosts).
 
     A signal to the launcher itself (Ctrl-C, SIGTERM) stops every worker and is never
     restarted. When restarts are exhausted, the result carries the last failure's exit code
@@ -351,7 +355,8 @@ def launch(
     """
     if isinstance(command, str) or not command or not all(isinstance(c, str) for c in command):
         raise TypeError(f"command must be a non-empty list of strings, found {command!r}")
-    if (num_workers is not None or hosts is None) and (
+    remote = hosts is not None or host_discovery is not None
+    if (num_workers is not None or not remote) and (
         isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1
     ):
         raise ValueError(f"num_workers must be a positive int, found {num_workers!r}")
@@ -380,7 +385,7 @@ def launch(
             f"link_timeout must be a finite number of seconds >= 1, found {link_timeout!r}"
         )
     if min_workers is not None and (
-        isinstance(min_workers, bool) or not isinstance(min_workers, int) or hosts is None
+        isinstance(min_workers, bool) or not isinstance(min_workers, int) or not remote
     ):
         raise ValueError(f"min_workers goes with hosts and is an int, found {min_workers!r}")
     if rejoin and min_workers is None:
@@ -390,7 +395,9 @@ def launch(
     env = dict(os.environ if env is None else env)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's INFO logs would bury the output
     _replaced_tf_config(env.get("TF_CONFIG"))
-    if hosts is not None:
+    if host_discovery is not None and (not isinstance(host_discovery, str) or not host_discovery):
+        raise TypeError(f"host_discovery must be a shell command, found {host_discovery!r}")
+    if remote:
         from tfplace.cluster._remote import launch_on_hosts
 
         if network == "private":
@@ -415,6 +422,7 @@ def launch(
             link_timeout=link_timeout,
             min_workers=min_workers,
             rejoin=rejoin,
+            host_discovery=host_discovery,
         )
     assert num_workers is not None
     ports = _free_ports(num_workers, host, "launch")  # checks the host before anything starts

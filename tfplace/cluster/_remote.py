@@ -56,7 +56,7 @@ from tfplace.cluster._core import (
     supervise,
 )
 from tfplace.cluster._forward import forwarded_env
-from tfplace.cluster._hosts import HostSlots, parse_hosts, worker_hosts
+from tfplace.cluster._hosts import HostSlots, parse_hostfile, parse_hosts, worker_hosts
 from tfplace.cluster._output import WorkerOutput
 from tfplace.cluster._restarts import RESTART_COUNT_ENV
 from tfplace.cluster._ssh import (
@@ -156,9 +156,40 @@ class _Worker:
         return self.proc.poll() is None and now - self.heard > SILENT_AFTER
 
 
+def discover_hosts(command: str) -> tuple[HostSlots, ...]:
+    """The hosts ``command`` prints now (Horovod's ``--host-discovery-script``): ``host:slots``
+    (or ``host slots=N``, or ``host``) a line, run through the shell.
+
+    Raises:
+        ClusterConfigError: the command fails, prints no host, or prints a malformed line
+            (the message names the line).
+
+    Example:
+        >>> [(h.host, h.slots) for h in discover_hosts("printf 'node1:2\\nnode2\\n'")]
+        [('node1', 2), ('node2', 1)]
+    """
+    try:
+        done = subprocess.run(
+            command, shell=True, capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise ClusterConfigError(
+            f"launch: --host-discovery {command!r} did not run ({err}); expected a command "
+            "that prints the current hosts within 60 s. Fix: check the command"
+        ) from err
+    said = done.stderr.strip().splitlines()
+    if done.returncode != 0:
+        raise ClusterConfigError(
+            f"launch: --host-discovery {command!r} failed (exit code {done.returncode}: "
+            f"{said[-1] if said else 'no message'}); expected it to print the current hosts, "
+            "host:slots a line. Fix: run it by hand and fix what it says"
+        )
+    return parse_hostfile(done.stdout, source="--host-discovery")
+
+
 def launch_on_hosts(
     command: Sequence[str],
-    hosts: str | Sequence[HostSlots],
+    hosts: str | Sequence[HostSlots] | None,
     *,
     num_workers: int | None = None,
     env: Mapping[str, str] | None = None,
@@ -176,6 +207,7 @@ def launch_on_hosts(
     link_timeout: float = LINK_TIMEOUT,
     min_workers: int | None = None,
     rejoin: bool = False,
+    host_discovery: str | None = None,
 ) -> LaunchResult:
     """Run ``command`` as workers on ``hosts`` over ssh; see :func:`tfplace.cluster._launch.launch`.
 
@@ -201,7 +233,9 @@ def launch_on_hosts(
     ``min_workers``): while hosts are out, they are probed every :data:`REJOIN_EVERY` s, and
     when one answers the group is stopped as for a preemption (SIGTERM and the full grace: a
     ``BackupAndRestore`` saves and exits 143) and started again on more workers; this start is
-    not counted against ``max_restarts``.
+    not counted against ``max_restarts``. ``host_discovery``: a shell command that prints the
+    current hosts (``host:slots`` a line, Horovod's convention), run before each start (and by
+    ``rejoin``'s watcher) instead of a fixed ``hosts``.
 
     Returns:
         A ``LaunchResult``; no worker process is left on any host, whatever the path.
@@ -216,6 +250,16 @@ def launch_on_hosts(
         Traceback (most recent call last):
         tfplace.errors.ClusterConfigError: launch: found -n 3 workers, expected the 2 slots...
     """
+    hosts_given = host_discovery is None
+    if host_discovery is not None:
+        if hosts is not None or num_workers is not None:
+            raise ClusterConfigError(
+                "launch: --host-discovery gives the hosts and their slots; found a host list "
+                "or -n as well. Fix: leave --hosts/--hostfile and -n out"
+            )
+        hosts = discover_hosts(host_discovery)
+    if hosts is None:
+        raise ValueError("launch_on_hosts needs hosts or host_discovery")
     if isinstance(hosts, str):
         hosts = parse_hosts(hosts)
     slots = sum(h.slots for h in hosts)
@@ -225,7 +269,8 @@ def launch_on_hosts(
             f"list ({', '.join(f'{h.host}:{h.slots}' for h in hosts)}). Fix: leave -n out "
             "with --hosts/--hostfile, or make the slots add up to it"
         )
-    if min_workers is not None and not 1 <= min_workers <= slots:
+    # (with discovery the slots change from start to start: each start checks them)
+    if min_workers is not None and not 1 <= min_workers <= (slots if hosts_given else min_workers):
         raise ClusterConfigError(
             f"launch: found --min-workers {min_workers}, expected 1 to the {slots} slots of "
             "the host list. Fix: lower it, or list more hosts"
@@ -243,6 +288,7 @@ def launch_on_hosts(
         link_timeout=float(link_timeout),
         min_workers=min_workers,
         rejoin=rejoin,
+        discovery=host_discovery,
     )
     forwarded_env(setup.base, setup.forward)  # a bad -x is an error before anything starts
     started = time.monotonic()
@@ -273,6 +319,7 @@ class _Setup:
     link_timeout: float = LINK_TIMEOUT
     min_workers: int | None = None
     rejoin: bool = False
+    discovery: str | None = None
 
 
 class SshWorkers(Transport):
@@ -290,6 +337,8 @@ class SshWorkers(Transport):
         self.probes: list[Probe] = []
         #: The hosts of the current attempt: all listed, or (``min_workers``) those answering.
         self.active: tuple[HostSlots, ...] = setup.hosts
+        #: The hosts listed for the current attempt: ``hosts``, or what discovery printed.
+        self.listed: tuple[HostSlots, ...] = setup.hosts
         #: Who is out of this attempt and why, said when it starts.
         self.news: list[str] = []
         #: A host that was out and answers again (``rejoin``), once the watcher found one.
@@ -309,11 +358,14 @@ class SshWorkers(Transport):
     def prepare(self, attempt: int) -> None:
         """Probe every listed host; with ``min_workers``, go on with those that answer."""
         s = self.setup
+        if s.discovery is not None and attempt > 1:  # the first list was found by the launch
+            self.listed = discover_hosts(s.discovery)
         if s.min_workers is None:
-            self.probes = probe_all(s.ssh, s.python, s.hosts, s.port, "launch", s.link_timeout)
+            self.probes = probe_all(s.ssh, s.python, self.listed, s.port, "launch", s.link_timeout)
+            self.active = self.listed
             return
-        answers = probe_each(s.ssh, s.python, s.hosts, s.port, "launch", s.link_timeout)
-        active, out = members(s.hosts, answers, s.min_workers)
+        answers = probe_each(s.ssh, s.python, self.listed, s.port, "launch", s.link_timeout)
+        active, out = members(self.listed, answers, s.min_workers)
         self.active = tuple(h for h, _ in active)
         self.probes = [p for _, p in active]
         self.news = [
@@ -355,8 +407,8 @@ class SshWorkers(Transport):
         beat.start()
         self.threads.append(beat)
         self.returned = None
-        out = [h for h in self.setup.hosts if h not in self.active]
-        if self.setup.rejoin and out:
+        out = [h for h in self.listed if h not in self.active]
+        if self.setup.rejoin and (out or self.setup.discovery is not None):
             watch = threading.Thread(target=self._watch_out, args=(out, self.done), daemon=True)
             watch.start()
             self.threads.append(watch)
@@ -365,6 +417,15 @@ class SshWorkers(Transport):
         """Probe the hosts that are out every :data:`REJOIN_EVERY` s until one answers."""
         s = self.setup
         while not done.wait(REJOIN_EVERY):
+            if s.discovery is not None:  # new hosts appear here, not only those that were out
+                try:
+                    listed = discover_hosts(s.discovery)
+                except ClusterConfigError as err:
+                    log.info("tfplace launch: %s", err)
+                    continue
+                out = [h for h in listed if h not in self.active]
+                if not out:
+                    continue
             answers = probe_each(s.ssh, s.python, out, s.port, "launch", s.link_timeout, True)
             back = [h.host for h, a in zip(out, answers, strict=True) if isinstance(a, Probe)]
             if back and not done.is_set():
