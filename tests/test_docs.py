@@ -154,6 +154,38 @@ def test_page_shows_the_examples_it_references(site: Path, page: Path) -> None:
         assert squash(code) in text, f"{page.name} shows docs/examples/{name} only in part"
 
 
+#: An example shown in a page: the line naming the file, then its code in a fence, exactly as
+#: the file holds it (GitHub and editors show pages as written, with no includes).
+SHOWN = re.compile(r"^`docs/examples/(\w+\.(?:py|yaml))`:\n\n```(\w+)\n(.*?)^```$", re.M | re.S)
+#: The include block that pages used before, inside a fence.
+INCLUDE_BLOCK = re.compile(
+    r"^```(\w+)\n-+8<-+\ndocs/examples/(\w+\.(?:py|yaml))\n-+8<-+\n```$", re.M
+)
+
+
+def sync_page(text: str) -> str:
+    """``text`` with every shown example (or include block) holding its file's current code."""
+
+    def shown(name: str, language: str) -> str:
+        code = (DOCS / "examples" / name).read_text(encoding="utf-8")
+        return f"`docs/examples/{name}`:\n\n```{language}\n{code}```"
+
+    text = INCLUDE_BLOCK.sub(lambda m: shown(m.group(2), m.group(1)), text)
+    return SHOWN.sub(lambda m: shown(m.group(1), m.group(2)), text)
+
+
+def test_pages_show_their_examples_as_written_and_current() -> None:
+    """Every example a page shows is in the page itself, and equals the file CI runs.
+
+    Fix a failure with ``python tests/test_docs.py sync`` (it rewrites the pages' copies)."""
+    stale = [
+        page.name for page in PAGES if sync_page(page.read_text("utf-8")) != page.read_text("utf-8")
+    ]
+    assert stale == [], f"run `python tests/test_docs.py sync`: stale examples in {stale}"
+    includes = [page.name for page in PAGES if INCLUDE_LINE.search(page.read_text("utf-8"))]
+    assert includes == [], f"pages that include code instead of showing it: {includes}"
+
+
 def test_every_example_is_shown_on_a_page() -> None:
     shown = {name for page in PAGES for name in referenced_examples(page)}
     assert {p.name for p in EXAMPLES} <= shown
@@ -292,3 +324,12 @@ def test_every_test_named_in_troubleshooting_exists() -> None:
         assert named, f"row names no test: {row[:60]}"
         missing = [n for n in named if n not in known]
         assert not missing, f"{row[:8]} names missing tests {missing}"
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["sync"]:
+    for page in PAGES:
+        before = page.read_text(encoding="utf-8")
+        after = sync_page(before)
+        if after != before:
+            page.write_text(after, encoding="utf-8")
+            print(f"synced {page.relative_to(ROOT)}")
