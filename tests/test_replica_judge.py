@@ -288,3 +288,24 @@ def test_a_script_without_build_or_data_is_refused_before_any_of_it_runs(tmp_pat
     script.write_text("def build(:\n")
     with pytest.raises(ScriptError, match="does not parse"):
         refuse_unless_checkable(script)
+
+
+@pytest.mark.parametrize(
+    ("tf32_setting", "env", "expected"),
+    [(True, {}, 1e-3), (False, {}, 1e-4), (True, {"NVIDIA_TF32_OVERRIDE": "0"}, 1e-4)],
+    ids=["tensorflow-default", "turned-off-in-tensorflow", "NVIDIA_TF32_OVERRIDE=0"],
+)
+def test_the_check_reads_whether_tf32_is_on(
+    tf32_setting: bool, env: dict[str, str], expected: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the captured H100, float32 gets the TF32 tolerance only while TF32 is really on:
+    TensorFlow's setting and NVIDIA's override, read when the check picks its tolerance."""
+    from tfplace import _tf
+    from tfplace.replicas import _check
+    from tfplace.testing import fake_inventory, use_inventory
+
+    monkeypatch.setattr(_tf, "tf32_enabled", lambda: tf32_setting)
+    with use_inventory(fake_inventory(_h100(), env=env)):
+        tol = _check._tolerance("float32", ["/GPU:0", "/GPU:1"], None, None, None)
+    assert tol.rtol == expected
+    assert ("TF32" in tol.source) == (expected == 1e-3)

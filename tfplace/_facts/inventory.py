@@ -61,6 +61,7 @@ ENV_VARS: tuple[str, ...] = (
     "TF_XLA_FLAGS",
     "XLA_FLAGS",
     "TF_DETERMINISTIC_OPS",
+    "NVIDIA_TF32_OVERRIDE",
     "LD_LIBRARY_PATH",
     "TPU_NAME",
     "COLAB_TPU_ADDR",

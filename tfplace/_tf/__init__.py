@@ -59,6 +59,7 @@ from tfplace._tf._devices import (
     profiler_start as profiler_start,
     profiler_stop as profiler_stop,
     reset_memory_stats as reset_memory_stats,
+    tf32_enabled as tf32_enabled,
 )
 from tfplace._tf._keras import (
     CHECKPOINT_HOOKS as CHECKPOINT_HOOKS,
@@ -185,6 +186,7 @@ __all__ = [
     "stock_callback_classes",
     "strategy_num_workers",
     "tested_versions",
+    "tf32_enabled",
     "tpu_strategy",
     "wrap_method",
     "writes_like_stock",

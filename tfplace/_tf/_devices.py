@@ -148,6 +148,15 @@ def reset_memory_stats(device: str) -> None:
             raise
 
 
+def tf32_enabled() -> bool:
+    """Whether TensorFlow runs float32 matmuls and convolutions in TF32 on GPUs that can
+    (compute capability 8.0 and up): its default, off after
+    ``tf.config.experimental.enable_tensor_float_32_execution(False)``. (``NVIDIA_TF32_OVERRIDE=0``
+    turns it off below TensorFlow, which this does not see: the inventory reads that variable.)
+    """
+    return bool(load().config.experimental.tensor_float_32_execution_enabled())
+
+
 def connect_tpu(address: str) -> Any:  # pragma: no cover - needs a TPU
     """Connect to the TPU at ``address`` ("" for the local TPU VM), initialise its system,
     and return the cluster resolver ``TPUStrategy`` takes."""

@@ -205,11 +205,17 @@ def _tolerance(
     atol: float | None,
     update_rtol: float | None,
 ) -> Tolerance:
-    """The tolerance for these devices: the GPUs' compute capability from the inventory."""
+    """The tolerance for these devices: the GPUs' compute capability from the inventory, and
+    whether float32 runs in TF32 there (TensorFlow's setting, and NVIDIA_TF32_OVERRIDE)."""
     gpus: tuple[GPUInfo, ...] = ()
+    tf32: bool | None = None
     if any("GPU" in d.upper() for d in devices):
-        gpus = inventory().visible_gpus
-    return default_tolerance(policy, devices, gpus, rtol=rtol, atol=atol, update_rtol=update_rtol)
+        inv = inventory()
+        gpus = inv.visible_gpus
+        tf32 = dict(inv.env).get("NVIDIA_TF32_OVERRIDE") != "0" and _tf.tf32_enabled()
+    return default_tolerance(
+        policy, devices, gpus, tf32=tf32, rtol=rtol, atol=atol, update_rtol=update_rtol
+    )
 
 
 def _ensure_devices(replicas: int, devices: Sequence[str] | None) -> list[str]:
