@@ -186,6 +186,23 @@ def test_pages_show_their_examples_as_written_and_current() -> None:
     assert includes == [], f"pages that include code instead of showing it: {includes}"
 
 
+@pytest.mark.slow
+def test_the_correctness_page_shows_what_the_replica_check_prints() -> None:
+    """The report text on the page is what ``docs/examples/replica_check.py`` prints: every
+    line without figures as is, and the same lines in the same order."""
+    page = (DOCS / "correctness.md").read_text(encoding="utf-8")
+    shown = page.split("`print(report)` shows", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    out = run_fresh(f"exec(open({str(DOCS / 'examples' / 'replica_check.py')!r}).read())").stdout
+    printed = out.split("SAME: 1 and 4 replicas", 1)[0].strip().splitlines()
+    wanted = shown.strip().splitlines()
+    assert len(printed) == len(wanted), out
+    for got, want in zip(printed, wanted, strict=True):
+        if not re.search(r"\d\.\d", want):
+            assert got == want
+        else:  # figures may differ in their last digits on another CPU
+            assert re.sub(r"[\d.e+-]+", "#", got) == re.sub(r"[\d.e+-]+", "#", want)
+
+
 def test_every_example_is_shown_on_a_page() -> None:
     shown = {name for page in PAGES for name in referenced_examples(page)}
     assert {p.name for p in EXAMPLES} <= shown
