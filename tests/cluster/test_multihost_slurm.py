@@ -298,6 +298,18 @@ def eligible_in(fields: dict[str, str]) -> float | None:
     return (when - datetime.datetime.now()).total_seconds()
 
 
+def first_backup(cluster: MultiNodeSlurm, job: str, backup: Path) -> list[str]:
+    """Wait for the job's first complete backup (``backup-N/state.json``; ``.tmp-backup-*``
+    ones are still being written); the job's nodes then."""
+    deadline = time.monotonic() + 180
+    while not list(backup.glob("backup-*/state.json")):
+        assert time.monotonic() < deadline, cluster.logs()
+        assert cluster.job(job).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING")
+        time.sleep(0.1)
+    nodes = cluster.job(job)["NodeList"]
+    return list(cluster.run(["scontrol", "show", "hostnames", nodes]).stdout.split())
+
+
 def test_lost_node_requeues_and_resumes_from_backup(
     cluster: MultiNodeSlurm, tmp_path: Path
 ) -> None:
@@ -311,16 +323,7 @@ def test_lost_node_requeues_and_resumes_from_backup(
 
     t_submit = time.monotonic()
     job = cluster.submit(["train.sbatch"], cwd=tmp_path, env=job_env(STEP_SLEEP="0.2"))
-    backup = tmp_path / "run" / "backup"
-    deadline = time.monotonic() + 180
-    # A first complete backup (backup-N/; .tmp-backup-* ones are still being written) exists:
-    # kill mid-training.
-    while not list(backup.glob("backup-*/state.json")):
-        assert time.monotonic() < deadline, cluster.logs()
-        assert cluster.job(job).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING")
-        time.sleep(0.1)
-    fields = cluster.job(job)
-    names = cluster.run(["scontrol", "show", "hostnames", fields["NodeList"]]).stdout.split()
+    names = first_backup(cluster, job, tmp_path / "run" / "backup")  # kill mid-training
     index = {h.name: h.index for h in cluster.hosts}
     used = [index[n] for n in names]
     victim = max(used)  # never host 0: it runs slurmctld
@@ -449,14 +452,7 @@ def test_a_node_lost_for_good_the_job_goes_on_with_the_nodes_left(
 
     cluster.wait_nodes(dict.fromkeys(cluster.node_names, "idle"))  # the range's most is free
     job = cluster.submit(["train.sbatch"], cwd=tmp_path, env=job_env(STEP_SLEEP="0.3", **sizes))
-    backup = tmp_path / "run" / "backup"
-    deadline = time.monotonic() + 180
-    while not list(backup.glob("backup-*/state.json")):
-        assert time.monotonic() < deadline, cluster.logs()
-        assert cluster.job(job).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING")
-        time.sleep(0.1)
-    first = cluster.run(["scontrol", "show", "hostnames", cluster.job(job)["NodeList"]])
-    names = first.stdout.split()
+    names = first_backup(cluster, job, tmp_path / "run" / "backup")
     assert len(names) == 3, names  # the range's most: every node was free
     index = {h.name: h.index for h in cluster.hosts}
     victim = max(index[n] for n in names)  # never host 0: it runs slurmctld
