@@ -99,7 +99,7 @@ def main(out_dir: str, step_sleep: str) -> None:
             train_func,
             train_loop_config={"out_dir": out_dir, "jobs": JOBS, "step_sleep": step_sleep},
             scaling_config=ScalingConfig(
-                num_workers=(2, 3),
+                num_workers=(2, 3),  # type: ignore[arg-type]  # Ray 2.60 takes a range
                 resources_per_worker={"CPU": 1},
                 placement_strategy="STRICT_SPREAD",
             ),

@@ -61,7 +61,8 @@ class BackupAndRestore(KerasFlavoured):
             time, ``acdirmax`` 60 s). Only a worker that does not see the backup waits.
         global_batch: the global batch ``fit`` trains with, if you want it checked: it must
             divide over the replicas (each replica takes an equal share), and a backup saved
-            at another global batch is refused. Without it, the steps per epoch are compared.
+            at another global batch is refused. Without it, the steps per epoch are compared
+            (where the input's size is known).
         allow_new_batch: resume from a backup saved at another global batch (or another
             number of steps per epoch) instead of refusing it.
 
@@ -205,29 +206,45 @@ class BackupAndRestore(KerasFlavoured):
             )
 
     def _check_resumable(self, state: dict[str, Any], folder: str) -> None:
-        """Refuse a backup saved at another global batch; say when the workers changed."""
+        """Refuse a backup saved at another global batch or with another number of steps per
+        epoch; say when the workers changed, and when nothing could be compared."""
         now = self._shape()
         changed = [
             f"{key.replace('_', ' ')} {state[key]} then, {now[key]} now"
             for key in ("global_batch", "steps_per_epoch")
             if state.get(key) is not None and now.get(key) is not None and state[key] != now[key]
         ]
+        batch_changed = any(text.startswith("global batch") for text in changed)
+        what = "at another global batch" if batch_changed else "with other steps per epoch"
         if changed and not self.allow_new_batch:
             raise ValueError(
-                f"BackupAndRestore: the backup in {folder} was saved at another global batch "
+                f"BackupAndRestore: the backup in {folder} was saved {what} "
                 f"({'; '.join(changed)}; {state.get('workers', '?')} worker(s) then, "
-                f"{now['workers']} now). Resuming would not compute the same training. Keep "
-                "the global batch fixed when the number of workers changes (batch by the "
-                "global batch, not by a per-replica batch times the replicas), or pass "
-                "BackupAndRestore(..., allow_new_batch=True) to resume anyway."
+                f"{now['workers']} now). Resuming would not continue the same training: its "
+                "position in the epoch means other batches now. Keep the global batch fixed "
+                "when the number of workers changes (batch by the global batch, not by a "
+                "per-replica batch times the replicas) and the data and steps_per_epoch as "
+                "they were, or pass BackupAndRestore(..., allow_new_batch=True) to resume "
+                "anyway."
             )
         if changed:
             log.warning(
-                "tfplace: resuming from %s at another global batch (%s): allow_new_batch=True",
+                "tfplace: resuming from %s %s (%s): allow_new_batch=True",
                 folder,
+                what,
                 "; ".join(changed),
             )
-        elif state.get("workers") not in (None, now["workers"]):
+        elif not any(
+            state.get(key) is not None and now.get(key) is not None
+            for key in ("global_batch", "steps_per_epoch")
+        ):
+            log.info(
+                "tfplace: resuming from %s without checking the global batch: the epoch's "
+                "length is unknown (a dataset without a known size) and no global_batch= was "
+                "given",
+                folder,
+            )
+        if not changed and state.get("workers") not in (None, now["workers"]):
             log.info(
                 "tfplace: restoring a backup of %s worker(s) onto %d: the same global batch, "
                 "the same training (the order of the sums across replicas aside)",

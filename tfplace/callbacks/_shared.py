@@ -130,6 +130,12 @@ def _exchange(
         ]
     except (PeerError, _VerdictError) as err:
         problems = [str(err)]
+    if problems and all(" could not read " in p or " could not publish" in p for p in problems):
+        raise ClusterConfigError(  # access, not sharing: the shared-storage advice would mislead
+            f"BackupAndRestore: {'; '.join(problems)}; this is {me}. Every worker must be able "
+            f"to read backup_dir {folder!r}, and the chief to write it: check its permissions, "
+            "that it is mounted on every machine, or the bucket's credentials."
+        )
     if problems:
         raise ClusterConfigError(
             f"BackupAndRestore: the workers do not see the same backups (the chief's "
