@@ -16,6 +16,7 @@ import sys
 import textwrap
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -678,3 +679,35 @@ def test_a_global_batch_that_does_not_divide_over_the_replicas_is_refused(tmp_pa
     assert not list(tmp_path.iterdir())  # refused before anything was written
     with pytest.raises(ValueError, match="global_batch"):
         tfplace.callbacks.BackupAndRestore(str(tmp_path), global_batch=0)
+
+
+def _fit_spe(folder: Path, *extra: Any) -> Any:
+    import tfplace.callbacks
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.01), "mse", steps_per_execution=4)
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype("float32")  # 10 steps an epoch
+    backup = tfplace.callbacks.BackupAndRestore(str(folder), save_freq=4, preemption=False)
+    model.fit(x, x[:, :1], batch_size=4, epochs=2, verbose=0, shuffle=False,
+              callbacks=[backup, *extra])  # fmt: skip
+    return model
+
+
+def test_resuming_after_a_partial_last_execution_skips_only_the_epochs_rest(
+    tmp_path: Path,
+) -> None:
+    """steps_per_execution=4 over 10 steps: Keras reports the last, partial execution as step
+    11; the resumed fit skips the 10 steps of that epoch, not 12 (which ran the input out, with
+    Keras's warning), and ends with an uninterrupted run's weights."""
+    expected = _fit_spe(tmp_path / "whole").get_weights()
+    with pytest.raises(RuntimeError, match="stopped here"):
+        _fit_spe(tmp_path / "run", _Stop(3))  # the 3rd execution of epoch 0 saved, then stop
+    state = json.loads(next((tmp_path / "run").glob("backup-*/state.json")).read_text())
+    assert (state["epoch"], state["batch"]) == (0, 11)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = _fit_spe(tmp_path / "run")
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+    for got, want in zip(resumed.get_weights(), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -113,9 +113,9 @@ def skip_train_steps(model: Any, batches: int) -> Callable[[], None] | None:
     """Make the next ``batches`` batches of the running ``fit`` drawn without training.
 
     ``fit`` calls ``model.train_function(iterator)`` once per ``steps_per_execution``
-    batches; this replaces it with a function that draws the batches and returns no logs,
-    and puts the original back after the last skipped call. Called in ``on_train_begin``
-    (``fit`` has built its train function by then).
+    batches; this replaces it with a function that draws the batches (the last call only
+    those left) and returns no logs, and puts the original back after the last skipped call.
+    Called in ``on_train_begin`` (``fit`` has built its train function by then).
 
     Returns:
         A function that puts the original back at once (call it in ``on_train_end``; it does
@@ -131,7 +131,7 @@ def skip_train_steps(model: Any, batches: int) -> Callable[[], None] | None:
         )
         return None
     per_call = max(1, steps_per_execution(model))
-    calls = max(1, batches // per_call)
+    left = max(1, batches)  # a last, partial execution draws only what is left of the epoch
     restored = False
 
     def restore() -> None:
@@ -141,11 +141,12 @@ def skip_train_steps(model: Any, batches: int) -> Callable[[], None] | None:
             model.train_function = original
 
     def skipping(iterator: Any, *args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls -= 1
-        if calls <= 0:
+        nonlocal left
+        draw = min(per_call, left)
+        left -= draw
+        if left <= 0:
             restore()
-        for _ in range(per_call):
+        for _ in range(draw):
             next(iterator)
         return {}
 

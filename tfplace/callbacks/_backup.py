@@ -270,7 +270,10 @@ class BackupAndRestore(KerasFlavoured):
         self._next_save = int(state["save"]) + 1
         epoch, batch = int(state["epoch"]), int(state["batch"])
         self._epoch = epoch
-        self._skip = batch + 1
+        # Keras reports an execution's last step as begin + steps_per_execution - 1, past the
+        # epoch's end for a last, partial execution: skip no more than the epoch holds
+        steps = (getattr(self, "params", None) or {}).get("steps")
+        self._skip = batch + 1 if not steps else min(batch + 1, int(steps))
         if not _tf.set_initial_epoch(model, epoch, legacy=legacy):
             self._skip = 0  # fit starts at its initial_epoch argument (said once by the seam)
         if self._skip:
