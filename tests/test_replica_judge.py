@@ -309,3 +309,17 @@ def test_the_check_reads_whether_tf32_is_on(
         tol = _check._tolerance("float32", ["/GPU:0", "/GPU:1"], None, None, None)
     assert tol.rtol == expected
     assert ("TF32" in tol.source) == (expected == 1e-3)
+
+
+def test_build_and_data_bound_under_any_compound_statement_are_found(tmp_path: Path) -> None:
+    """while, try/except*, match, async-free with: names bound there count as top level."""
+    script = tmp_path / "nested.py"
+    script.write_text(
+        "while True:\n    def build(): pass\n    break\n"
+        "try:\n    pass\nexcept* ValueError:\n    pass\nelse:\n    data = print\n"
+        "match 1:\n    case 1:\n        train_step = None\n"
+    )
+    refuse_unless_checkable(script)  # accepted: nothing raised
+    script.write_text("while True:\n    def build(): pass\n    break\n")
+    with pytest.raises(ScriptError, match="no data"):
+        refuse_unless_checkable(script)

@@ -226,6 +226,12 @@ def nested_collective_keys() -> Iterator[None]:
     keys at trace time (``CollectiveReplicaLauncher._prefer_unique_instance_key = False``
     for the duration), as its own tests do; every worker traces the same functions in the
     same order, so the keys agree. Elsewhere it changes nothing.
+
+    The setting is the class's, so while one thread traces such a function, a collective that
+    another thread traces at that moment gets trace-time keys too (the lock orders only the
+    threads that go through here). Keras traces a model's step in the thread that calls
+    ``fit``; two threads tracing collectives of one multi-worker strategy at once is not a
+    pattern TensorFlow supports either.
     """
     if not _traced_under_control_flow():
         yield

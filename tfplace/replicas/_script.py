@@ -52,13 +52,18 @@ def _top_level_names(tree: ast.Module) -> tuple[set[str], bool]:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for target in targets:
                 names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
-        elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For)):
-            body = [*node.body, *getattr(node, "orelse", []), *getattr(node, "finalbody", [])]
-            for handler in getattr(node, "handlers", []):
-                body += handler.body
-            more, more_star = _top_level_names(ast.Module(body=body, type_ignores=[]))
-            names |= more
-            star = star or more_star
+        else:  # if/try/with/for/while/match, sync or async: the statements they hold
+            body = [
+                statement
+                for part in (node, *getattr(node, "handlers", ()), *getattr(node, "cases", ()))
+                for field in ("body", "orelse", "finalbody")
+                for statement in getattr(part, field, ())
+                if isinstance(statement, ast.stmt)
+            ]
+            if body:
+                more, more_star = _top_level_names(ast.Module(body=body, type_ignores=[]))
+                names |= more
+                star = star or more_star
     return names, star
 
 
@@ -93,7 +98,9 @@ def script_functions(path: Path) -> tuple[Callable[[], Any], Callable[[Any], Any
         Exception: whatever the script raises when imported.
     """
     refuse_unless_checkable(path)
-    sys.path.insert(0, str(path.resolve().parent))  # the script's own imports, as with python
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:  # the script's own imports, as with python (for this process)
+        sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location(MODULE, path)
     if spec is None or spec.loader is None:
         raise ScriptError(f"{path} cannot be loaded as a Python module")
@@ -103,6 +110,9 @@ def script_functions(path: Path) -> tuple[Callable[[], Any], Callable[[Any], Any
     sys.argv = [str(path)]
     try:
         spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(spec.name, None)  # a half-run module is not left behind
+        raise
     finally:
         sys.argv = argv
     build, data = getattr(module, "build", None), getattr(module, "data", None)
