@@ -118,6 +118,14 @@ def _add_launch(sub: Any) -> None:
         help="with --min-workers: probe the hosts that are out every 5 s, and when one answers "
         "stop the group as for a preemption (it saves) and start it again on more workers",
     )
+    launch.add_argument(
+        "--global-batch",
+        type=int,
+        metavar="B",
+        help="the training's fixed global batch: every start's worker count must divide it "
+        "(checked before each start), and workers get TFPLACE_GLOBAL_BATCH and their part, "
+        "TFPLACE_WORKER_BATCH",
+    )
     remote.add_argument(
         "--link-timeout",
         type=float,
@@ -344,6 +352,8 @@ def _launch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"--port goes with --hosts/--hostfile and is 1..65535, found {args.port}")
     if args.max_restarts < 0:
         parser.error(f"--max-restarts must be >= 0, found {args.max_restarts}")
+    if args.global_batch is not None and args.global_batch < 1:
+        parser.error(f"--global-batch must be >= 1, found {args.global_batch}")
     if args.rejoin and args.min_workers is None:
         parser.error("--rejoin goes with --min-workers (hosts that are out can come back)")
     if not math.isfinite(args.link_timeout) or args.link_timeout < 1:
@@ -384,6 +394,7 @@ def _launch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             min_workers=args.min_workers,
             rejoin=args.rejoin,
             host_discovery=args.host_discovery,
+            global_batch=args.global_batch,
         )
     except ClusterConfigError as err:  # a bad --host, host list or -x: nothing was started
         print(f"tfplace {err}", file=sys.stderr)  # "tfplace launch: host: ..."

@@ -26,7 +26,8 @@ WORKER = """
 import json, os, time
 config = json.loads(os.environ["TF_CONFIG"])
 attempt = os.environ["TFPLACE_RESTART_COUNT"]
-print("size", attempt, len(config["cluster"]["worker"]), config["task"]["index"], flush=True)
+print("size", attempt, len(config["cluster"]["worker"]), config["task"]["index"], "batch",
+      os.environ.get("TFPLACE_GLOBAL_BATCH"), os.environ.get("TFPLACE_WORKER_BATCH"), flush=True)
 if attempt == "0":
     time.sleep(300)
 """
@@ -62,18 +63,20 @@ def test_a_host_lost_for_good_leaves_the_group_on_the_hosts_left(
 ) -> None:
     names = [h.name for h in three.hosts]
     proc = start_launcher(three, tmp_path, WORKER, ",".join(names), max_restarts=2,
-                          min_workers=2, grace=1.0)  # fmt: skip
+                          min_workers=2, grace=1.0, global_batch=6)  # fmt: skip
     seen = _lose_host_2(three, proc)
     t_lost = time.monotonic()
     out, _ = proc.communicate(timeout=120)
     out = seen + out
     assert proc.returncode == 0, out
+    batches = re.findall(r"^\[worker \d \S+\] size \d \d \d batch (.*)$", out, re.M)
+    assert sorted(batches) == ["6 2"] * 3 + ["6 3"] * 2, out  # the global batch stays 6
     assert result_of(out)["attempts"] == 2, out
     assert f"worker 2 on {names[2]}: lost the connection" in out
     out_lines = re.findall(rf"^\[tfplace launch\] host {names[2]} is out \((.*)\); going on "
                            rf"with 2 workers on {names[0]}, {names[1]}$", out, re.M)  # fmt: skip
     assert len(out_lines) == 1 and "cannot log in over ssh" in out_lines[0], out
-    sizes = re.findall(r"^\[worker (\d) (\S+)\] size 1 (\d) (\d)$", out, re.M)
+    sizes = re.findall(r"^\[worker (\d) (\S+)\] size 1 (\d) (\d) batch", out, re.M)
     assert sorted(sizes) == [("0", names[0], "2", "0"), ("1", names[1], "2", "1")], out
     print(f"host lost -> launch ended on 2 hosts after {time.monotonic() - t_lost:.1f} s")
 
@@ -141,3 +144,21 @@ def test_a_host_that_comes_back_is_taken_back_without_counting_a_restart(
     sizes = re.findall(r"^\[worker (\d) (\S+)\] size 2 (\d) (\d)$", out, re.M)
     assert sorted(sizes) == [(str(i), names[i], "3", str(i)) for i in range(3)], out
     print(f"host back -> group of 3 done after {time.monotonic() - t_back:.1f} s")
+
+
+def test_a_worker_count_that_does_not_divide_the_global_batch_is_refused_before_the_restart(
+    three: SshHosts, tmp_path: Path
+) -> None:
+    """Issue 27, item 4 (the launcher's part): 3 workers share a global batch of 9; after a
+    loss, 2 workers could not take equal parts, so the restart is refused, naming the counts
+    that would do."""
+    names = [h.name for h in three.hosts]
+    proc = start_launcher(three, tmp_path, WORKER, ",".join(names), max_restarts=2,
+                          min_workers=2, grace=1.0, global_batch=9)  # fmt: skip
+    seen = _lose_host_2(three, proc)
+    out, _ = proc.communicate(timeout=120)
+    out = seen + out
+    assert proc.returncode == 255 and result_of(out)["attempts"] == 1, out
+    said = re.findall(r"^\[tfplace launch\] cannot restart: (.*)$", out, re.M)
+    assert len(said) == 1 and "found 2 workers for a global batch of 9" in said[0], out
+    assert "(1, 3, 9)" in said[0], out

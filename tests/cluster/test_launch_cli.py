@@ -155,3 +155,17 @@ def test_min_workers_is_checked_before_anything_starts(capsys: pytest.CaptureFix
     assert "--rejoin goes with --min-workers" in capsys.readouterr().err
     with pytest.raises(ValueError, match="rejoin goes with min_workers"):
         launch(["true"], None, hosts="a,b", rejoin=True)
+
+
+@pytest.mark.slow
+def test_a_global_batch_is_shared_and_checked(tmp_path: Path) -> None:
+    script = tmp_path / "w.py"
+    script.write_text("import os; print(os.environ['TFPLACE_GLOBAL_BATCH'], "
+                      "os.environ['TFPLACE_WORKER_BATCH'])\n")  # fmt: skip
+    done = cli("launch", "-n", "5", "--global-batch", "96", str(script))
+    assert done.returncode == 2 and "[worker" not in done.stdout
+    assert "found 5 workers for a global batch of 96" in done.stderr
+    assert "(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, ...)" in done.stderr
+    done = cli("launch", "-n", "2", "--global-batch", "96", str(script))
+    assert done.returncode == 0, done.stderr
+    assert re.findall(r"^\[worker \d\] (.*)$", done.stdout, re.M) == ["96 48", "96 48"]

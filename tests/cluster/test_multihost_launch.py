@@ -208,7 +208,7 @@ r = launch(
     a["command"], None, hosts=a["hosts"], ssh=a["ssh"], grace_seconds=a.get("grace", 5.0),
     max_restarts=a.get("max_restarts", 0), port=a.get("port"), forward=a.get("forward", ()),
     link_timeout=a.get("link_timeout", 10.0), min_workers=a.get("min_workers"),
-    rejoin=a.get("rejoin", False))
+    rejoin=a.get("rejoin", False), global_batch=a.get("global_batch"))
 print("RESULT", json.dumps({"code": r.returncode, "codes": r.worker_codes,
       "failed": r.failed_worker, "seconds": r.seconds, "attempts": r.attempts}), flush=True)
 sys.exit(r.returncode)

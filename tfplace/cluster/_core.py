@@ -45,7 +45,9 @@ from tfplace.cluster._restarts import RESTART_COUNT_ENV, RESTART_EXIT_CODE, is_r
 from tfplace.errors import ClusterConfigError
 
 __all__ = [
+    "GLOBAL_BATCH_ENV",
     "RESTART_ON",
+    "WORKER_BATCH_ENV",
     "Failure",
     "FailureKind",
     "GroupState",
@@ -56,6 +58,7 @@ __all__ = [
     "RestartPolicy",
     "Transport",
     "Verdict",
+    "batch_env",
     "exit_code",
     "group_state",
     "signals_to",
@@ -244,6 +247,44 @@ class RestartPolicy:
                 "restart_on='any' (--restart-on any) restarts every failure",
             )
         return Verdict(Restart.RESTART)
+
+
+def batch_env(global_batch: int | None, workers: int, source: str = "launch") -> dict[str, str]:
+    """The variables that tell each of ``workers`` its part of a fixed ``global_batch``
+    (``TFPLACE_GLOBAL_BATCH``, ``TFPLACE_WORKER_BATCH``); none without a global batch (pure).
+
+    The training's math stays the same at every worker count only if the global batch does:
+    a count that does not divide it is refused, naming the counts that would.
+
+    Raises:
+        ClusterConfigError: ``workers`` does not divide ``global_batch``.
+
+    Example:
+        >>> batch_env(96, 3)
+        {'TFPLACE_GLOBAL_BATCH': '96', 'TFPLACE_WORKER_BATCH': '32'}
+        >>> batch_env(96, 5)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        tfplace.errors.ClusterConfigError: launch: found 5 workers for a global batch of 96...
+    """
+    if global_batch is None:
+        return {}
+    if global_batch % workers:
+        fits = [str(n) for n in range(1, min(global_batch, 64) + 1) if global_batch % n == 0]
+        more = ", ..." if global_batch > 64 else ""
+        raise ClusterConfigError(
+            f"{source}: found {workers} workers for a global batch of {global_batch}, which "
+            f"{workers} does not divide; expected a worker count that divides it "
+            f"({', '.join(fits)}{more}), so that each worker takes an equal part and "
+            "the training computes the same thing. Fix: change the hosts or slots, "
+            "--min-workers, or the global batch"
+        )
+    return {GLOBAL_BATCH_ENV: str(global_batch), WORKER_BATCH_ENV: str(global_batch // workers)}
+
+
+#: The fixed global batch of a launch (``global_batch=``), in every worker's environment.
+GLOBAL_BATCH_ENV = "TFPLACE_GLOBAL_BATCH"
+#: Each worker's part of it: the global batch over the number of workers of this start.
+WORKER_BATCH_ENV = "TFPLACE_WORKER_BATCH"
 
 
 # ------------------------------------------------------------------------------ results

@@ -42,6 +42,7 @@ from tfplace.cluster._core import (
     RestartPolicy,
     Supervision,
     Transport,
+    batch_env,
     supervise,
 )
 from tfplace.cluster._forward import forward_values
@@ -263,6 +264,7 @@ def launch(
     min_workers: int | None = None,
     rejoin: bool = False,
     host_discovery: str | None = None,
+    global_batch: int | None = None,
 ) -> LaunchResult:
     """Run ``command`` as ``num_workers`` local workers of one TensorFlow cluster.
 
@@ -327,6 +329,10 @@ def launch(
         host_discovery: instead of ``hosts``: a shell command that prints the current hosts,
             ``host:slots`` a line (Horovod's ``--host-discovery-script``), run before each start
             (and, with ``rejoin``, every 5 s to find new hosts).
+        global_batch: the training's fixed global batch: every start's worker count must
+            divide it (a count that does not, after a host is lost, is refused before that
+            start, naming the counts that would), and each worker gets
+            ``TFPLACE_GLOBAL_BATCH`` and its part, ``TFPLACE_WORKER_BATCH``.
 
     A signal to the launcher itself (Ctrl-C, SIGTERM) stops every worker and is never
     restarted. When restarts are exhausted, the result carries the last failure's exit code
@@ -388,6 +394,10 @@ def launch(
         isinstance(min_workers, bool) or not isinstance(min_workers, int) or not remote
     ):
         raise ValueError(f"min_workers goes with hosts and is an int, found {min_workers!r}")
+    if global_batch is not None and (
+        isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1
+    ):
+        raise ValueError(f"global_batch must be a positive int, found {global_batch!r}")
     if rejoin and min_workers is None:
         raise ValueError("rejoin goes with min_workers (hosts that are out can come back)")
     if restart_on not in RESTART_ON:
@@ -423,11 +433,12 @@ def launch(
             min_workers=min_workers,
             rejoin=rejoin,
             host_discovery=host_discovery,
+            global_batch=global_batch,
         )
     assert num_workers is not None
     ports = _free_ports(num_workers, host, "launch")  # checks the host before anything starts
     started = time.monotonic()
-    base = {**env, **forward_values(forward, env)}
+    base = {**env, **forward_values(forward, env), **batch_env(global_batch, num_workers)}
     threads = split_threads(_usable_cores(), num_workers, base)
     for reason in threads.reasons:
         log.info("tfplace launch: %s", reason)

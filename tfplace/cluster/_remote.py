@@ -53,6 +53,7 @@ from tfplace.cluster._core import (
     RestartPolicy,
     Supervision,
     Transport,
+    batch_env,
     supervise,
 )
 from tfplace.cluster._forward import forwarded_env
@@ -208,6 +209,7 @@ def launch_on_hosts(
     min_workers: int | None = None,
     rejoin: bool = False,
     host_discovery: str | None = None,
+    global_batch: int | None = None,
 ) -> LaunchResult:
     """Run ``command`` as workers on ``hosts`` over ssh; see :func:`tfplace.cluster._launch.launch`.
 
@@ -235,7 +237,9 @@ def launch_on_hosts(
     ``BackupAndRestore`` saves and exits 143) and started again on more workers; this start is
     not counted against ``max_restarts``. ``host_discovery``: a shell command that prints the
     current hosts (``host:slots`` a line, Horovod's convention), run before each start (and by
-    ``rejoin``'s watcher) instead of a fixed ``hosts``.
+    ``rejoin``'s watcher) instead of a fixed ``hosts``. ``global_batch``: each start's worker
+    count must divide it (else that start is refused, naming the counts that would), and each
+    worker gets ``TFPLACE_GLOBAL_BATCH`` and its part, ``TFPLACE_WORKER_BATCH``.
 
     Returns:
         A ``LaunchResult``; no worker process is left on any host, whatever the path.
@@ -289,6 +293,7 @@ def launch_on_hosts(
         min_workers=min_workers,
         rejoin=rejoin,
         discovery=host_discovery,
+        global_batch=global_batch,
     )
     forwarded_env(setup.base, setup.forward)  # a bad -x is an error before anything starts
     started = time.monotonic()
@@ -320,6 +325,7 @@ class _Setup:
     min_workers: int | None = None
     rejoin: bool = False
     discovery: str | None = None
+    global_batch: int | None = None
 
 
 class SshWorkers(Transport):
@@ -339,6 +345,8 @@ class SshWorkers(Transport):
         self.active: tuple[HostSlots, ...] = setup.hosts
         #: The hosts listed for the current attempt: ``hosts``, or what discovery printed.
         self.listed: tuple[HostSlots, ...] = setup.hosts
+        #: Each worker's part of the fixed global batch, if any (``batch_env``).
+        self.batch: dict[str, str] = {}
         #: Who is out of this attempt and why, said when it starts.
         self.news: list[str] = []
         #: A host that was out and answers again (``rejoin``), once the watcher found one.
@@ -363,11 +371,13 @@ class SshWorkers(Transport):
         if s.min_workers is None:
             self.probes = probe_all(s.ssh, s.python, self.listed, s.port, "launch", s.link_timeout)
             self.active = self.listed
+            self.batch = batch_env(s.global_batch, self.size)
             return
         answers = probe_each(s.ssh, s.python, self.listed, s.port, "launch", s.link_timeout)
         active, out = members(self.listed, answers, s.min_workers)
         self.active = tuple(h for h, _ in active)
         self.probes = [p for _, p in active]
+        self.batch = batch_env(s.global_batch, self.size)  # before anything is said or started
         self.news = [
             f"host {h.host} is out ({err}); going on with {self.size} workers on "
             + ", ".join(h.host for h in self.active)
@@ -380,7 +390,7 @@ class SshWorkers(Transport):
         self.workers, self.threads, self.done = [], [], threading.Event()
         for line in self.news:
             output.say(line)
-        commands = _commands(self.setup, self.active, self.probes, attempt)
+        commands = _commands(self.setup, self.active, self.probes, attempt, self.batch)
         for index, (host, cmd, spec) in enumerate(commands):
             proc = subprocess.Popen(
                 cmd,
@@ -523,7 +533,11 @@ def members(
 
 
 def _commands(
-    setup: _Setup, hosts: Sequence[HostSlots], probes: Sequence[Probe], attempt: int
+    setup: _Setup,
+    hosts: Sequence[HostSlots],
+    probes: Sequence[Probe],
+    attempt: int,
+    batch: Mapping[str, str],
 ) -> list[tuple[str, list[str], dict[str, Any]]]:
     """Each worker's (host, ssh command, wrapper description), workers numbered host by host."""
     by_host = dict(zip((h.host for h in hosts), probes, strict=True))
@@ -547,6 +561,7 @@ def _commands(
             "TF_CONFIG": cluster.for_task(index).to_tf_config(),
             "TFPLACE_WORKER_INDEX": str(index),
             RESTART_COUNT_ENV: str(attempt - 1),
+            **batch,
         }
         worker_env.setdefault("PYTHONUNBUFFERED", "1")
         spec = {
