@@ -88,3 +88,18 @@ class TfplaceWarning(UserWarning):
 class DeviceFallbackWarning(TfplaceWarning):
     """Emitted when ``on_gpu(strict=False)`` or ``configure_gpus(visible=...)`` falls back to
     the CPU because the GPU is absent (the one policy; ``strict=True`` raises instead)."""
+
+
+def one_line(err: BaseException, width: int = 300) -> str:
+    """An error as one line for a message: its first line, shortened, or its type's name.
+
+    Not exported: tfplace's own messages quote other errors through it.
+
+    Example:
+        >>> one_line(RuntimeError("lost the peer\\ntraceback ..."))
+        'lost the peer'
+        >>> one_line(KeyError())
+        'KeyError'
+    """
+    text = str(err).strip()
+    return text.splitlines()[0][:width] if text else type(err).__name__

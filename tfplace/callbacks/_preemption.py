@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from tfplace import _tf
 from tfplace.cluster._multiworker import POLL_S, BarrierTimeoutError, kv_get, kv_set
+from tfplace.errors import one_line
 
 __all__ = ["Preemption"]
 
@@ -129,7 +130,7 @@ class Preemption:
         except Exception as err:
             if _tf.is_already_exists(err):
                 return  # another worker was preempted first: the others know
-            what = f"{self.me} could not announce its preemption ({self.base}: {_line(err)})"
+            what = f"{self.me} could not announce its preemption ({self.base}: {one_line(err)})"
             log.warning("tfplace: %s; reporting it under %s instead", what, self.error_key)
             self._report(ctx, what, None)
 
@@ -149,7 +150,7 @@ class Preemption:
                         "tfplace: %s stopped watching for preemptions: the coordination "
                         "service failed (%s); a SIGTERM to another worker will not reach it",
                         self.me,
-                        _line(err),
+                        one_line(err),
                     )
                 return
             if failure is not None:
@@ -165,7 +166,7 @@ class Preemption:
         try:
             kv_set(ctx, key, str(proposal))
         except Exception as err:
-            what = f"{self.me} could not publish its stop proposal ({key}: {_line(err)})"
+            what = f"{self.me} could not publish its stop proposal ({key}: {one_line(err)})"
             log.warning("tfplace: %s; reporting it under %s instead", what, self.error_key)
             self._report(ctx, what, proposal)
 
@@ -178,7 +179,7 @@ class Preemption:
                 value = kv_get(ctx, key, POLL_S)
                 failure = None if value is not None else kv_get(ctx, self.error_key, 0.001)
             except Exception as err:
-                self._abort = f"{self.me} could not read {key} ({_line(err)})"
+                self._abort = f"{self.me} could not read {key} ({one_line(err)})"
                 log.warning("tfplace: %s", self._abort)
                 return 0
             if value is not None:
@@ -202,7 +203,7 @@ class Preemption:
             kv_set(ctx, self.error_key, json.dumps({"task": self.me, "what": what, "stop": stop}))
         except Exception as err:
             self._abort = (
-                f"{what}, and could not report it either ({self.error_key}: {_line(err)}); "
+                f"{what}, and could not report it either ({self.error_key}: {one_line(err)}); "
                 "the other workers learn of it only when their collectives time out"
             )
             log.warning(
@@ -222,8 +223,3 @@ class Preemption:
             self._reported.add(text)
             log.warning("tfplace: preemption: %s; %s goes on with its report", what, self.me)
         return reported
-
-
-def _line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__

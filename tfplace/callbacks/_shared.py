@@ -20,7 +20,7 @@ from tfplace import _tf
 from tfplace.callbacks._keras import chief_task, task, tasks
 from tfplace.callbacks._store import BackupStore
 from tfplace.cluster._multiworker import PeerError, kv_set, kv_wait
-from tfplace.errors import ClusterConfigError
+from tfplace.errors import ClusterConfigError, one_line
 
 __all__ = ["DEFAULT_GRACE_S", "agree_on_restore", "check_saved"]
 
@@ -169,7 +169,7 @@ def _publish(
     try:
         answer = verdict(chosen)
     except Exception as err:
-        failure = f"{me} could not read {store.root!r} ({_line(err)})"
+        failure = f"{me} could not read {store.root!r} ({one_line(err)})"
         answer = failure
     value = json.dumps([answer, store.root]) if chosen is None else answer
     try:
@@ -178,12 +178,12 @@ def _publish(
         else:
             kv_set(ctx, key, value)
     except Exception as err:
-        failure = f"{failure or me + ' could not publish its verdict'} ({key}: {_line(err)})"
+        failure = f"{failure or me + ' could not publish its verdict'} ({key}: {one_line(err)})"
         try:
             kv_set(ctx, error_key, failure)
         except Exception as again:
             failure += (
-                f", and could not report it either ({error_key}: {_line(again)}); the other "
+                f", and could not report it either ({error_key}: {one_line(again)}); the other "
                 "workers learn of it only when their wait times out"
             )
     if failure is not None:
@@ -201,8 +201,3 @@ def _visible(store: BackupStore, number: int, grace: float) -> bool:
         time.sleep(0.5)
         store.numbers()
     return True
-
-
-def _line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__

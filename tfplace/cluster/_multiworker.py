@@ -40,6 +40,7 @@ from tfplace.errors import (
     BarrierTimeoutError,
     ClusterConfigError,
     TfplaceError,
+    one_line,
 )
 
 if TYPE_CHECKING:
@@ -277,14 +278,14 @@ def _exchange_replica_counts(strategy: Any, spec: ClusterSpec, timeout: float | 
             "tfplace: %s could not compare replica counts across workers (no coordination "
             "service: %s); a mismatch will fail at the first collective instead (TF#47203)",
             me,
-            _first_line(err),
+            one_line(err, 500),
         )
         return
     key = f"{prefix}/{spec.task_type}/{spec.task_index}"
     try:
         kv_set(ctx, key, mine, same_ok=True)
     except Exception as err:
-        what = f"{me} could not publish its replica count ({key}: {_first_line(err)})"
+        what = f"{me} could not publish its replica count ({key}: {one_line(err, 500)})"
         log.warning("tfplace: %s; the workers go on without comparing replica counts", what)
         _report(ctx, error_key, what)
         return
@@ -312,7 +313,7 @@ def _report(ctx: Any, error_key: str, what: str) -> None:
             "tfplace: could not report that failure to the other workers either (%s: %s); "
             "they learn of it only when their own wait times out",
             error_key,
-            _first_line(err),
+            one_line(err, 500),
         )
 
 
@@ -541,7 +542,7 @@ def barrier(
         raise BarrierTimeoutError(
             f"barrier({name!r}, call {count}): not every worker arrived within {wait:g} s "
             f"({who}; this is {spec.task_type} {spec.task_index}, waited {waited:.1f} s; "
-            f"TensorFlow says: {_first_line(err)}). Every worker must call barrier() the same "
+            f"TensorFlow says: {one_line(err, 500)}). Every worker must call barrier() the same "
             "number of times: check that none died or took another branch, or raise the "
             "timeout."
         ) from err
@@ -557,8 +558,3 @@ def _not_arrived(ctx: Any, barrier_id: str, spec: ClusterSpec) -> list[str]:
         except Exception:
             missing.append(f"{job} {i}")
     return missing
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:500] if text else type(err).__name__
