@@ -711,3 +711,17 @@ def test_resuming_after_a_partial_last_execution_skips_only_the_epochs_rest(
     assert not [w for w in caught if "ran out of data" in str(w.message)]
     for got, want in zip(resumed.get_weights(), expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_the_launchers_global_batch_is_the_backups_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under tfplace launch --global-batch B, BackupAndRestore checks B without being told."""
+    import tfplace.callbacks
+
+    monkeypatch.setenv("TFPLACE_GLOBAL_BATCH", "96")
+    assert tfplace.callbacks.BackupAndRestore("/tmp/x").global_batch == 96
+    assert tfplace.callbacks.BackupAndRestore("/tmp/x", global_batch=32).global_batch == 32
+    monkeypatch.setenv("TFPLACE_GLOBAL_BATCH", "many")
+    with pytest.raises(ValueError, match="TFPLACE_GLOBAL_BATCH='many'"):
+        tfplace.callbacks.BackupAndRestore("/tmp/x")

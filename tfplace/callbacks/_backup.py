@@ -22,7 +22,7 @@ from tfplace.callbacks._keras import (
 from tfplace.callbacks._preemption import Preemption
 from tfplace.callbacks._shared import DEFAULT_GRACE_S, agree_on_restore, check_saved
 from tfplace.callbacks._store import BackupStore, join
-from tfplace.cluster._restarts import RESTART_EXIT_CODE
+from tfplace.cluster._restarts import RESTART_EXIT_CODE, launched_global_batch
 
 __all__ = ["BackupAndRestore"]
 
@@ -61,7 +61,8 @@ class BackupAndRestore(KerasFlavoured):
             time, ``acdirmax`` 60 s). Only a worker that does not see the backup waits.
         global_batch: the global batch ``fit`` trains with, if you want it checked: it must
             divide over the replicas (each replica takes an equal share), and a backup saved
-            at another global batch is refused. Without it, the steps per epoch are compared
+            at another global batch is refused. Under ``tfplace launch --global-batch B``,
+            B by default (``TFPLACE_GLOBAL_BATCH``). Without it, the steps per epoch are compared
             (where the input's size is known).
         allow_new_batch: resume from a backup saved at another global batch (or another
             number of steps per epoch) instead of refusing it.
@@ -125,7 +126,7 @@ class BackupAndRestore(KerasFlavoured):
                 f"BackupAndRestore(global_batch={global_batch!r}): expected a positive int, "
                 "the batch size fit trains with across all replicas"
             )
-        self.global_batch = global_batch
+        self.global_batch = global_batch if global_batch is not None else launched_global_batch()
         self.allow_new_batch = bool(allow_new_batch)
         self.backup_dir = os.fspath(backup_dir)
         self.shared_grace = float(shared_grace)

@@ -40,7 +40,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from tfplace.cluster._output import WorkerOutput
-from tfplace.cluster._restarts import RESTART_COUNT_ENV, RESTART_EXIT_CODE, is_retryable
+from tfplace.cluster._restarts import (
+    GLOBAL_BATCH_ENV,
+    RESTART_COUNT_ENV,
+    RESTART_EXIT_CODE,
+    WORKER_BATCH_ENV,
+    is_retryable,
+)
 from tfplace.cluster._result import LaunchResult
 from tfplace.errors import ClusterConfigError
 
@@ -279,12 +285,6 @@ def batch_env(global_batch: int | None, workers: int, source: str = "launch") ->
             "--min-workers, or the global batch"
         )
     return {GLOBAL_BATCH_ENV: str(global_batch), WORKER_BATCH_ENV: str(global_batch // workers)}
-
-
-#: The fixed global batch of a launch (``global_batch=``), in every worker's environment.
-GLOBAL_BATCH_ENV = "TFPLACE_GLOBAL_BATCH"
-#: Each worker's part of it: the global batch over the number of workers of this start.
-WORKER_BATCH_ENV = "TFPLACE_WORKER_BATCH"
 
 
 # ------------------------------------------------------------------------------ group state

@@ -37,7 +37,15 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["RESTART_COUNT_ENV", "RESTART_EXIT_CODE", "is_retryable", "restart_count"]
+__all__ = [
+    "GLOBAL_BATCH_ENV",
+    "RESTART_COUNT_ENV",
+    "RESTART_EXIT_CODE",
+    "WORKER_BATCH_ENV",
+    "is_retryable",
+    "launched_global_batch",
+    "restart_count",
+]
 
 #: The exit code of a worker that saved its state and asks for the group to be restarted:
 #: ``128 + SIGTERM`` (TensorFlow's restartable code, retryable under Kubeflow's ExitCode
@@ -88,5 +96,33 @@ def restart_count(environ: dict[str, str] | None = None) -> int:
         raise ValueError(
             f"{RESTART_COUNT_ENV}={raw!r}: expected a non-negative integer (the launcher sets "
             f"0, 1, 2, ...). Fix: unset it, or set it to the restart number."
+        )
+    return int(raw)
+
+
+#: Set by ``tfplace launch --global-batch B`` in every worker: the global batch, and each
+#: worker's part of it.
+GLOBAL_BATCH_ENV = "TFPLACE_GLOBAL_BATCH"
+WORKER_BATCH_ENV = "TFPLACE_WORKER_BATCH"
+
+
+def launched_global_batch(environ: dict[str, str] | None = None) -> int | None:
+    """The global batch ``tfplace launch --global-batch`` gave this worker, or None.
+
+    Raises:
+        ValueError: the variable is set but is not a positive integer.
+
+    Example:
+        >>> launched_global_batch({"TFPLACE_GLOBAL_BATCH": "96"}), launched_global_batch({})
+        (96, None)
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get(GLOBAL_BATCH_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(
+            f"{GLOBAL_BATCH_ENV}={raw!r}: expected a positive integer (tfplace launch "
+            "--global-batch sets it). Fix: unset it, or set it to the global batch."
         )
     return int(raw)
