@@ -169,22 +169,28 @@ code = subprocess.run(["sh", "-c", "exec " + sys.argv[-1]]).returncode
 sys.exit(255 if code < 0 else code)
 """
 
-# Worker 1 silences its host (stops its wrapper: no beat, no output), and 6 s later loses it
-# (kills the wrapper: ssh's 255). Worker 0 fails meanwhile with an ordinary error, as a
-# survivor does when TensorFlow gives up on a silent peer. On the second attempt both succeed.
+# Worker 1 silences its host (stops its wrapper: no beat, no output), and 8 s later loses it
+# (kills the wrapper: ssh's 255). Worker 0 fails 5 s after the silence began, with an ordinary
+# error, as a survivor does when TensorFlow gives up on a silent peer. On the second attempt
+# both succeed.
 SILENCED = """
 import os, signal, sys, time
 index, attempt = os.environ["TFPLACE_WORKER_INDEX"], os.environ["TFPLACE_RESTART_COUNT"]
+marker = sys.argv[1]  # written when host 1 goes silent: worker 0 times its error from it
 print("worker", index, "attempt", attempt, flush=True)
 if attempt == "0" and index == "1":
     time.sleep(0.5)
     wrapper = os.getppid()
     os.kill(wrapper, signal.SIGSTOP)
-    time.sleep(6)
+    open(marker, "w").close()
+    time.sleep(8)
     os.kill(wrapper, signal.SIGKILL)
     sys.exit(0)
 if attempt == "0":
-    time.sleep(4)
+    deadline = time.time() + 60
+    while not os.path.exists(marker) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(5)  # well past the 2.5 s after which a host without beats counts as silent
     sys.exit(1)
 """
 
@@ -202,8 +208,9 @@ def test_a_peers_error_while_a_host_is_silent_waits_for_that_hosts_fate(
     ssh.chmod(0o755)
     out = io.StringIO()
     with caplog.at_level(logging.WARNING, logger="tfplace"):
-        result = launch([sys.executable, str(worker)], None, hosts="127.0.0.1:2", ssh=[str(ssh)],
-                        out=out, max_restarts=1, grace_seconds=2)  # fmt: skip
+        result = launch([sys.executable, str(worker), str(tmp_path / "silent")], None,
+                        hosts="127.0.0.1:2", ssh=[str(ssh)], out=out, max_restarts=1,
+                        grace_seconds=2)  # fmt: skip
     text = out.getvalue()
     assert result.returncode == 0 and result.attempts == 2, text
     assert "worker 1 on 127.0.0.1: lost the connection" in text, text
