@@ -15,6 +15,7 @@ import logging
 import re
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -253,6 +254,47 @@ def test_host_discovery_runs_before_each_start(tmp_path: Path) -> None:
     second = sorted(re.findall(r"^\[worker (\d) (\S+)\] size 1 (\d)$", text, re.M))
     assert second == [("0", "127.0.0.1", "2"), ("1", "127.0.0.2", "2")], text
     assert result.worker_codes == (0, 0)
+
+
+# Worker 0 of the first start widens the pool, then trains on until the launcher stops it.
+WIDENING = """
+import json, os, sys, time
+config = json.loads(os.environ["TF_CONFIG"])
+attempt = os.environ["TFPLACE_RESTART_COUNT"]
+print("size", attempt, len(config["cluster"]["worker"]), flush=True)
+if attempt == "0":
+    with open(sys.argv[1], "w") as pool:
+        pool.write("127.0.0.1:1\\n127.0.0.2 slots=1\\n")
+    time.sleep(120)  # until the launcher stops the group to take the new host in
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:launch. the cluster spans several hosts")  # stand-in hosts
+def test_host_discovery_with_rejoin_takes_a_new_host_in_while_the_group_runs(
+    tmp_path: Path,
+) -> None:
+    """With --rejoin the discovery command runs every few seconds while the group trains: a
+    host added to the pool stops the group (as a preemption) and it starts again on more."""
+    pool = tmp_path / "pool"
+    pool.write_text("127.0.0.1:1\n")
+    worker = tmp_path / "worker.py"
+    worker.write_text(textwrap.dedent(WIDENING))
+    ssh = tmp_path / "ssh"
+    ssh.write_text(FAKE_SSH.format(python=sys.executable))
+    ssh.chmod(0o755)
+    out = io.StringIO()
+    t0 = time.monotonic()
+    result = launch([sys.executable, str(worker), str(pool)], None, ssh=[str(ssh)], out=out,
+                    host_discovery=f"cat {pool}", rejoin=True, min_workers=1,
+                    grace_seconds=2)  # fmt: skip
+    took = time.monotonic() - t0
+    text = out.getvalue()
+    assert result.returncode == 0 and result.attempts == 2, text
+    assert re.findall(r"^\[worker 0 127.0.0.1\] size 0 (\d)$", text, re.M) == ["1"], text
+    second = sorted(re.findall(r"^\[worker (\d) (\S+)\] size 1 (\d)$", text, re.M))
+    assert second == [("0", "127.0.0.1", "2"), ("1", "127.0.0.2", "2")], text
+    assert took < 60, text  # taken in while it ran, long before the first start's 120 s
 
 
 @pytest.mark.pure
