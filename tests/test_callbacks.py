@@ -240,7 +240,7 @@ def test_killed_worker_group_restarts_from_the_last_backup(
         {"epoch": 2, "batch": -1, "save": 1}
         if freq == "epoch"
         else {"epoch": 2, "batch": 0, "save": 2}
-    )
+    ) | {"workers": 2, "replicas": 2, "steps_per_epoch": 4}  # what the math depends on
     second = finished(run_group(out, 2, {**env, "FREQ": freq}))
     for run in second:
         assert run["keras"].startswith("tf_keras" if keras_flavour == "tf_keras" else "keras")
@@ -443,7 +443,14 @@ def test_ram_and_local_backup_dirs_go_through_gfile(tmp_path: Path) -> None:
     assert set(result["found"]) == {"ram", "local"}
     for run in result["found"].values():
         assert run["names"] == ["backup-00000001"]  # 8 batches, a backup every 3: the 2nd
-        assert run["state"] == {"epoch": 1, "batch": 1, "save": 1}
+        assert run["state"] == {
+            "epoch": 1,
+            "batch": 1,
+            "save": 1,
+            "workers": 1,
+            "replicas": 1,
+            "steps_per_epoch": 4,
+        }
         assert run["epochs"] == 2  # resumed in epoch 2 of 3
         assert run["left"] is False  # delete_checkpoint removed the folder
         assert run["ckpt"] == ["e1.keras"]  # renamed into place, no temporary left
