@@ -16,7 +16,8 @@ What a user needs to predict how their model scales over tfplace's multi-worker 
    MB from the slope.
 
 A model's expected ratio is then about ``t1 / (t1 / 2 + fixed + size_MB * per_MB)`` per step,
-with ``t1`` its step time in one process (see the Performance page).
+with ``t1`` its step time in one process (the Performance page, "Predicting how a model
+scales across workers", has the figures of a run).
 
 Each figure is the median of ``BENCH_ROUNDS`` rounds (3 by default); run it on an idle
 machine. Needs root (network namespaces) and OpenSSH's sshd; reuses the tests' ``SshHosts``.
